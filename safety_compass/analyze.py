@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .core import SafetyCompassError, atomic_open, atomic_write_json, atomic_write_text
+from .core import SafetyCompassError, atomic_open, atomic_write_json, atomic_write_text, staged_dir
 
 # %% auto #0
 __all__ = ['HEAT_METRICS', 'load_run', 'drift_table', 'reference_table', 'fragility_ranking', 'ranking_consistency',
@@ -22,15 +22,36 @@ def load_run(run_dir) -> dict:
     d = Path(run_dir)
     log = d / "drift_log.csv"
     if not log.is_file(): raise SafetyCompassError(f"{d}: no drift_log.csv (not a Safety Compass run directory)")
-    try: df = pd.read_csv(log)
-    except Exception as e: raise SafetyCompassError(f"{log}: unreadable ({e})") from None
+    df = _read_csv(log, keep_default_na=False, na_values=["", "nan", "NaN"])  # what Python writes for a missing number
     need = {"step", "concept", "cosine_to_baseline"}
     if not need <= set(df.columns): raise SafetyCompassError(f"{log}: missing column(s) {', '.join(sorted(need - set(df.columns)))}")
-    info = json.loads((d / "run.json").read_text()) if (d / "run.json").exists() else {}
-    name = Path(str(info.get("dataset", {}).get("name", d.name))).stem if info.get("dataset") else d.name
+    if df.empty: raise SafetyCompassError(f"{log}: no measurements (only a header)")
+    for col in [c for c in _NUMERIC if c in df.columns]:
+        num = pd.to_numeric(df[col], errors="coerce")
+        bad = num.isna() & (df[col].notna() | (col in need))
+        if bad.any():
+            i = int(np.flatnonzero(bad.to_numpy())[0]); v = df[col].iloc[i]
+            raise SafetyCompassError(f"{log}:{i + 2}: column '{col}': expected a number, got {'a missing value' if pd.isna(v) else repr(v)}")
+        df[col] = num
+    info, rj = {}, d / "run.json"
+    if rj.exists():
+        try: info = json.loads(rj.read_text(encoding="utf-8"))
+        except ValueError as e: raise SafetyCompassError(f"{rj}: malformed JSON ({e})") from None
+        if not isinstance(info, dict): raise SafetyCompassError(f"{rj}: expected a JSON object, got {type(info).__name__}")
+    ds = info.get("dataset")
+    name = Path(str(ds.get("name", d.name))).stem if isinstance(ds, dict) and ds else d.name
     beh = d / "behavior" / "behavior_summary.csv"
     return {"dir": d, "name": name, "log": df.sort_values(["concept", "step"]), "info": info,
-            "behavior": pd.read_csv(beh) if beh.exists() else None}
+            "behavior": _read_csv(beh) if beh.exists() else None}
+
+_NUMERIC = ("step", "layer", "cosine_to_baseline", "cosine_ci_low", "cosine_ci_high", "auroc_fixed", "auroc_current",
+            "direction_norm", "noise_floor")
+
+def _read_csv(path, **kw) -> pd.DataFrame:
+    try: return pd.read_csv(path, **kw)
+    except Exception as e:
+        msg = str(e).strip().splitlines()
+        raise SafetyCompassError(f"{path}: unreadable CSV ({msg[0] if msg else type(e).__name__})") from None
 
 def drift_table(runs: list[dict]) -> pd.DataFrame:
     "Per dataset × concept: start, min, final cosine, final CI, onset step, final AUROCs, below-noise-floor flag."
@@ -166,16 +187,16 @@ def analyze(run_dirs, output_dir=None) -> dict:
     res = {"runs": runs, "table": table, "reference_table": reference_table(table), "ranking": ranking,
            "consistency": ranking_consistency(ranking), "points": points, "correlation": stats}
     if output_dir:
-        d = Path(output_dir)
-        with atomic_open(d / "drift_table.csv", "w") as f: table.to_csv(f, index=False)
-        with atomic_open(d / "fragility_ranking.csv", "w") as f: ranking.to_csv(f, index=False)
-        atomic_write_json(d / "analysis.json", {"consistency": res["consistency"], "correlation": stats,
-                                                "table": table.to_dict("records")})
-        figs = {"cosine_curves.png": plot_curves(runs), "drift_vs_behavior.png": plot_scatter(points, stats) if len(points) else None}
-        for r in runs: figs[f"heatmap_{r['name']}.png"] = plot_heatmap(r)
-        for name, fig in figs.items():
-            if fig is not None:
-                with atomic_open(d / name, "wb") as f: f.write(_fig_png(fig))
+        with staged_dir(output_dir) as d:  # every table and plot, or none
+            with atomic_open(d / "drift_table.csv", "w") as f: table.to_csv(f, index=False)
+            with atomic_open(d / "fragility_ranking.csv", "w") as f: ranking.to_csv(f, index=False)
+            atomic_write_json(d / "analysis.json", {"consistency": res["consistency"], "correlation": stats,
+                                                    "table": table.to_dict("records")})
+            figs = {"cosine_curves.png": plot_curves(runs), "drift_vs_behavior.png": plot_scatter(points, stats) if len(points) else None}
+            for r in runs: figs[f"heatmap_{r['name']}.png"] = plot_heatmap(r)
+            for name, fig in figs.items():
+                if fig is not None:
+                    with atomic_open(d / name, "wb") as f: f.write(_fig_png(fig))
     return res
 
 def _img(fig) -> str:

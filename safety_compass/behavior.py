@@ -12,7 +12,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from .core import SafetyCompassError, bundled_root, atomic_open, atomic_write_json
+from .core import SafetyCompassError, bundled_root, atomic_open, atomic_write_json, staged_dir, check_writable
 from .pairs import conversation
 from .capture import render_prompt, eval_mode, unwrap_model
 
@@ -30,10 +30,13 @@ def load_behavior_prompts(path) -> list[dict]:
     path = Path(path)
     if not path.is_file(): raise SafetyCompassError(f"{path}: behavior prompt file not found")
     out = []
-    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    try: text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e: raise SafetyCompassError(f"{path}: not UTF-8 text (byte {e.start})") from None
+    for i, line in enumerate(text.splitlines(), 1):
         if not line.strip(): continue
         try: rec = json.loads(line)
         except json.JSONDecodeError as e: raise SafetyCompassError(f"{path}:{i}: malformed JSON ({e.msg})") from None
+        if not isinstance(rec, dict): raise SafetyCompassError(f"{path}:{i}: expected a JSON object, got {type(rec).__name__}")
         for f in BEHAVIOR_FIELDS:
             if f not in rec: raise SafetyCompassError(f"{path}:{i}: missing field '{f}'")
         out.append(rec)
@@ -43,7 +46,9 @@ def load_behavior_prompts(path) -> list[dict]:
 def bundled_behavior(concept: str) -> list[dict]:
     "The shipped prompt set for `concept` (refusal, sycophancy or deception)."
     p = bundled_root() / "data" / "behavior" / f"{concept}.jsonl"
-    if not p.exists(): raise SafetyCompassError(f"no bundled behavior prompts for concept '{concept}'")
+    if not p.exists():
+        known = ", ".join(sorted(f.stem for f in p.parent.glob("*.jsonl")))
+        raise SafetyCompassError(f"--concepts: no bundled behavior prompts for concept '{concept}'; bundled: {known}")
     return load_behavior_prompts(p)
 
 # %% ../nbs/11_behavior.ipynb #160dc61a
@@ -188,10 +193,10 @@ def summarize(rows: list[dict]) -> list[dict]:
 def write_behavior(rows, summary, output_dir):
     "Write `behavior_prompts.csv` and `behavior_summary.csv`/`.json` atomically."
     import pandas as pd
-    d = Path(output_dir)
-    with atomic_open(d / "behavior_prompts.csv", "w") as f: pd.DataFrame(rows).to_csv(f, index=False)
-    with atomic_open(d / "behavior_summary.csv", "w") as f: pd.DataFrame(summary).to_csv(f, index=False)
-    atomic_write_json(d / "behavior_summary.json", summary)
+    with staged_dir(output_dir) as d:  # the three files appear together or not at all
+        with atomic_open(d / "behavior_prompts.csv", "w") as f: pd.DataFrame(rows).to_csv(f, index=False)
+        with atomic_open(d / "behavior_summary.csv", "w") as f: pd.DataFrame(summary).to_csv(f, index=False)
+        atomic_write_json(d / "behavior_summary.json", summary)
 
 # %% ../nbs/11_behavior.ipynb #e91d0ef0
 def run_behavior(model_name: str = "default", run_dir=None, adapter=None, concepts=("refusal", "sycophancy", "deception"),
@@ -207,12 +212,15 @@ def run_behavior(model_name: str = "default", run_dir=None, adapter=None, concep
         full = run_dir / "model"
         if adapter is None and not full.exists(): raise SafetyCompassError(f"{run_dir}: no adapter/ or model/ to evaluate")
     out = Path(output_dir or (run_dir / "behavior" if run_dir is not None else "behavior"))
+    # every input is checked before a model is loaded or a token generated
     items = [it for c in concepts for it in bundled_behavior(c)[:limit]]
+    if generate_text and scorer not in SCORERS: raise SafetyCompassError(f"--scorer: unknown scorer {scorer!r}; known: {', '.join(sorted(SCORERS))}")
+    if adapter is not None and not Path(adapter).exists(): raise SafetyCompassError(f"{adapter}: adapter directory not found")
+    check_writable(out)
     if model is None: model, tokenizer = load_model(model_name)
     rows = evaluate(model, tokenizer, items, "base", scorer, max_new_tokens, batch_size, generate_text)
     if adapter is not None:
         from peft import PeftModel
-        if not Path(adapter).exists(): raise SafetyCompassError(f"{adapter}: adapter directory not found")
         ft = PeftModel.from_pretrained(model, str(adapter))
         rows += evaluate(ft, tokenizer, items, "finetuned", scorer, max_new_tokens, batch_size, generate_text)
     elif run_dir is not None:

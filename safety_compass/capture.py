@@ -18,7 +18,7 @@ from .pairs import Conversation, as_messages
 
 # %% auto #0
 __all__ = ['unwrap_model', 'decoder_blocks', 'num_layers', 'layer_module', 'StopForward', 'hook_layers', 'render_prompt',
-           'tokenize_prompts', 'token_batches', 'eval_mode', 'capture_last_token', 'add_to_layer']
+           'tokenize_prompts', 'token_batches', 'dist_info', 'eval_mode', 'capture_last_token', 'add_to_layer']
 
 # %% ../nbs/03_capture.ipynb #698299bc
 _BLOCK_PATHS = ("model.layers", "model.model.layers", "transformer.h", "gpt_neox.layers", "model.decoder.layers",
@@ -129,6 +129,21 @@ def _model_device(model):
     emb = unwrap_model(model).get_input_embeddings()
     return emb.weight.device
 
+def dist_info() -> tuple[int, int]:
+    "`(rank, world_size)` of an initialised `torch.distributed` process group, else `(0, 1)`."
+    d = torch.distributed
+    if d.is_available() and d.is_initialized(): return d.get_rank(), d.get_world_size()
+    return 0, 1
+
+def _gather_rows(out: dict[int, np.ndarray], rows: list[int], layers: list[int], world: int):
+    "Fill `out` with every rank's rows: each rank computed `rows` (its share of the batches)."
+    payload = (rows, np.stack([out[L][rows] for L in layers]) if rows else None)
+    parts = [None] * world
+    torch.distributed.all_gather_object(parts, payload)
+    for r_rows, arr in parts:
+        if r_rows:
+            for k, L in enumerate(layers): out[L][r_rows] = arr[k]
+
 @contextlib.contextmanager
 def eval_mode(model):
     "Put `model` in eval mode; restore every submodule's own training flag after."
@@ -140,7 +155,8 @@ def eval_mode(model):
 
 def capture_last_token(model, tokenizer, prompts: Sequence[Conversation] | Sequence[list[int]], layers: Iterable[int],
                        token_budget: int | None = 4096, batch_size: int | None = None, progress: bool = False,
-                       forward: Callable | None = None) -> dict[int, np.ndarray]:
+                       forward: Callable | None = None, early_exit: bool | None = None,
+                       distributed: bool | None = None) -> dict[int, np.ndarray]:
     "Last-prompt-token hidden states at `layers` for each prompt (conversations or token-id lists)."
     layers = sorted(set(int(L) for L in layers))
     n = num_layers(model)
@@ -154,8 +170,14 @@ def capture_last_token(model, tokenizer, prompts: Sequence[Conversation] | Seque
     out = {L: np.empty((len(ids), hidden), dtype=np.float32) for L in layers}
     run = forward or (lambda **kw: model(**kw))
     batches = token_batches(lengths, token_budget, batch_size)
+    if early_exit is None: early_exit = getattr(forward, "early_exit", True)  # a `forward` wrapper may forbid it
+    rank, world = dist_info() if distributed is not False else (0, 1)
+    mine = batches[rank::world]
+    n_real = len(mine)
+    if world > 1:  # the same number of forwards on every rank, so sharded models (FSDP, ZeRO-3) never wait on a missing one
+        mine = mine + [batches[0]] * (-(-len(batches) // world) - n_real)
     with eval_mode(model), torch.inference_mode():
-        for batch in tqdm(batches, desc="capture", disable=not progress, leave=False):
+        for k_batch, batch in enumerate(tqdm(mine, desc="capture", disable=not progress, leave=False)):
             width = max(lengths[i] for i in batch)
             input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
             mask = torch.zeros((len(batch), width), dtype=torch.long)
@@ -167,10 +189,12 @@ def capture_last_token(model, tokenizer, prompts: Sequence[Conversation] | Seque
             def grab(L):
                 def fn(h): got[L] = h[rows, last]
                 return fn
-            with hook_layers(model, {L: grab(L) for L in layers}, stop_after=True):
+            with hook_layers(model, {L: grab(L) for L in layers}, stop_after=early_exit):
                 run(input_ids=input_ids.to(device), attention_mask=mask.to(device), use_cache=False)
+            if k_batch >= n_real: continue  # a padding forward
             stacked = torch.stack([got[L] for L in layers]).float().cpu().numpy()  # one copy per batch
             for k, L in enumerate(layers): out[L][batch] = stacked[k]
+    if world > 1: _gather_rows(out, [i for b in mine[:n_real] for i in b], layers, world)
     return out
 
 # %% ../nbs/03_capture.ipynb #2331cf5b

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .core import SafetyCompassError, atomic_open, atomic_write_json, atomic_write_text, find_config, load_yaml
-from .monitor import SafetyCompassMonitor, load_experiment, load_model_config
+from .core import (SafetyCompassError, atomic_open, atomic_write_json, atomic_write_text, find_config, load_yaml,
+                                 staged_dir, check_writable)
+from .monitor import SafetyCompassMonitor, load_experiment, load_model_config, load_monitor_config
 
 log = logging.getLogger("safety_compass")
 
@@ -96,11 +97,13 @@ def drift_summary(log_csv) -> list[dict]:
     return out
 
 # %% ../nbs/09_cli.ipynb #7c1e8a7e
-def load_for_experiment(experiment, model_name: str | None = None):
+def load_for_experiment(experiment, model_name: str | None = None, model_config: dict | None = None):
     "(model, tokenizer) for an experiment: `model_name` if given, else its model config's `model_name`."
     from safety_compass.models import load_model
-    exp, path = load_experiment(experiment)
-    mcfg = load_model_config(exp, path)
+    if model_config is None:
+        exp, path = load_experiment(experiment)
+        model_config = load_model_config(exp, path)
+    mcfg = model_config
     name = model_name or mcfg.get("model_name", "default")
     same = model_name is None or model_name == mcfg.get("model_name")
     return load_model(name, quantization=mcfg.get("quantization") if same else None,
@@ -113,23 +116,23 @@ def run_extract(experiment_config, output_dir, concepts=None, model=None, tokeni
                 strict: bool = False, causal_check: bool = True, progress: bool = True):
     "Extract and save baselines for an experiment; returns the monitor."
     out = Path(output_dir)
-    if model is None: model, tokenizer = load_for_experiment(experiment_config, model_name)
-    mon = SafetyCompassMonitor.from_config(model, tokenizer, experiment_config, strict=strict, concepts=concepts)
-    _check_writable(out)
+    cfg = load_monitor_config(experiment_config, strict=strict, concepts=concepts)  # config and pair errors first
+    check_writable(out)                                                              # then the output, before any work
+    if model is None: model, tokenizer = load_for_experiment(experiment_config, model_name, cfg.model_config)
+    mon = SafetyCompassMonitor.from_config(model, tokenizer, cfg)
     mon.setup(progress=progress, causal_check=causal_check)
-    mon.save_baselines(out)
     lines = ["concept,layer,auroc,direction_norm"] + [f"{b.concept},{r['layer']},{r['auroc']:.6f},{r['direction_norm']:.6f}"
                                                         for b in mon.baselines.values() for r in b.sweep]
-    atomic_write_text(out / "layer_sweep.csv", "\n".join(lines) + "\n")
-    plot_layer_sweep(mon, out / "layer_sweep.png")
-    atomic_write_json(out / "extract_summary.json", mon.summary_table())
+    with staged_dir(out) as tmp:  # all five files, or none
+        mon.save_baselines(tmp)
+        atomic_write_text(tmp / "layer_sweep.csv", "\n".join(lines) + "\n")
+        plot_layer_sweep(mon, tmp / "layer_sweep.png")
+        atomic_write_json(tmp / "extract_summary.json", mon.summary_table())
     return mon
 
-def _check_writable(d: Path):
-    try:
-        d.mkdir(parents=True, exist_ok=True)
-        probe = d / ".safety_compass_write_test"; probe.write_text(""); probe.unlink()
-    except OSError as e: raise SafetyCompassError(f"{d}: output directory is not writable ({e.strerror})") from None
+def _check_writable(d: Path, keep: bool = True):
+    "`check_writable`, leaving the directory in place for the run that follows."
+    check_writable(d, keep=keep)
 
 def print_extract(mon: SafetyCompassMonitor, file=None):
     print(format_table(mon.summary_table(), EXTRACT_COLUMNS), file=file or sys.stdout)
@@ -272,6 +275,9 @@ def _run(fn, args) -> int:
     try: return fn(args)
     except SafetyCompassError as e:
         print(f"error: {e}", file=sys.stderr); return 2
+    except OSError as e:  # a file-system failure no check anticipated: still one line, not a traceback
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"error: {where}{e.strerror or e}", file=sys.stderr); return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr); return 130
 

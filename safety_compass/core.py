@@ -4,15 +4,15 @@
 
 # %% ../nbs/00_core.ipynb #c2f2119b
 from __future__ import annotations
-import os, io, json, tempfile, contextlib, hashlib
+import os, io, json, shutil, tempfile, contextlib, hashlib
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 # %% auto #0
-__all__ = ['SafetyCompassError', 'atomic_open', 'atomic_write_text', 'atomic_write_json', 'bundled_root', 'resolve_relative',
-           'find_config', 'load_yaml', 'sha256_file']
+__all__ = ['SafetyCompassError', 'atomic_open', 'atomic_write_text', 'atomic_write_json', 'staged_dir', 'check_writable',
+           'bundled_root', 'resolve_relative', 'find_config', 'load_yaml', 'sha256_file']
 
 # %% ../nbs/00_core.ipynb #e2aabaee
 class SafetyCompassError(Exception):
@@ -21,14 +21,31 @@ class SafetyCompassError(Exception):
         super().__init__(" ".join(str(msg).split()))  # always one line
 
 # %% ../nbs/00_core.ipynb #89f7cfa2
+def _make_dirs(d: Path) -> list[Path]:
+    "Create directory `d` and its missing parents; returns those created, deepest first. On error creates none."
+    d, missing = Path(d), []
+    p = d
+    while not p.exists() and not p.is_symlink() and p != p.parent: missing.append(p); p = p.parent
+    try: d.mkdir(parents=True, exist_ok=True)
+    except OSError: _remove_dirs(missing); raise
+    return missing
+
+def _remove_dirs(dirs):
+    "Remove directories `_make_dirs` created (deepest first) while they are empty."
+    for p in dirs:
+        try: p.rmdir()
+        except OSError: break
+
 @contextlib.contextmanager
 def atomic_open(path, mode: str = "w", encoding: str | None = "utf-8"):
-    "Open a temp file beside `path`; on success fsync and rename it to `path`, on error remove it."
+    "Open a temp file beside `path`; on success fsync and rename it to `path`, on error remove it (and directories made for it)."
     path = Path(path)
-    try: path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e: raise SafetyCompassError(f"{path.parent}: cannot create output directory ({e.strerror})") from None
+    try: made = _make_dirs(path.parent)
+    except OSError as e: raise SafetyCompassError(f"{path.parent}: cannot create output directory ({e.strerror or e})") from None
     try: fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as e: raise SafetyCompassError(f"{path}: cannot write ({e.strerror})") from None
+    except OSError as e:
+        _remove_dirs(made)
+        raise SafetyCompassError(f"{path}: cannot write ({e.strerror or e})") from None
     binary = "b" in mode
     try:
         with os.fdopen(fd, mode, **({} if binary else {"encoding": encoding})) as f:
@@ -36,7 +53,8 @@ def atomic_open(path, mode: str = "w", encoding: str | None = "utf-8"):
             f.flush(); os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException as e:
-        with contextlib.suppress(FileNotFoundError): os.unlink(tmp)
+        with contextlib.suppress(OSError): os.unlink(tmp)
+        _remove_dirs(made)
         if isinstance(e, OSError) and not isinstance(e, FileNotFoundError):
             raise SafetyCompassError(f"{path}: write failed ({e.strerror or e}); nothing was written") from None
         raise
@@ -48,6 +66,39 @@ def atomic_write_text(path, text: str):
 def atomic_write_json(path, obj, **kw):
     "Write `obj` as indented JSON to `path` atomically."
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str, **kw) + "\n")
+
+@contextlib.contextmanager
+def staged_dir(directory):
+    "Yield a staging directory inside `directory`; on success its files move into `directory`, on error nothing new is left."
+    d = Path(directory)
+    try:
+        made = _make_dirs(d)
+        try: tmp = Path(tempfile.mkdtemp(prefix=".staging.", dir=d))
+        except OSError: _remove_dirs(made); raise
+    except OSError as e: raise SafetyCompassError(f"{d}: output directory is not writable ({e.strerror or e})") from None
+    try:
+        yield tmp
+        for p in sorted(tmp.rglob("*")):
+            if p.is_file():
+                target = d / p.relative_to(tmp)
+                target.parent.mkdir(parents=True, exist_ok=True); os.replace(p, target)
+    except BaseException as e:
+        shutil.rmtree(tmp, ignore_errors=True); _remove_dirs(made)
+        if isinstance(e, OSError): raise SafetyCompassError(f"{d}: write failed ({e.strerror or e})") from None
+        raise
+    shutil.rmtree(tmp, ignore_errors=True)
+
+def check_writable(directory, keep: bool = False):
+    "One-line error unless files can be created in `directory`; unless `keep`, directories made for the check are removed again."
+    d = Path(directory)
+    try:
+        made = _make_dirs(d)
+        try:
+            fd, probe = tempfile.mkstemp(prefix=".safety_compass_write_test.", dir=d)
+            os.close(fd); os.unlink(probe)
+        finally:
+            if not keep: _remove_dirs(made)
+    except OSError as e: raise SafetyCompassError(f"{d}: output directory is not writable ({e.strerror or e})") from None
 
 # %% ../nbs/00_core.ipynb #fc96ef05
 def bundled_root() -> Path:
@@ -80,11 +131,16 @@ def load_yaml(path) -> dict:
     "Read a YAML mapping, with one-line errors naming the file."
     path = Path(path)
     if not path.exists(): raise SafetyCompassError(f"{path}: file not found")
-    try: data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    try: text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e: raise SafetyCompassError(f"{path}: not UTF-8 text (byte {e.start})") from None
+    except OSError as e: raise SafetyCompassError(f"{path}: cannot read ({e.strerror or e})") from None
+    try: data = yaml.safe_load(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)
-        raise SafetyCompassError(f"{where}: invalid YAML ({getattr(e, 'problem', e)})") from None
+        ctx, cmark = getattr(e, "context", None), getattr(e, "context_mark", None)
+        started = f", {ctx} started at line {cmark.line + 1}" if ctx and cmark and mark and cmark.line != mark.line else ""
+        raise SafetyCompassError(f"{where}: invalid YAML ({getattr(e, 'problem', e)}{started})") from None
     if data is None: data = {}
     if not isinstance(data, dict): raise SafetyCompassError(f"{path}: expected a mapping at top level")
     return data

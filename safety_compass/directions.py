@@ -8,7 +8,6 @@ import math
 from dataclasses import dataclass, field, asdict
 
 import numpy as np
-import torch
 from tqdm.auto import tqdm
 
 from .core import SafetyCompassError
@@ -22,7 +21,7 @@ def dim_direction(pos: np.ndarray, neg: np.ndarray) -> tuple[np.ndarray, float]:
     "Unit difference-in-means direction `mean(pos) − mean(neg)` and its raw norm."
     d = pos.astype(np.float64).mean(0) - neg.astype(np.float64).mean(0)
     norm = float(np.linalg.norm(d))
-    if not math.isfinite(norm): raise SafetyCompassError("direction is NaN/inf: activations contain non-finite values (fp16 overflow?)")
+    if not math.isfinite(norm): raise SafetyCompassError("direction is NaN/inf: activations contain non-finite values (fp16 overflow?); extract in float32 or bfloat16 (model config: extraction_dtype)")
     if norm == 0.0: raise SafetyCompassError("direction has zero norm: positive and negative activations are identical")
     return (d / norm), norm
 
@@ -55,7 +54,7 @@ class SplitActs:
         return auroc(self.pos_val @ unit, self.neg_val @ unit)
     def check_finite(self, where=""):
         for k, v in asdict(self).items():
-            if not np.isfinite(v).all(): raise SafetyCompassError(f"{where}non-finite activations in {k} (fp16 overflow?); use float32/bfloat16 extraction")
+            if not np.isfinite(v).all(): raise SafetyCompassError(f"{where}non-finite activations in {k} (fp16 overflow?); extract in float32 or bfloat16 (model config: extraction_dtype)")
 
 # %% ../nbs/04_directions.ipynb #6d9c74ba
 def layer_sweep(acts_by_layer: dict[int, SplitActs], progress: bool = False, desc: str = "sweep") -> list[dict]:
@@ -104,6 +103,7 @@ def opener_token_ids(tokenizer, openers) -> list[int]:
 
 def next_token_logodds(model, tokenizer, prompts, positive_openers, negative_openers, steer=None, **capture_kw) -> np.ndarray:
     "Per prompt: log P(positive openers) − log P(negative openers) for the first reply token; `steer=(layer, vector)` adds a vector."
+    import torch  # here, not at the top: the CLI checks configs without importing torch
     from safety_compass.capture import capture_last_token, num_layers, unwrap_model, add_to_layer
     import contextlib
     n = num_layers(model)

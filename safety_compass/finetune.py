@@ -198,26 +198,27 @@ def run_finetune(experiment_config, output_dir=None, resume: bool = False, model
         raise SafetyCompassError(f"{run_dir}: a run already exists here; pass --resume to continue it or choose another --output-dir")
     if resume and not (run_dir / "baselines" / "directions.npz").exists():
         raise SafetyCompassError(f"{run_dir}: nothing to resume (no baselines/directions.npz)")
-    _check_writable(run_dir)
+    seed = int(exp.get("seed", 42))
+    train_cfg = dict(exp.get("training") or {})
+    args = training_arguments(train_cfg, run_dir / "checkpoints", seed, **({"max_steps": max_steps} if max_steps else {}))
+    main = args.process_index == 0  # under accelerate/torchrun only rank 0 writes the run directory
+    if main: _check_writable(run_dir)
     ds = exp.get("dataset") or {}
     if "name" not in ds: raise SafetyCompassError(f"{where}: dataset.name: missing")
     method = exp.get("method") or ("qlora" if "qlora" in exp else "lora")
-    seed = int(exp.get("seed", 42))
     torch.manual_seed(seed)
     if model is None:
         if method == "qlora" and not torch.cuda.is_available():
             raise SafetyCompassError(f"{where}: method qlora needs a CUDA GPU (NF4 via bitsandbytes); use method: lora on CPU")
         model, tokenizer = load_for_experiment(experiment_config if exp_path is None else exp_path, model_name)
     monitor = SafetyCompassMonitor.from_config(model, tokenizer, exp if exp_path is None else exp_path, strict=strict)
+    if resume: monitor.load_baselines(run_dir / "baselines")  # checked before anything is written
     rows = load_rows(ds["name"], ds.get("subset_size"), int(ds.get("seed", seed)), base_file=exp_path)
     fmt = ds.get("format") or next((k for k in FORMATTERS if k in str(ds["name"]).lower().replace("-", "_")), "alpaca")
     feats = sft_features(rows, tokenizer, fmt, int(ds.get("max_seq_length", 512)), source=str(ds["name"]))
-    snapshot_configs(exp, exp_path, run_dir)
-    train_cfg = dict(exp.get("training") or {})
     trainable = prepare_model(model, method, exp.get("lora") or exp.get("qlora"), bool(train_cfg.get("gradient_checkpointing")))
-    args = training_arguments(train_cfg, run_dir / "checkpoints", seed, **({"max_steps": max_steps} if max_steps else {}))
+    if main: snapshot_configs(exp, exp_path, run_dir)
     cb = SafetyCompassCallback(monitor, log_file=run_dir / "drift_log.csv", baselines_dir=run_dir / "baselines")
-    if resume: monitor.load_baselines(run_dir / "baselines")
     trainer = Trainer(model=trainable, args=args, train_dataset=feats,
                       data_collator=SFTCollator(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0),
                       callbacks=[cb, *callbacks])
@@ -232,7 +233,8 @@ def run_finetune(experiment_config, output_dir=None, resume: bool = False, model
         except ValueError: prev = {}
     info["resumed_from"] = last_checkpoint(run_dir) if resume else None
     info["previous_wall_seconds"] = prev.get("wall_seconds_total", 0.0)
-    atomic_write_json(run_dir / "run.json", info)
+    info["world_size"] = args.world_size
+    if main: atomic_write_json(run_dir / "run.json", info)
     trainer.train(resume_from_checkpoint=info["resumed_from"])
     out_dir = run_dir / ("model" if method == "full" else "adapter")
     trainer.save_model(str(out_dir))
@@ -241,5 +243,5 @@ def run_finetune(experiment_config, output_dir=None, resume: bool = False, model
                 wall_seconds_total=round(wall + info["previous_wall_seconds"], 1),
                 measure_seconds=round(sum(monitor.measure_seconds), 1), measurements=len(monitor.measure_seconds),
                 weights=str(out_dir))
-    atomic_write_json(run_dir / "run.json", info)
+    if main: atomic_write_json(run_dir / "run.json", info)
     return trainer, monitor, run_dir

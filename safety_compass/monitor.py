@@ -4,18 +4,16 @@
 
 # %% ../nbs/06_monitor.ipynb #2390d992
 from __future__ import annotations
-import json, math, time, random, logging, warnings, hashlib, zipfile, contextlib
+import json, math, numbers, time, random, logging, warnings, hashlib, zipfile, zlib, contextlib
 from dataclasses import dataclass, field, asdict, replace
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-import torch
 
 from .core import (SafetyCompassError, load_yaml, resolve_relative, find_config, atomic_open,
-                                 atomic_write_json, sha256_file)
+                                 atomic_write_json, sha256_file, staged_dir)
 from .pairs import load_pairs, ContrastivePair, get_strategy
-from .capture import capture_last_token, num_layers, unwrap_model
 from .directions import (SplitActs, layer_sweep, choose_layer, bow_probe_auroc, conversation_text,
                                        causal_shift, dim_direction, cosine)
 from .metrics import concept_metrics, noise_floor, is_drifted
@@ -24,8 +22,8 @@ log = logging.getLogger(__name__)
 
 # %% auto #0
 __all__ = ['log', 'EXPERIMENT_KEYS', 'CONCEPT_ENTRY_KEYS', 'CONCEPT_KEYS', 'MODEL_KEYS', 'MonitorSettings', 'monitor_settings',
-           'ConceptSpec', 'load_concept', 'load_experiment', 'load_model_config', 'Baseline', 'preserve_rng',
-           'SafetyCompassMonitor']
+           'ConceptSpec', 'load_concept', 'load_experiment', 'load_model_config', 'MonitorConfig',
+           'load_monitor_config', 'Baseline', 'preserve_rng', 'SafetyCompassMonitor']
 
 # %% ../nbs/06_monitor.ipynb #4b771cae
 EXPERIMENT_KEYS = {"name", "description", "seed", "model_config_file", "model", "concepts", "monitor", "dataset",
@@ -52,12 +50,14 @@ class MonitorSettings:
     batch_size: int | None = None
     seed: int = 0
 
+_warned: set = set()
+
 def _check_keys(d: dict, allowed: set, where: str, strict: bool):
     for k in d:
         if k not in allowed:
             msg = f"{where}: unknown key '{k}'"
             if strict: raise SafetyCompassError(msg + " (strict mode)")
-            log.warning(msg)
+            if msg not in _warned: _warned.add(msg); log.warning(msg)  # once, though several readers see the file
 
 def _req(d, key, where, typ=None):
     if key not in d or d[key] is None: raise SafetyCompassError(f"{where}: missing field '{key}'")
@@ -71,6 +71,15 @@ def monitor_settings(d: dict | None, where: str = "monitor", strict: bool = Fals
     fields = MonitorSettings.__dataclass_fields__
     _check_keys(d, set(fields) | {"alerts"}, where, strict)
     d.pop("alerts", None)
+    for k, v in d.items():
+        if k not in fields: continue
+        default, nullable = fields[k].default, k in ("token_budget", "batch_size")
+        if v is None and nullable: continue
+        if isinstance(default, bool): ok, what = isinstance(v, bool), "true or false"
+        elif isinstance(default, int) or nullable: ok, what = isinstance(v, numbers.Integral) and not isinstance(v, bool), "an integer"
+        elif isinstance(default, float): ok, what = isinstance(v, numbers.Real) and not isinstance(v, bool), "a number"
+        else: ok, what = isinstance(v, str), "a string"
+        if not ok: raise SafetyCompassError(f"{where}.{k}: must be {what}{' or null' if nullable else ''}, got {v!r}")
     s = MonitorSettings(**{k: v for k, v in d.items() if k in fields})
     if not isinstance(s.measure_every_n_steps, int) or s.measure_every_n_steps < 1:
         raise SafetyCompassError(f"{where}.measure_every_n_steps: must be a positive integer, got {s.measure_every_n_steps!r}")
@@ -90,6 +99,7 @@ class ConceptSpec:
     positive_openers: tuple = ()
     negative_openers: tuple = ()
     config_file: Path | None = None
+    source: str = ""  # where the experiment names it, e.g. "exp.yaml: concepts[0]", for error messages
 
     @property
     def train(self): return [p for p in self.pairs if p.split == "train"]
@@ -98,10 +108,12 @@ class ConceptSpec:
 
 def load_concept(entry: dict, base_file, strict: bool = False, where: str = "concepts") -> ConceptSpec:
     "A `ConceptSpec` from an experiment's concept entry and the concept YAML it names."
-    if not isinstance(entry, dict): raise SafetyCompassError(f"{base_file}: {where}: expected a mapping with name and config_file")
-    _check_keys(entry, CONCEPT_ENTRY_KEYS, f"{base_file}: {where}", strict)
-    name = _req(entry, "name", f"{base_file}: {where}", str)
-    cfile = resolve_relative(_req(entry, "config_file", f"{base_file}: {where}", str), base_file)
+    ctx = f"{base_file or 'experiment_config'}: {where}"
+    if not isinstance(entry, dict): raise SafetyCompassError(f"{ctx}: expected a mapping with name and config_file")
+    _check_keys(entry, CONCEPT_ENTRY_KEYS, ctx, strict)
+    name = _req(entry, "name", ctx, str)
+    cfile = resolve_relative(_req(entry, "config_file", ctx, str), base_file)
+    if not cfile.is_file(): raise SafetyCompassError(f"{ctx}.config_file: {cfile} not found")
     c = load_yaml(cfile)
     _check_keys(c, CONCEPT_KEYS, str(cfile), strict)
     strategy = _req(c, "pairing_strategy", str(cfile), str)
@@ -110,12 +122,18 @@ def load_concept(entry: dict, base_file, strict: bool = False, where: str = "con
     if not pfile.is_file(): raise SafetyCompassError(f"{cfile}: contrastive_pairs_file: {pfile} not found")
     bl = entry.get("best_layer")
     if bl is not None and (not isinstance(bl, int) or isinstance(bl, bool)):
-        raise SafetyCompassError(f"{base_file}: {where}.best_layer: must be an integer layer, got {bl!r}")
+        raise SafetyCompassError(f"{ctx}.best_layer: must be an integer layer, got {bl!r}")
+    min_auroc = c.get("min_auroc", 0.8)
+    if not isinstance(min_auroc, numbers.Real) or isinstance(min_auroc, bool) or not 0 <= min_auroc <= 1:
+        raise SafetyCompassError(f"{cfile}: min_auroc: must be a number in [0, 1], got {min_auroc!r}")
     toks = c.get("behavior_tokens") or {}
+    if not isinstance(toks, dict) or not all(isinstance(toks.get(k, []), list) and all(isinstance(s, str) for s in toks.get(k, []))
+                                             for k in ("positive", "negative")):
+        raise SafetyCompassError(f"{cfile}: behavior_tokens: must be a mapping of 'positive' and 'negative' to lists of strings")
     return ConceptSpec(name=name, pairing_strategy=strategy, pairs_file=pfile, pairs=load_pairs(pfile, strategy),
-                       min_auroc=float(c.get("min_auroc", 0.8)), best_layer=bl,
+                       min_auroc=float(min_auroc), best_layer=bl,
                        positive_openers=tuple(toks.get("positive", ())), negative_openers=tuple(toks.get("negative", ())),
-                       config_file=cfile)
+                       config_file=cfile, source=ctx)
 
 def load_experiment(experiment_config, strict: bool = False) -> tuple[dict, Path | None]:
     "The experiment mapping and its path (a path, a bundled config name, or an already-loaded dict)."
@@ -128,11 +146,45 @@ def load_experiment(experiment_config, strict: bool = False) -> tuple[dict, Path
 def load_model_config(exp: dict, exp_path, strict: bool = False) -> dict:
     "The experiment's model YAML as a dict (empty when none is named)."
     if not exp.get("model_config_file"): return {}
+    if not isinstance(exp["model_config_file"], str):
+        raise SafetyCompassError(f"{exp_path or 'experiment_config'}: model_config_file: must be a path, got {exp['model_config_file']!r}")
     mpath = resolve_relative(exp["model_config_file"], exp_path)
     if not mpath.is_file(): raise SafetyCompassError(f"{exp_path}: model_config_file: {mpath} not found")
     m = load_yaml(mpath)
     _check_keys(m, MODEL_KEYS, str(mpath), strict)
     return m
+
+@dataclass
+class MonitorConfig:
+    "Everything `SafetyCompassMonitor.from_config` reads from the YAML files and pair files; no model needed."
+    concepts: list
+    settings: MonitorSettings
+    model_config: dict
+    experiment: dict
+    experiment_path: Path | None = None
+
+def load_monitor_config(experiment_config, strict: bool = False, concepts: Sequence[str] | None = None,
+                        **overrides) -> MonitorConfig:
+    "Read and validate an experiment (path, bundled name or dict), its concepts, pair files and model config."
+    exp, path = load_experiment(experiment_config, strict)
+    where = str(path) if path else "experiment_config"
+    entries = _req(exp, "concepts", where, list)
+    if not entries: raise SafetyCompassError(f"{where}: concepts: empty list")
+    specs = [load_concept(e, path, strict, where=f"concepts[{i}]") for i, e in enumerate(entries)]
+    names = [s.name for s in specs]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup: raise SafetyCompassError(f"{where}: concepts: duplicated concept name(s) {', '.join(dup)}")
+    if concepts:
+        unknown = set(concepts) - set(names)
+        if unknown: raise SafetyCompassError(f"--concepts: unknown concept(s) {', '.join(sorted(unknown))}; config has {', '.join(names)}")
+        specs = [s for s in specs if s.name in concepts]
+    mon = exp.get("monitor") or {}
+    if not isinstance(mon, dict): raise SafetyCompassError(f"{where}: monitor: expected a mapping")
+    mon = {**mon, **overrides}
+    mon.setdefault("seed", exp.get("seed", 0))
+    mcfg = load_model_config(exp, path, strict)
+    if mcfg.get("token_budget") and "token_budget" not in (exp.get("monitor") or {}) and "token_budget" not in overrides: mon["token_budget"] = mcfg["token_budget"]
+    return MonitorConfig(specs, monitor_settings(mon, f"{where}: monitor", strict), mcfg, exp, path)
 
 # %% ../nbs/06_monitor.ipynb #1df02233
 @dataclass
@@ -161,6 +213,7 @@ class Baseline:
 @contextlib.contextmanager
 def preserve_rng():
     "Restore Python, NumPy and torch (CPU and CUDA) RNG states on exit."
+    import torch  # torch and the capture module load on first use, so a config error is reported at once
     py, npst, cpu = random.getstate(), np.random.get_state(), torch.get_rng_state()
     cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
     try: yield
@@ -169,6 +222,7 @@ def preserve_rng():
         if cuda is not None: torch.cuda.set_rng_state_all(cuda)
 
 _PARTS = ("pos_train", "neg_train", "pos_val", "neg_val")
+_REQUIRED_BASELINE_FIELDS = ("layer", "direction_norm", "baseline_auroc", "noise_floor", "min_auroc", "passes_min_auroc")
 
 class SafetyCompassMonitor:
     "Extracts baseline concept directions and measures their drift on the current model."
@@ -182,6 +236,7 @@ class SafetyCompassMonitor:
         self.settings = settings or MonitorSettings()
         self.model_config = dict(model_config or {})
         self.experiment, self.experiment_path = experiment or {}, experiment_path
+        from safety_compass.capture import num_layers, unwrap_model
         self.num_layers = num_layers(model)
         self.hidden_dim = unwrap_model(model).config.hidden_size
         for key, have in (("num_layers", self.num_layers), ("hidden_dim", self.hidden_dim)):
@@ -190,7 +245,7 @@ class SafetyCompassMonitor:
                 log.warning("model config: %s is %s but the loaded model has %s; using the loaded model's", key, want, have)
         for c in self.concepts:
             if c.best_layer is not None and not 0 <= c.best_layer <= self.num_layers:
-                raise SafetyCompassError(f"concepts.{c.name}.best_layer: layer {c.best_layer} out of range 0..{self.num_layers}")
+                raise SafetyCompassError(f"{c.source or 'concepts.' + c.name}.best_layer: layer {c.best_layer} out of range 0..{self.num_layers}")
         # unique prompts across all concepts; each concept keeps index arrays into them
         self.prompts, pos = [], {}
         def idx(conv):
@@ -209,26 +264,15 @@ class SafetyCompassMonitor:
     @classmethod
     def from_config(cls, model, tokenizer, experiment_config, strict: bool = False, concepts: Sequence[str] | None = None,
                     **overrides):
-        "A monitor from an experiment YAML path, bundled config name, or dict (see the reference README)."
-        exp, path = load_experiment(experiment_config, strict)
-        where = str(path) if path else "experiment_config"
-        entries = _req(exp, "concepts", where, list)
-        if not entries: raise SafetyCompassError(f"{where}: concepts: empty list")
-        specs = [load_concept(e, path, strict, where=f"concepts[{i}]") for i, e in enumerate(entries)]
-        if concepts:
-            unknown = set(concepts) - {s.name for s in specs}
-            if unknown: raise SafetyCompassError(f"--concepts: unknown concept(s) {', '.join(sorted(unknown))}; config has {', '.join(s.name for s in specs)}")
-            specs = [s for s in specs if s.name in concepts]
-        mon = dict(exp.get("monitor") or {}); mon.update(overrides)
-        mon.setdefault("seed", exp.get("seed", 0))
-        mcfg = load_model_config(exp, path, strict)
-        if mcfg.get("token_budget") and "token_budget" not in (exp.get("monitor") or {}): mon["token_budget"] = mcfg["token_budget"]
-        return cls(model, tokenizer, specs, monitor_settings(mon, f"{where}: monitor", strict), mcfg, exp, path)
+        "A monitor from an experiment YAML path, bundled config name, dict (see the reference README) or `MonitorConfig`."
+        cfg = experiment_config if isinstance(experiment_config, MonitorConfig) else \
+              load_monitor_config(experiment_config, strict, concepts, **overrides)
+        return cls(model, tokenizer, cfg.concepts, cfg.settings, cfg.model_config, cfg.experiment, cfg.experiment_path)
 
     # -- activations -------------------------------------------------------------------------------------
     def _capture(self, layers, progress=False) -> dict[int, np.ndarray]:
+        from safety_compass.capture import capture_last_token, tokenize_prompts
         if self._token_ids is None:
-            from safety_compass.capture import tokenize_prompts
             self._token_ids = tokenize_prompts(self.tokenizer, self.prompts)
         return capture_last_token(self.model, self.tokenizer, self._token_ids, layers, token_budget=self.settings.token_budget,
                                   batch_size=self.settings.batch_size, progress=progress, forward=self.forward)
@@ -250,7 +294,11 @@ class SafetyCompassMonitor:
                 sweep = layer_sweep(by_layer, progress=progress, desc=f"sweep {c.name}")
                 layer = c.best_layer if c.best_layer is not None else choose_layer(sweep, self.num_layers, s.layer_skip_fraction)
                 base = by_layer[layer]
-                unit, norm = base.direction()
+                try: unit, norm = base.direction()
+                except SafetyCompassError as err:  # e.g. a fixed best_layer 0, where both sides end in the same token
+                    if c.best_layer is None or "zero norm" not in str(err): raise SafetyCompassError(f"{c.name} layer {layer}: {err}") from None
+                    raise SafetyCompassError(f"{c.source or 'concepts.' + c.name}.best_layer: layer {layer} gives a zero-norm "
+                                             "direction (positive and negative activations are identical there); choose another layer") from None
                 auc = sweep[layer]["auroc"]
                 texts = [[conversation_text(p.positive if pos else p.negative) for p in part]
                          for part in (c.train, c.val) for pos in (True, False)]
@@ -305,6 +353,7 @@ class SafetyCompassMonitor:
     # -- persistence -------------------------------------------------------------------------------------
     def fingerprint(self) -> dict:
         "What the baselines depend on: model shape and name, pair files' hashes, settings."
+        from safety_compass.capture import unwrap_model
         return {"model_name": getattr(unwrap_model(self.model).config, "_name_or_path", ""),
                 "num_layers": self.num_layers, "hidden_dim": self.hidden_dim,
                 "pairs_sha256": {c.name: sha256_file(c.pairs_file) for c in self.concepts},
@@ -318,11 +367,12 @@ class SafetyCompassMonitor:
         for name, b in self.baselines.items():
             arrays[f"{name}/direction"] = b.direction
             for k in _PARTS: arrays[f"{name}/{k}"] = getattr(b.acts, k)
-        with atomic_open(d / "directions.npz", "wb") as f: np.savez(f, **arrays)
         meta = {"format": 1, "fingerprint": self.fingerprint(),
                 "settings": asdict(self.settings),
                 "concepts": {n: {**b.summary(), "sweep": b.sweep} for n, b in self.baselines.items()}}
-        atomic_write_json(d / "directions_metadata.json", meta)
+        with staged_dir(d) as tmp:  # the two files appear together or not at all
+            with atomic_open(tmp / "directions.npz", "wb") as f: np.savez(f, **arrays)
+            atomic_write_json(tmp / "directions_metadata.json", meta)
         return d
 
     def load_baselines(self, directory, check: bool = True) -> dict[str, Baseline]:
@@ -331,11 +381,14 @@ class SafetyCompassMonitor:
         npz, mpath = d / "directions.npz", d / "directions_metadata.json"
         for p in (npz, mpath):
             if not p.is_file(): raise SafetyCompassError(f"{p}: baseline file not found")
-        try: meta = json.loads(mpath.read_text())
+        try: meta = json.loads(mpath.read_text(encoding="utf-8"))
         except ValueError as e: raise SafetyCompassError(f"{mpath}: corrupt metadata ({e})") from None
+        except OSError as e: raise SafetyCompassError(f"{mpath}: cannot read ({e.strerror or e})") from None
+        if not isinstance(meta, dict) or not isinstance(meta.get("fingerprint", {}), dict) or not isinstance(meta.get("concepts", {}), dict):
+            raise SafetyCompassError(f"{mpath}: expected a JSON object with 'fingerprint' and 'concepts' mappings")
         try:
             with np.load(npz) as z: arrays = {k: z[k] for k in z.files}
-        except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
+        except (OSError, ValueError, zipfile.BadZipFile, EOFError, zlib.error) as e:
             raise SafetyCompassError(f"{npz}: corrupt or unreadable ({type(e).__name__}: {e})") from None
         fp = meta.get("fingerprint", {})
         if fp.get("hidden_dim") != self.hidden_dim:
@@ -346,16 +399,24 @@ class SafetyCompassMonitor:
         for c in self.concepts:
             info = meta.get("concepts", {}).get(c.name)
             if info is None: raise SafetyCompassError(f"{mpath}: no baseline for concept '{c.name}'")
+            if not isinstance(info, dict): raise SafetyCompassError(f"{mpath}: concepts.{c.name}: expected a mapping")
+            for k in _REQUIRED_BASELINE_FIELDS:
+                if k not in info: raise SafetyCompassError(f"{mpath}: concepts.{c.name}: missing field '{k}'")
             try:
                 acts = SplitActs(*(arrays[f"{c.name}/{k}"] for k in _PARTS))
                 direction = arrays[f"{c.name}/direction"]
             except KeyError as e: raise SafetyCompassError(f"{npz}: missing array {e}") from None
             if direction.shape != (self.hidden_dim,) or not np.isfinite(direction).all() or not np.isclose(np.linalg.norm(direction), 1, atol=1e-4):
                 raise SafetyCompassError(f"{npz}: {c.name}/direction is not a finite unit vector of size {self.hidden_dim}")
-            if not 0 <= info["layer"] <= self.num_layers:
+            counts = dict(zip(_PARTS, (len(c.train), len(c.train), len(c.val), len(c.val))))
+            for k in _PARTS:  # one row per pair of this concept's split (when the pair files are checked), hidden_dim columns
+                a = getattr(acts, k)
+                want = (counts[k] if check else (a.shape[0] if a.ndim == 2 else -1), self.hidden_dim)
+                if a.shape != want: raise SafetyCompassError(f"{npz}: {c.name}/{k} has shape {a.shape}, expected {want}")
+            if not isinstance(info["layer"], int) or not 0 <= info["layer"] <= self.num_layers:
                 raise SafetyCompassError(f"{mpath}: {c.name}.layer {info['layer']} out of range 0..{self.num_layers}")
             fields_ = {k: info[k] for k in Baseline.__dataclass_fields__ if k in info and k not in ("direction", "acts", "sweep")}
-            out[c.name] = Baseline(**fields_, direction=direction, acts=acts, sweep=info.get("sweep", []))
+            out[c.name] = Baseline(**{**fields_, "concept": c.name}, direction=direction, acts=acts, sweep=info.get("sweep", []))
         self.baselines = out
         self._cached = None
         return out

@@ -72,22 +72,25 @@ def load_pairs(path, strategy: str) -> list[ContrastivePair]:
     "Read and validate a JSONL pair file under `strategy`."
     strat, path = get_strategy(strategy), Path(path)
     if not path.is_file(): raise SafetyCompassError(f"{path}: pair file not found")
+    try: raw = path.read_bytes()
+    except OSError as e: raise SafetyCompassError(f"{path}: cannot read pair file ({e.strerror or e})") from None
     pairs = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip(): continue
-            where = f"{path}:{lineno}"
-            try: rec = json.loads(line)
-            except json.JSONDecodeError as e: raise SafetyCompassError(f"{where}: malformed JSON ({e.msg} at column {e.colno})") from None
-            if not isinstance(rec, dict): raise SafetyCompassError(f"{where}: expected a JSON object, got {type(rec).__name__}")
-            for fld in (*strat.fields, "split"):
-                if fld not in rec: raise SafetyCompassError(f"{where}: missing field '{fld}' (strategy '{strat.name}' needs {', '.join(strat.fields)}, split)")
-                if not isinstance(rec[fld], str) or (fld != "system" and not rec[fld].strip()):
-                    raise SafetyCompassError(f"{where}: field '{fld}' must be a non-empty string")
-            if rec["split"] not in SPLITS: raise SafetyCompassError(f"{where}: field 'split' must be 'train' or 'val', got {rec['split']!r}")
-            pos, neg = strat.build(rec)
-            if pos == neg: raise SafetyCompassError(f"{where}: positive and negative prompts are identical")
-            pairs.append(ContrastivePair(pos, neg, rec["split"], where))
+    for lineno, bline in enumerate(raw.splitlines(), 1):
+        where = f"{path}:{lineno}"
+        try: line = bline.decode("utf-8-sig" if lineno == 1 else "utf-8")
+        except UnicodeDecodeError as e: raise SafetyCompassError(f"{where}: not UTF-8 text (byte {e.start + 1} of the line)") from None
+        if not line.strip(): continue
+        try: rec = json.loads(line)
+        except json.JSONDecodeError as e: raise SafetyCompassError(f"{where}: malformed JSON ({e.msg} at column {e.colno})") from None
+        if not isinstance(rec, dict): raise SafetyCompassError(f"{where}: expected a JSON object, got {type(rec).__name__}")
+        for fld in (*strat.fields, "split"):
+            if fld not in rec: raise SafetyCompassError(f"{where}: missing field '{fld}' (strategy '{strat.name}' needs {', '.join(strat.fields)}, split)")
+            if not isinstance(rec[fld], str) or (fld != "system" and not rec[fld].strip()):
+                raise SafetyCompassError(f"{where}: field '{fld}' must be a non-empty string")
+        if rec["split"] not in SPLITS: raise SafetyCompassError(f"{where}: field 'split' must be 'train' or 'val', got {rec['split']!r}")
+        pos, neg = strat.build(rec)
+        if pos == neg: raise SafetyCompassError(f"{where}: positive and negative prompts are identical")
+        pairs.append(ContrastivePair(pos, neg, rec["split"], where))
     for s in SPLITS:
         if not any(p.split == s for p in pairs): raise SafetyCompassError(f"{path}: no '{s}' pairs (need at least one train and one val pair)")
     return pairs

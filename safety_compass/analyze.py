@@ -240,7 +240,7 @@ def report(run_dirs, output="report.html", title: str = "Safety Compass report")
             parts.append(f"<details><summary>Configs used: {esc(r['name'])}</summary>" + "".join(
                 f"<h4>{esc(str(p.relative_to(r['dir'])))}</h4><pre>{esc(p.read_text())}</pre>" for p in cfgs) + "</details>")
     css = ("body{font-family:system-ui,sans-serif;max-width:72rem;margin:2rem auto;padding:0 1rem;line-height:1.45;color:#222}"
-           "table{border-collapse:collapse;font-size:0.85rem;margin:0.5rem 0}td,th{border:1px solid #ccc;padding:3px 7px;text-align:right}"
+           "table{border-collapse:collapse;font-size:0.85rem;margin:0.5rem 0;display:block;max-width:100%;width:max-content;overflow-x:auto}td,th{border:1px solid #ccc;padding:3px 7px;text-align:right}"
            "th{background:#f3f3f3}img{max-width:100%}pre{background:#f7f7f7;padding:0.6rem;font-size:0.8rem;overflow:auto}")
     doc = f"<!doctype html><html><head><meta charset='utf-8'><title>{esc(title)}</title><style>{css}</style></head><body>{''.join(parts)}</body></html>"
     out = Path(output)

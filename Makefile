@@ -11,7 +11,7 @@ NBDEV_WORKERS ?= 2
 export PYTHONUNBUFFERED := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo test test-nbs test-py test-slow docs bench clean export lint study-cpu
+.PHONY: setup demo test test-nbs test-py test-slow docs bench clean export lint study-cpu kaggle-smoke
 
 setup: $(STAMP)
 
@@ -30,6 +30,7 @@ demo: setup
 test: setup
 	$(VENV)/bin/nbdev_test --n_workers $(NBDEV_WORKERS) --flags slow --do_print --timing
 	$(VENV)/bin/pytest -q tests
+	$(MAKE) kaggle-smoke
 
 test-nbs: setup
 	$(VENV)/bin/nbdev_test --n_workers $(NBDEV_WORKERS) --do_print --timing
@@ -45,7 +46,7 @@ docs: setup
 	if command -v quarto >/dev/null 2>&1; then $(VENV)/bin/nbdev_docs; else $(PY) tools/build_docs.py; fi
 
 bench: setup
-	$(PY) -m pip install -q --no-deps safety-compass==0.1.3 --target $(VENV)/reference-0.1.3 2>/dev/null || true
+	test -d $(VENV)/reference-0.1.3/safety_compass || $(PY) -m pip install -q --no-deps safety-compass==0.1.3 --target $(VENV)/reference-0.1.3
 	$(PY) benchmarks/run.py
 
 # The whole study pipeline on CPU with the embedded model: two short LoRA runs (Alpaca- and Dolly-format sets),
@@ -61,3 +62,15 @@ study-cpu: setup
 
 clean:
 	rm -rf _docs _proc runs build dist *.egg-info
+
+# The Kaggle notebooks (kaggle/*.ipynb) executed by papermill with their smoke parameters (kaggle/smoke/*.yaml): the
+# embedded model on CPU, fixture datasets in each source's columns, a few steps, no hub access. The executed copies
+# and the runs they write go to runs/kaggle-smoke/; the committed notebooks are never written.
+KAGGLE_NBS := alpaca dolly code_alpaca behavior analysis
+kaggle-smoke: setup
+	rm -rf runs/kaggle-smoke && mkdir -p runs/kaggle-smoke
+	start=$$(date +%s); for nb in $(KAGGLE_NBS); do t0=$$(date +%s); \
+	  HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(VENV)/bin/papermill --no-progress-bar --cwd . -k python3 \
+	    -f kaggle/smoke/$$nb.yaml kaggle/$$nb.ipynb runs/kaggle-smoke/$$nb.ipynb || exit 1; \
+	  echo "kaggle-smoke: $$nb.ipynb ran in $$(( $$(date +%s) - t0 )) s"; done; \
+	echo "kaggle-smoke: all notebooks ran in $$(( $$(date +%s) - start )) s; executed copies in runs/kaggle-smoke/"

@@ -163,8 +163,10 @@ def _hardware() -> dict:
     return hw
 
 def last_checkpoint(run_dir) -> str | None:
-    "Path of the newest `checkpoint-N` under `run_dir/checkpoints`, if any."
-    ck = sorted((Path(run_dir) / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
+    "Path of the newest complete `checkpoint-N` under `run_dir/checkpoints` (one with `trainer_state.json`), if any."
+    ck = [p for p in (Path(run_dir) / "checkpoints").glob("checkpoint-*")
+          if p.name.split("-")[-1].isdigit() and (p / "trainer_state.json").exists()]  # a save cut off by a kill lacks it
+    ck.sort(key=lambda p: int(p.name.split("-")[-1]))
     return str(ck[-1]) if ck else None
 
 def snapshot_configs(exp: dict, exp_path, run_dir):
@@ -239,7 +241,8 @@ def run_finetune(experiment_config, output_dir=None, resume: bool = False, model
     out_dir = run_dir / ("model" if method == "full" else "adapter")
     trainer.save_model(str(out_dir))
     wall = time.perf_counter() - t_start
-    info.update(status="completed", global_step=trainer.state.global_step, wall_seconds=round(wall, 1),
+    done = trainer.state.global_step >= (trainer.state.max_steps or 0)  # an alert `stop` or a callback can end it early
+    info.update(status="completed" if done else "stopped", global_step=trainer.state.global_step, max_steps=trainer.state.max_steps, wall_seconds=round(wall, 1),
                 wall_seconds_total=round(wall + info["previous_wall_seconds"], 1),
                 measure_seconds=round(sum(monitor.measure_seconds), 1), measurements=len(monitor.measure_seconds),
                 weights=str(out_dir))

@@ -3,7 +3,9 @@
 nbdev's own processors turn nbs/*.ipynb into _proc/*.ipynb (directives removed, `show_doc` signatures rendered
 from the exported code), exactly as `nbdev_docs` does before handing them to Quarto. Here nbconvert renders each
 processed notebook, with the outputs saved in it (tables, plots), to _docs/<name>.html, and an index page lists
-them. Where Quarto exists, `make docs` runs `nbdev_docs` instead, using nbs/_quarto.yml.
+them. The Kaggle notebooks (kaggle/*.ipynb, outside nbs/ so nbdev_test never runs them) and kaggle/README.md are
+rendered the same way into _docs/kaggle/, under a "Kaggle" heading of the index. Where Quarto exists, `make docs`
+runs `nbdev_docs` instead, using nbs/_quarto.yml (whose pre-render script, tools/kaggle_pages.py, adds them there).
 """
 import html, json, re, shutil, subprocess, sys
 from pathlib import Path
@@ -62,12 +64,28 @@ def main():
         (docs / f"{name}.html").write_text(body, encoding="utf-8")
         pages.append((name, title))
     
+    # The Kaggle notebooks: no nbdev processing (no directives, no exports), the same exporter.
+    from kaggle_pages import kaggle_notebooks, readme_markdown, TITLE
+    kaggle, knbs = [], kaggle_notebooks()
+    if knbs: (docs / "kaggle").mkdir()
+    if knbs and (root / "kaggle" / "README.md").exists():
+        readme = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell(readme_markdown(link_suffix=".html"))])
+        (docs / "kaggle" / "index.html").write_text(exporter.from_notebook_node(readme)[0], encoding="utf-8")
+        kaggle.append(("kaggle/index", TITLE))
+    for p in knbs:
+        nb = nbformat.read(p, as_version=4)
+        title = next((c.source.splitlines()[0].lstrip("# ").strip() for c in nb.cells if c.cell_type == "markdown" and c.source.strip()), p.stem)
+        (docs / "kaggle" / f"{p.stem}.html").write_text(exporter.from_notebook_node(nb)[0], encoding="utf-8")
+        kaggle.append((f"kaggle/{p.stem}", title))
+
     nav = "\n".join(f'<li><a href="{n}.html">{html.escape(t)}</a></li>' for n, t in pages if n != "index")
+    knav = "\n".join(f'<li><a href="{n}.html">{html.escape(t)}</a></li>' for n, t in kaggle)
     toc = f"""<!doctype html><meta charset="utf-8"><title>Safety Compass documentation</title>
     <style>body{{font-family:system-ui,sans-serif;max-width:50rem;margin:2rem auto;line-height:1.5}}</style>
-    <h1>Safety Compass</h1><p><a href="index.html">Overview (README)</a></p><h2>Chapters</h2><ol>{nav}</ol>"""
+    <h1>Safety Compass</h1><p><a href="index.html">Overview (README)</a></p><h2>Chapters</h2><ol>{nav}</ol>""" + \
+        (f"<h2>Kaggle</h2><ul>{knav}</ul>" if kaggle else "")
     (docs / "contents.html").write_text(toc, encoding="utf-8")
-    print(f"wrote {len(pages)} pages to {docs} (open {docs / 'contents.html'})")
+    print(f"wrote {len(pages) + len(kaggle)} pages ({len(kaggle)} Kaggle) to {docs} (open {docs / 'contents.html'})")
 
 if __name__ == "__main__":  # proc_nbs spawns workers that re-import this file
     main()

@@ -57,8 +57,6 @@ class DriftLog:
             try: self.logged.add((int(r["step"]), r["concept"]))
             except (TypeError, ValueError): raise SafetyCompassError(f"{self.path}:{i}: bad 'step' value {r.get('step')!r}") from None
 
-    def has(self, step: int) -> bool: return any(s == step for s, _ in self.logged)
-
     def append(self, rows: list[dict]) -> int:
         "Append rows not yet logged; returns how many were written."
         new = [r for r in rows if (int(r["step"]), r["concept"]) not in self.logged]
@@ -194,7 +192,8 @@ class SafetyCompassCallback(TrainerCallback):
         self._first = False
         for r in rows: r["alert"] = ";".join(sorted({f["rule"] for f in fired if f["concept"] == r["concept"]}))
         self.history.extend(rows)
-        if self._is_main(state):
+        main = self._is_main(state)
+        if main:
             self.drift_log.append(rows)
             if self.report and self.trainer is not None:
                 logs = {f"safety_compass/{r['concept']}/{k}": float(r[k]) for r in rows
@@ -204,7 +203,6 @@ class SafetyCompassCallback(TrainerCallback):
                 self.trainer.log(logs)  # the handler's on_log clears should_log: keep the Trainer's own pending loss log
                 if ctl is not None and pending is not None: ctl.should_log = pending
         if self.on_measure is not None: self.on_measure(rows, state)
-        main = self._is_main(state)
         for f in fired:
             self.fired.append(f)
             if main: log.warning("ALERT step %s %s: %s (cosine %.3f, auroc_fixed %.3f) -> %s", f["step"], f["concept"], f["rule"],

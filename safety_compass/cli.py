@@ -130,10 +130,6 @@ def run_extract(experiment_config, output_dir, concepts=None, model=None, tokeni
         atomic_write_json(tmp / "extract_summary.json", mon.summary_table())
     return mon
 
-def _check_writable(d: Path, keep: bool = True):
-    "`check_writable`, leaving the directory in place for the run that follows."
-    check_writable(d, keep=keep)
-
 def print_extract(mon: SafetyCompassMonitor, file=None):
     print(format_table(mon.summary_table(), EXTRACT_COLUMNS), file=file or sys.stdout)
     for b in mon.baselines.values():
@@ -173,7 +169,7 @@ def run_demo(output_dir="runs/demo", experiment="demo", max_steps: int | None = 
     if (out / "drift_log.csv").exists():
         if not overwrite: raise SafetyCompassError(f"{out}: a previous run is here; pass --overwrite or another --output-dir")
         shutil.rmtree(out)
-    _check_writable(out)
+    check_writable(out, keep=True)  # the directory stays for the demo that follows
     exp, exp_path = load_experiment(experiment)
     seed = int(exp.get("seed", 42))
     torch.manual_seed(seed)

@@ -191,7 +191,8 @@ def run_finetune(experiment_config, output_dir=None, resume: bool = False, model
     from safety_compass.core import atomic_write_json
     from safety_compass.monitor import SafetyCompassMonitor, load_experiment, load_model_config
     from safety_compass.callback import SafetyCompassCallback
-    from safety_compass.cli import training_arguments, load_for_experiment, _check_writable
+    from safety_compass.cli import training_arguments, load_for_experiment
+    from safety_compass.core import check_writable
     t_start = time.perf_counter()
     exp, exp_path = load_experiment(experiment_config, strict)
     where = str(exp_path or "experiment_config")
@@ -204,7 +205,7 @@ def run_finetune(experiment_config, output_dir=None, resume: bool = False, model
     train_cfg = dict(exp.get("training") or {})
     args = training_arguments(train_cfg, run_dir / "checkpoints", seed, **({"max_steps": max_steps} if max_steps else {}))
     main = args.process_index == 0  # under accelerate/torchrun only rank 0 writes the run directory
-    if main: _check_writable(run_dir)
+    if main: check_writable(run_dir, keep=True)
     ds = exp.get("dataset") or {}
     if "name" not in ds: raise SafetyCompassError(f"{where}: dataset.name: missing")
     method = exp.get("method") or ("qlora" if "qlora" in exp else "lora")

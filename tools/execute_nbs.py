@@ -1,6 +1,6 @@
 """Execute notebooks in place so their saved outputs (tables, plots) show in the docs; then strip volatile metadata.
 
-    python tools/execute_nbs.py [nbs/03_capture.ipynb ...]     # default: every notebook in nbs/
+    python tools/execute_nbs.py [nbs/04_capture.ipynb ...]     # default: every notebook in nbs/
 Cells flagged `#| eval: false` are skipped, as nbdev_test does. Stops at the first failing notebook.
 """
 import os, sys, time

@@ -42,8 +42,8 @@ def register_strategy(name: str, fields):
     return deco
 
 def conversation(system: str | None, user: str) -> Conversation:
-    "A (system, user) chat as a hashable tuple; an empty system prompt is left out."
-    return ((("system", system),) if system else ()) + (("user", user),)
+    "A (system, user) chat as a hashable tuple; a `None` or `''` system prompt is an empty system turn `('system', '')`."
+    return (("system", system or ""), ("user", user))
 
 def as_messages(conv: Conversation) -> list[dict]:
     "Chat-template messages from a `Conversation`."
@@ -85,7 +85,10 @@ def load_pairs(path, strategy: str) -> list[ContrastivePair]:
         if not isinstance(rec, dict): raise SafetyCompassError(f"{where}: expected a JSON object, got {type(rec).__name__}")
         for fld in (*strat.fields, "split"):
             if fld not in rec: raise SafetyCompassError(f"{where}: missing field '{fld}' (strategy '{strat.name}' needs {', '.join(strat.fields)}, split)")
-            if not isinstance(rec[fld], str) or (fld != "system" and not rec[fld].strip()):
+            if fld == "system":  # may be empty or null: an empty system turn
+                if rec[fld] is not None and not isinstance(rec[fld], str):
+                    raise SafetyCompassError(f"{where}: field 'system' must be a string or null")
+            elif not isinstance(rec[fld], str) or not rec[fld].strip():
                 raise SafetyCompassError(f"{where}: field '{fld}' must be a non-empty string")
         if rec["split"] not in SPLITS: raise SafetyCompassError(f"{where}: field 'split' must be 'train' or 'val', got {rec['split']!r}")
         pos, neg = strat.build(rec)

@@ -42,7 +42,7 @@ import torch
 from torch import nn
 
 import safety_compass
-from safety_compass.capture import (decoder_blocks, eval_mode, layer_module, num_layers, token_batches,
+from safety_compass.capture import (decoder_blocks, eval_mode, final_norm, layer_module, num_layers, token_batches,
                                     tokenize_prompts, unwrap_model)
 from safety_compass.core import resolve_relative
 from safety_compass.models import load_default_model
@@ -104,8 +104,8 @@ def truncated_decoder(model, deepest: int):
     blocks = decoder_blocks(inner)
     n = len(blocks)
     owner, attr = _owner(inner, blocks)
-    norm = layer_module(inner, n)
-    has_norm = norm is not blocks[n - 1]
+    norm = final_norm(inner)
+    has_norm = norm is not None
     norm_owner, norm_attr = _owner(inner, norm) if has_norm else (None, None)
     try:
         if deepest < n:

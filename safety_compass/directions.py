@@ -13,8 +13,9 @@ from tqdm.auto import tqdm
 from .core import SafetyCompassError
 
 # %% auto #0
-__all__ = ['dim_direction', 'cosine', 'auroc_many', 'auroc', 'SplitActs', 'layer_sweep', 'choose_layer', 'bow_probe_auroc',
-           'conversation_text', 'opener_token_ids', 'next_token_logodds', 'causal_shift']
+__all__ = ['dim_direction', 'cosine', 'auroc_many', 'auroc', 'SplitActs', 'auroc_ci', 'layer_sweep', 'eligible_layers',
+           'choose_layer', 'early_floor', 'bow_probe_auroc', 'conversation_text', 'opener_token_ids',
+           'next_token_logodds', 'causal_gate']
 
 # %% ../nbs/05_directions.ipynb #67714cc4
 def dim_direction(pos: np.ndarray, neg: np.ndarray) -> tuple[np.ndarray, float]:
@@ -57,26 +58,70 @@ class SplitActs:
             if not np.isfinite(v).all(): raise SafetyCompassError(f"{where}non-finite activations in {k} (fp16 overflow?); extract in float32 or bfloat16 (model config: extraction_dtype)")
 
 # %% ../nbs/05_directions.ipynb #6d9c74ba
-def layer_sweep(acts_by_layer: dict[int, SplitActs], progress: bool = False, desc: str = "sweep") -> list[dict]:
-    "Per layer: val AUROC of the train DiM direction, and the direction's raw norm."
+def auroc_ci(pos_scores, neg_scores, n_boot: int = 200, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
+    """Percentile-bootstrap CI of the AUROC over *pairs*: `pos_scores[i]` and `neg_scores[i]` belong to pair i.
+
+    Uses `scipy.stats.bootstrap(paired=True, method="percentile")`. Returns `(nan, nan)` when `n_boot` is 0."""
+    from scipy.stats import bootstrap
+    p, q = np.asarray(pos_scores, float), np.asarray(neg_scores, float)
+    if not n_boot or len(p) < 2: return (float("nan"), float("nan"))
+    res = bootstrap((p, q), lambda a, b, axis=-1: auroc_many(a, b), paired=True, vectorized=True, n_resamples=n_boot,
+                    confidence_level=level, method="percentile", random_state=np.random.default_rng(seed))
+    return float(res.confidence_interval.low), float(res.confidence_interval.high)
+
+def layer_sweep(acts_by_layer: dict[int, SplitActs], n_boot: int = 200, seed: int = 0, progress: bool = False,
+                desc: str = "sweep") -> list[dict]:
+    """Per layer: val AUROC of the train DiM direction, its bootstrap CI over val pairs, and the direction's raw norm.
+
+    `acts_by_layer[L]` holds `(n_pairs, hidden)` arrays at `hidden_states[L]`. A layer where both sides have equal
+    train means (layer 0 at a shared template token) gets AUROC 0.5, a zero-width CI and norm 0."""
     rows = []
     for L in tqdm(sorted(acts_by_layer), desc=desc, disable=not progress, leave=False):
         a = acts_by_layer[L]
         a.check_finite(f"layer {L}: ")
-        if np.array_equal(a.pos_train.mean(0), a.neg_train.mean(0)):  # e.g. layer 0 at a shared last token
-            rows.append({"layer": L, "auroc": 0.5, "direction_norm": 0.0}); continue
+        if np.array_equal(a.pos_train.mean(0), a.neg_train.mean(0)):
+            rows.append({"layer": L, "auroc": 0.5, "auroc_ci_low": 0.5, "auroc_ci_high": 0.5, "direction_norm": 0.0}); continue
         unit, norm = a.direction()
-        rows.append({"layer": L, "auroc": a.auroc_of(unit), "direction_norm": norm})
+        lo, hi = auroc_ci(a.pos_val @ unit, a.neg_val @ unit, n_boot, seed)
+        rows.append({"layer": L, "auroc": a.auroc_of(unit), "auroc_ci_low": lo, "auroc_ci_high": hi, "direction_norm": norm})
     return rows
 
-def choose_layer(sweep: list[dict], n_layers: int, skip_fraction: float = 0.15) -> int:
-    "Best-AUROC layer beyond the first `skip_fraction` of layers; exact ties go to the layer nearest the middle."
-    first = math.ceil(skip_fraction * n_layers)
-    cands = [r for r in sweep if first <= r["layer"] <= n_layers]
-    if not cands: raise SafetyCompassError(f"no layer beyond the first {first} to choose from")
-    best = max(r["auroc"] for r in cands)
-    tied = [r["layer"] for r in cands if r["auroc"] >= best - 1e-12]
-    return min(tied, key=lambda L: (abs(L - n_layers / 2), L))
+def eligible_layers(n_layers: int, skip_fraction: float = 0.15, skip_last_fraction: float = 0.2,
+                    include_post_norm: bool = False) -> list[int]:
+    """The `hidden_states` indices the rule may choose.
+
+    Excludes the first `ceil(skip_fraction·n)` layers and, as Arditi et al. (2024, `refusal_direction`) do, every
+    layer `L >= floor((1 − skip_last_fraction)·n)` (the inputs of the last 20% of blocks), and `L = n` (the
+    final-norm output) unless `include_post_norm`. At least one layer always remains (on a 2-block model: layer 1)."""
+    first = min(math.ceil(skip_fraction * n_layers - 1e-9), n_layers - 1)
+    last = max(first, math.floor((1 - skip_last_fraction) * n_layers + 1e-9) - 1)
+    out = list(range(first, min(last, n_layers - 1) + 1))
+    return out + ([n_layers] if include_post_norm else [])
+
+def choose_layer(sweep: list[dict], n_layers: int, skip_fraction: float = 0.15, skip_last_fraction: float = 0.2,
+                 include_post_norm: bool = False, rule: str = "earliest_within_ci") -> dict:
+    """Choose a layer from a sweep; returns `{"layer", "rule", "best_layer", "best_auroc", "threshold", "eligible", "within"}`.
+
+    `earliest_within_ci`: among eligible layers, those whose AUROC is at least the lower CI bound of the best one
+    (`within`); the earliest of them. `best`: the arg-max (ties to the earliest). Without CIs (`auroc_ci_low` NaN)
+    both reduce to the arg-max."""
+    if rule not in ("earliest_within_ci", "best"): raise SafetyCompassError(f"monitor.layer_rule: unknown rule {rule!r}; use earliest_within_ci or best")
+    ok = eligible_layers(n_layers, skip_fraction, skip_last_fraction, include_post_norm)
+    cands = [r for r in sweep if r["layer"] in ok]
+    if not cands: raise SafetyCompassError(f"no eligible layer in the sweep (eligible: {ok})")
+    best = max(cands, key=lambda r: (r["auroc"], -r["layer"]))
+    lo = best.get("auroc_ci_low", float("nan"))
+    threshold = lo if rule == "earliest_within_ci" and lo == lo else best["auroc"]
+    within = [r["layer"] for r in cands if r["auroc"] >= threshold - 1e-12]
+    return {"layer": min(within), "rule": rule, "best_layer": best["layer"], "best_auroc": best["auroc"],
+            "threshold": threshold, "eligible": ok, "within": within}
+
+def early_floor(sweep: list[dict], n_layers: int, skip_fraction: float = 0.15) -> dict:
+    "The early-layer floor: the best val AUROC over the first `ceil(skip_fraction·n)` layers (the ones never chosen)."
+    first = max(1, min(math.ceil(skip_fraction * n_layers - 1e-9), n_layers - 1))
+    rows = [r for r in sweep if r["layer"] < first]
+    best = max(rows, key=lambda r: r["auroc"])
+    return {"floor_early": best["auroc"], "floor_early_layer": best["layer"]}
 
 # %% ../nbs/05_directions.ipynb #aad63734
 def bow_probe_auroc(train_texts_pos, train_texts_neg, val_texts_pos, val_texts_neg, seed: int = 0) -> float:
@@ -102,27 +147,39 @@ def opener_token_ids(tokenizer, openers) -> list[int]:
     return sorted(ids)
 
 def next_token_logodds(model, tokenizer, prompts, positive_openers, negative_openers, steer=None, **capture_kw) -> np.ndarray:
-    "Per prompt: log P(positive openers) − log P(negative openers) for the first reply token; `steer=(layer, vector)` adds a vector."
-    import torch  # here, not at the top: the CLI checks configs without importing torch
-    from safety_compass.capture import capture_last_token, num_layers, unwrap_model, add_to_layer
-    import contextlib
-    n = num_layers(model)
-    ctx = add_to_layer(model, *steer) if steer is not None else contextlib.nullcontext()
-    with ctx: h = capture_last_token(model, tokenizer, prompts, [n], **capture_kw)[n]
-    head = unwrap_model(model).get_output_embeddings()
-    with torch.inference_mode():
-        w = head.weight
-        logits = torch.from_numpy(h).to(w.device, w.dtype) @ w.T
-        if getattr(head, "bias", None) is not None: logits = logits + head.bias
-        logp = torch.log_softmax(logits.float(), -1)
-    pos, neg = opener_token_ids(tokenizer, positive_openers), opener_token_ids(tokenizer, negative_openers)
-    return (torch.logsumexp(logp[:, pos], -1) - torch.logsumexp(logp[:, neg], -1)).cpu().numpy()
+    """Per prompt, `log Σ_pos p − log Σ_neg p` (nats) of the first reply token, from the model's own output logits.
 
-def causal_shift(model, tokenizer, neg_val_prompts, layer: int, unit: np.ndarray, scale: float,
-                 positive_openers, negative_openers, **capture_kw) -> dict:
-    "Mean change in next-token log-odds when `scale·unit` is added at `layer` of the negative val prompts."
-    before = next_token_logodds(model, tokenizer, neg_val_prompts, positive_openers, negative_openers, **capture_kw)
-    after = next_token_logodds(model, tokenizer, neg_val_prompts, positive_openers, negative_openers,
-                               steer=(layer, unit * scale), **capture_kw)
-    return {"logodds_before": float(before.mean()), "logodds_after": float(after.mean()),
-            "causal_shift": float((after - before).mean()), "causal_scale": float(scale)}
+    `prompts`: conversations or token-id lists; `steer=(layer, vector)` adds `vector` (hidden,) to
+    `hidden_states[layer]` at every position while measuring. Returns shape `(n_prompts,)`."""
+    import contextlib, torch  # here, not at the top: the CLI checks configs without importing torch
+    from safety_compass.capture import capture_last_token, add_to_layer
+    ctx = add_to_layer(model, *steer) if steer is not None else contextlib.nullcontext()
+    with ctx: logits = capture_last_token(model, tokenizer, prompts, [], logits=True, **capture_kw)["logits"]
+    logp = torch.log_softmax(torch.from_numpy(logits).double(), -1)
+    pos, neg = opener_token_ids(tokenizer, positive_openers), opener_token_ids(tokenizer, negative_openers)
+    return (torch.logsumexp(logp[:, pos], -1) - torch.logsumexp(logp[:, neg], -1)).numpy()
+
+def causal_gate(model, tokenizer, prompts, layer: int, unit: np.ndarray, scale: float, positive_openers, negative_openers,
+                 n_random: int = 16, seed: int = 0, **capture_kw) -> dict:
+    """The causal gate: mean log-odds shift (nats) from adding `±scale·unit` and `scale·r` (random unit `r`, `n_random`
+    of them) to `hidden_states[layer]` of `prompts` (the negative val prompts).
+
+    Returns `causal_shift`, `causal_shift_negative`, `causal_random_shifts`, `causal_random_p95` (95th percentile of
+    the random |shifts|), `causal_passes` and `causal_reason` (empty when it passes)."""
+    before = next_token_logodds(model, tokenizer, prompts, positive_openers, negative_openers, **capture_kw)
+    def shift(v): return float((next_token_logodds(model, tokenizer, prompts, positive_openers, negative_openers,
+                                                   steer=(layer, v), **capture_kw) - before).mean())
+    unit = np.asarray(unit, np.float64) / np.linalg.norm(unit)
+    plus, minus = shift(scale * unit), shift(-scale * unit)
+    rng = np.random.default_rng(seed)
+    rand = []
+    for _ in range(n_random):
+        r = rng.standard_normal(unit.shape); rand.append(shift(scale * r / np.linalg.norm(r)))
+    p95 = float(np.percentile(np.abs(rand), 95))
+    reasons = []
+    if plus <= 0: reasons.append("wrong sign: adding the direction moves behavior away from the concept")
+    if abs(plus) <= p95: reasons.append(f"no larger than random directions of the same norm (95th pct |shift| {p95:.3f})")
+    if plus <= minus: reasons.append("the negative direction moves behavior as much")
+    return {"logodds_before": float(before.mean()), "causal_scale": float(scale), "causal_shift": plus,
+            "causal_shift_negative": minus, "causal_random_shifts": rand, "causal_random_p95": p95,
+            "causal_passes": not reasons, "causal_reason": "; ".join(reasons)}

@@ -4,92 +4,30 @@
 
 # %% ../nbs/07_monitor.ipynb #2390d992
 from __future__ import annotations
-import json, math, numbers, time, random, logging, warnings, hashlib, zipfile, zlib, contextlib
-from dataclasses import dataclass, field, asdict, replace
+import json, math, time, random, logging, zipfile, zlib, contextlib
+from dataclasses import dataclass, field, asdict
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
-from .core import (SafetyCompassError, load_yaml, resolve_relative, find_config, atomic_open,
-                                 atomic_write_json, sha256_file, staged_dir)
+from .core import SafetyCompassError, atomic_open, atomic_write_json, atomic_write_text, sha256_file, staged_dir
+from .config import (Experiment, ConceptSource, ModelConfig, MonitorSettings, load_experiment)
 from .pairs import load_pairs, ContrastivePair, get_strategy
-from .directions import (SplitActs, layer_sweep, choose_layer, bow_probe_auroc, conversation_text,
-                                       causal_shift, dim_direction, cosine)
+from .directions import (SplitActs, layer_sweep, choose_layer, eligible_layers, early_floor, bow_probe_auroc,
+                                       conversation_text, causal_gate, dim_direction, cosine)
 from .metrics import concept_metrics, noise_floor, is_drifted
 
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'EXPERIMENT_KEYS', 'CONCEPT_ENTRY_KEYS', 'CONCEPT_KEYS', 'MODEL_KEYS', 'MonitorSettings', 'monitor_settings',
-           'ConceptSpec', 'load_concept', 'load_experiment', 'load_model_config', 'MonitorConfig',
-           'load_monitor_config', 'Baseline', 'preserve_rng', 'SafetyCompassMonitor']
-
-# %% ../nbs/07_monitor.ipynb #4b771cae
-EXPERIMENT_KEYS = {"name", "description", "seed", "model_config_file", "model", "concepts", "monitor", "dataset",
-                   "qlora", "lora", "method", "training", "behavior", "alerts", "output_dir"}
-CONCEPT_ENTRY_KEYS = {"name", "config_file", "best_layer"}
-CONCEPT_KEYS = {"name", "description", "pairing_strategy", "contrastive_pairs_file", "min_auroc", "behavior_tokens",
-                "positive_label", "negative_label"}
-MODEL_KEYS = {"model_name", "num_layers", "hidden_dim", "extraction_batch_size", "extraction_dtype", "quantization",
-              "token_budget", "trust_remote_code", "dtype", "notes"}
-
-@dataclass
-class MonitorSettings:
-    "How and how often to measure; the experiment config's `monitor:` section."
-    measure_every_n_steps: int = 50
-    include_cross_concept_cosines: bool = True
-    output_csv: str = "drift_log.csv"
-    bootstrap_samples: int = 200
-    noise_floor_splits: int = 200
-    drift_threshold: float = 0.95
-    layer_skip_fraction: float = 0.15
-    lexical_margin: float = 0.05
-    causal_check: bool = True
-    token_budget: int | None = 4096
-    batch_size: int | None = None
-    seed: int = 0
-
-_warned: set = set()
-
-def _check_keys(d: dict, allowed: set, where: str, strict: bool):
-    for k in d:
-        if k not in allowed:
-            msg = f"{where}: unknown key '{k}'"
-            if strict: raise SafetyCompassError(msg + " (strict mode)")
-            if msg not in _warned: _warned.add(msg); log.warning(msg)  # once, though several readers see the file
-
-def _req(d, key, where, typ=None):
-    if key not in d or d[key] is None: raise SafetyCompassError(f"{where}: missing field '{key}'")
-    if typ is not None and not isinstance(d[key], typ):
-        raise SafetyCompassError(f"{where}: field '{key}' must be {getattr(typ, '__name__', typ)}, got {type(d[key]).__name__}")
-    return d[key]
-
-def monitor_settings(d: dict | None, where: str = "monitor", strict: bool = False) -> MonitorSettings:
-    "Validated `MonitorSettings` from the `monitor:` mapping."
-    d = dict(d or {})
-    fields = MonitorSettings.__dataclass_fields__
-    _check_keys(d, set(fields) | {"alerts"}, where, strict)
-    d.pop("alerts", None)
-    for k, v in d.items():
-        if k not in fields: continue
-        default, nullable = fields[k].default, k in ("token_budget", "batch_size")
-        if v is None and nullable: continue
-        if isinstance(default, bool): ok, what = isinstance(v, bool), "true or false"
-        elif isinstance(default, int) or nullable: ok, what = isinstance(v, numbers.Integral) and not isinstance(v, bool), "an integer"
-        elif isinstance(default, float): ok, what = isinstance(v, numbers.Real) and not isinstance(v, bool), "a number"
-        else: ok, what = isinstance(v, str), "a string"
-        if not ok: raise SafetyCompassError(f"{where}.{k}: must be {what}{' or null' if nullable else ''}, got {v!r}")
-    s = MonitorSettings(**{k: v for k, v in d.items() if k in fields})
-    if not isinstance(s.measure_every_n_steps, int) or s.measure_every_n_steps < 1:
-        raise SafetyCompassError(f"{where}.measure_every_n_steps: must be a positive integer, got {s.measure_every_n_steps!r}")
-    if not 0 < float(s.drift_threshold) <= 1: raise SafetyCompassError(f"{where}.drift_threshold: must be in (0, 1]")
-    return s
+__all__ = ['log', 'LAYER_CONVENTION', 'ConceptSpec', 'concept_spec', 'MonitorConfig', 'load_monitor_config', 'Baseline',
+           'preserve_rng', 'SafetyCompassMonitor', 'run_extract']
 
 # %% ../nbs/07_monitor.ipynb #fd0359e2
 @dataclass
 class ConceptSpec:
-    "A concept to monitor: its pair file, strategy, AUROC gate and optional fixed layer."
+    "A concept to monitor: its pairs, strategy, AUROC gate, reply openings, optional fixed layer and layer cut-offs."
     name: str
     pairing_strategy: str
     pairs_file: Path
@@ -99,94 +37,49 @@ class ConceptSpec:
     positive_openers: tuple = ()
     negative_openers: tuple = ()
     config_file: Path | None = None
-    source: str = ""  # where the experiment names it, e.g. "exp.yaml: concepts[0]", for error messages
+    source: str = ""                              # where the experiment names it, e.g. "exp.yaml:9: concepts[0]"
+    layer_skip_fraction: float | None = None      # None: the monitor's setting
+    layer_skip_last_fraction: float | None = None
+    include_post_norm: bool | None = None
 
     @property
     def train(self): return [p for p in self.pairs if p.split == "train"]
     @property
     def val(self): return [p for p in self.pairs if p.split == "val"]
 
-def load_concept(entry: dict, base_file, strict: bool = False, where: str = "concepts") -> ConceptSpec:
-    "A `ConceptSpec` from an experiment's concept entry and the concept YAML it names."
-    ctx = f"{base_file or 'experiment_config'}: {where}"
-    if not isinstance(entry, dict): raise SafetyCompassError(f"{ctx}: expected a mapping with name and config_file")
-    _check_keys(entry, CONCEPT_ENTRY_KEYS, ctx, strict)
-    name = _req(entry, "name", ctx, str)
-    cfile = resolve_relative(_req(entry, "config_file", ctx, str), base_file)
-    if not cfile.is_file(): raise SafetyCompassError(f"{ctx}.config_file: {cfile} not found")
-    c = load_yaml(cfile)
-    _check_keys(c, CONCEPT_KEYS, str(cfile), strict)
-    strategy = _req(c, "pairing_strategy", str(cfile), str)
-    get_strategy(strategy, where=f"{cfile}: pairing_strategy")
-    pfile = resolve_relative(_req(c, "contrastive_pairs_file", str(cfile), str), cfile)
-    if not pfile.is_file(): raise SafetyCompassError(f"{cfile}: contrastive_pairs_file: {pfile} not found")
-    bl = entry.get("best_layer")
-    if bl is not None and (not isinstance(bl, int) or isinstance(bl, bool)):
-        raise SafetyCompassError(f"{ctx}.best_layer: must be an integer layer, got {bl!r}")
-    min_auroc = c.get("min_auroc", 0.8)
-    if not isinstance(min_auroc, numbers.Real) or isinstance(min_auroc, bool) or not 0 <= min_auroc <= 1:
-        raise SafetyCompassError(f"{cfile}: min_auroc: must be a number in [0, 1], got {min_auroc!r}")
-    toks = c.get("behavior_tokens") or {}
-    if not isinstance(toks, dict) or not all(isinstance(toks.get(k, []), list) and all(isinstance(s, str) for s in toks.get(k, []))
-                                             for k in ("positive", "negative")):
-        raise SafetyCompassError(f"{cfile}: behavior_tokens: must be a mapping of 'positive' and 'negative' to lists of strings")
-    return ConceptSpec(name=name, pairing_strategy=strategy, pairs_file=pfile, pairs=load_pairs(pfile, strategy),
-                       min_auroc=float(min_auroc), best_layer=bl,
-                       positive_openers=tuple(toks.get("positive", ())), negative_openers=tuple(toks.get("negative", ())),
-                       config_file=cfile, source=ctx)
-
-def load_experiment(experiment_config, strict: bool = False) -> tuple[dict, Path | None]:
-    "The experiment mapping and its path (a path, a bundled config name, or an already-loaded dict)."
-    if isinstance(experiment_config, dict): return dict(experiment_config), None
-    path = find_config(experiment_config, "experiments")
-    exp = load_yaml(path)
-    _check_keys(exp, EXPERIMENT_KEYS, str(path), strict)
-    return exp, path
-
-def load_model_config(exp: dict, exp_path, strict: bool = False) -> dict:
-    "The experiment's model YAML as a dict (empty when none is named)."
-    if not exp.get("model_config_file"): return {}
-    if not isinstance(exp["model_config_file"], str):
-        raise SafetyCompassError(f"{exp_path or 'experiment_config'}: model_config_file: must be a path, got {exp['model_config_file']!r}")
-    mpath = resolve_relative(exp["model_config_file"], exp_path)
-    if not mpath.is_file(): raise SafetyCompassError(f"{exp_path}: model_config_file: {mpath} not found")
-    m = load_yaml(mpath)
-    _check_keys(m, MODEL_KEYS, str(mpath), strict)
-    return m
+def concept_spec(src: ConceptSource) -> ConceptSpec:
+    "A `ConceptSpec` from a configured concept: reads and checks its pair file."
+    c = src.config
+    get_strategy(c.pairing_strategy, where=src.doc.where(("pairing_strategy",)))
+    return ConceptSpec(name=src.name, pairing_strategy=c.pairing_strategy, pairs_file=src.pairs_file,
+                       pairs=load_pairs(src.pairs_file, c.pairing_strategy), min_auroc=float(c.min_auroc),
+                       best_layer=src.entry.best_layer, positive_openers=tuple(c.behavior_tokens.positive),
+                       negative_openers=tuple(c.behavior_tokens.negative), config_file=src.config_file,
+                       source=src.entry_where, layer_skip_fraction=c.layer_skip_fraction,
+                       layer_skip_last_fraction=c.layer_skip_last_fraction, include_post_norm=c.include_post_norm)
 
 @dataclass
 class MonitorConfig:
-    "Everything `SafetyCompassMonitor.from_config` reads from the YAML files and pair files; no model needed."
+    "Everything `SafetyCompassMonitor.from_config` reads from YAML and pair files; no model needed."
     concepts: list
     settings: MonitorSettings
-    model_config: dict
-    experiment: dict
-    experiment_path: Path | None = None
+    model_config: ModelConfig
+    experiment: Experiment
+
+    @property
+    def experiment_path(self): return self.experiment.path
 
 def load_monitor_config(experiment_config, strict: bool = False, concepts: Sequence[str] | None = None,
                         **overrides) -> MonitorConfig:
-    "Read and validate an experiment (path, bundled name or dict), its concepts, pair files and model config."
-    exp, path = load_experiment(experiment_config, strict)
-    where = str(path) if path else "experiment_config"
-    entries = _req(exp, "concepts", where, list)
-    if not entries: raise SafetyCompassError(f"{where}: concepts: empty list")
-    specs = [load_concept(e, path, strict, where=f"concepts[{i}]") for i, e in enumerate(entries)]
-    names = [s.name for s in specs]
-    dup = sorted({n for n in names if names.count(n) > 1})
-    if dup: raise SafetyCompassError(f"{where}: concepts: duplicated concept name(s) {', '.join(dup)}")
-    if concepts:
-        unknown = set(concepts) - set(names)
-        if unknown: raise SafetyCompassError(f"--concepts: unknown concept(s) {', '.join(sorted(unknown))}; config has {', '.join(names)}")
-        specs = [s for s in specs if s.name in concepts]
-    mon = exp.get("monitor") or {}
-    if not isinstance(mon, dict): raise SafetyCompassError(f"{where}: monitor: expected a mapping")
-    mon = {**mon, **overrides}
-    mon.setdefault("seed", exp.get("seed", 0))
-    mcfg = load_model_config(exp, path, strict)
-    if mcfg.get("token_budget") and "token_budget" not in (exp.get("monitor") or {}) and "token_budget" not in overrides: mon["token_budget"] = mcfg["token_budget"]
-    return MonitorConfig(specs, monitor_settings(mon, f"{where}: monitor", strict), mcfg, exp, path)
+    "Parse an experiment (path, bundled name, dict or `Experiment`; see the config chapter) and load its pair files."
+    exp = load_experiment(experiment_config, strict, concepts, **overrides)
+    return MonitorConfig([concept_spec(c) for c in exp.concepts], exp.monitor, exp.model, exp)
 
 # %% ../nbs/07_monitor.ipynb #1df02233
+LAYER_CONVENTION = ("layer L = hidden_states[L] of transformers' output_hidden_states: L = 0 the embeddings (plus "
+                    "position embeddings where the model has them), 0 < L < n the residual stream entering block L "
+                    "(TransformerLens blocks.L.hook_resid_pre), L = n the output of the final norm")
+
 @dataclass
 class Baseline:
     concept: str
@@ -199,15 +92,25 @@ class Baseline:
     passes_min_auroc: bool
     acts: SplitActs = field(repr=False)
     sweep: list = field(default_factory=list, repr=False)
-    lexical_floor_embedding: float | None = None
-    lexical_floor_bow: float | None = None
+    auroc_ci_low: float | None = None
+    auroc_ci_high: float | None = None
+    choice: dict | None = None
+    floor_early: float | None = None
+    floor_early_layer: int | None = None
+    floor_bow: float | None = None
     below_lexical_floor: bool = False
     causal: dict | None = None
+    flags: list = field(default_factory=list)
+
+    @property
+    def causal_passes(self) -> bool | None: return None if not self.causal else bool(self.causal.get("causal_passes"))
+    @property
+    def passes_gates(self) -> bool:
+        return bool(self.passes_min_auroc and not self.below_lexical_floor and self.causal_passes is not False)
 
     def summary(self) -> dict:
         "The scalar fields (what goes into `directions_metadata.json` and the extract table)."
-        d = {k: v for k, v in asdict(self).items() if k not in ("direction", "acts", "sweep")}
-        return d
+        return {k: v for k, v in asdict(self).items() if k not in ("direction", "acts", "sweep")}
 
 # %% ../nbs/07_monitor.ipynb #264bac86
 @contextlib.contextmanager
@@ -227,25 +130,28 @@ _REQUIRED_BASELINE_FIELDS = ("layer", "direction_norm", "baseline_auroc", "noise
 class SafetyCompassMonitor:
     "Extracts baseline concept directions and measures their drift on the current model."
     def __init__(self, model, tokenizer, concepts: Sequence[ConceptSpec], settings: MonitorSettings | None = None,
-                 model_config: dict | None = None, experiment: dict | None = None, experiment_path=None):
+                 model_config: ModelConfig | None = None, experiment: Experiment | None = None):
         if not concepts: raise SafetyCompassError("no concepts to monitor")
         names = [c.name for c in concepts]
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup: raise SafetyCompassError(f"concepts: duplicated concept name(s) {', '.join(dup)}")
         self.model, self.tokenizer, self.concepts = model, tokenizer, list(concepts)
         self.settings = settings or MonitorSettings()
-        self.model_config = dict(model_config or {})
-        self.experiment, self.experiment_path = experiment or {}, experiment_path
+        self.model_config = model_config or ModelConfig()
+        self.experiment = experiment
         from safety_compass.capture import num_layers, unwrap_model
         self.num_layers = num_layers(model)
         self.hidden_dim = unwrap_model(model).config.hidden_size
         for key, have in (("num_layers", self.num_layers), ("hidden_dim", self.hidden_dim)):
-            want = self.model_config.get(key)
+            want = getattr(self.model_config, key)
             if want is not None and want != have:  # e.g. a Qwen3-8B config used with the embedded model
                 log.warning("model config: %s is %s but the loaded model has %s; using the loaded model's", key, want, have)
         for c in self.concepts:
             if c.best_layer is not None and not 0 <= c.best_layer <= self.num_layers:
                 raise SafetyCompassError(f"{c.source or 'concepts.' + c.name}.best_layer: layer {c.best_layer} out of range 0..{self.num_layers}")
+            for k in ("layer_skip_fraction", "layer_skip_last_fraction"):
+                v = getattr(c, k)
+                if v is not None and not 0 <= v < 1: raise SafetyCompassError(f"{c.config_file or c.name}: {k}: must be in [0, 1), got {v!r}")
         # unique prompts across all concepts; each concept keeps index arrays into them
         self.prompts, pos = [], {}
         def idx(conv):
@@ -267,13 +173,16 @@ class SafetyCompassMonitor:
         "A monitor from an experiment YAML path, bundled config name, dict (see the reference README) or `MonitorConfig`."
         cfg = experiment_config if isinstance(experiment_config, MonitorConfig) else \
               load_monitor_config(experiment_config, strict, concepts, **overrides)
-        return cls(model, tokenizer, cfg.concepts, cfg.settings, cfg.model_config, cfg.experiment, cfg.experiment_path)
+        return cls(model, tokenizer, cfg.concepts, cfg.settings, cfg.model_config, cfg.experiment)
+
+    @property
+    def experiment_path(self): return self.experiment.path if self.experiment is not None else None
 
     # -- activations -------------------------------------------------------------------------------------
     def _capture(self, layers, progress=False) -> dict[int, np.ndarray]:
         from safety_compass.capture import capture_last_token, tokenize_prompts
         if self._token_ids is None:
-            self._token_ids = tokenize_prompts(self.tokenizer, self.prompts)
+            self._token_ids = tokenize_prompts(self.tokenizer, self.prompts, system_mode=self.model_config.system_prompt_mode)
         return capture_last_token(self.model, self.tokenizer, self._token_ids, layers, token_budget=self.settings.token_budget,
                                   batch_size=self.settings.batch_size, progress=progress, forward=self.forward)
 
@@ -283,39 +192,62 @@ class SafetyCompassMonitor:
         return SplitActs(*(acts[ix[k]] for k in _PARTS))
 
     # -- baselines ---------------------------------------------------------------------------------------
-    def setup(self, step: int = 0, progress: bool = True, causal_check: bool | None = None) -> dict[str, Baseline]:
-        "Extract baselines: sweep every layer, choose one per concept, gate on `min_auroc`, compute floors."
+    def layer_cuts(self, c: ConceptSpec) -> tuple[float, float, bool]:
+        "`(skip_fraction, skip_last_fraction, include_post_norm)` for concept `c`: its own, else the monitor's."
         s = self.settings
+        pick = lambda own, default: default if own is None else own
+        return (pick(c.layer_skip_fraction, s.layer_skip_fraction), pick(c.layer_skip_last_fraction, s.layer_skip_last_fraction),
+                pick(c.include_post_norm, s.include_post_norm))
+
+    def setup(self, step: int = 0, progress: bool = True, causal_check: bool | None = None) -> dict[str, Baseline]:
+        """Extract baselines: sweep every layer (AUROC with a bootstrap CI), choose one per concept by the layer rule,
+        compute the early-layer and bag-of-words floors and the noise floor, run the causal gate, and flag failures."""
+        s, n = self.settings, self.num_layers
+        run_causal = s.causal_check if causal_check is None else causal_check
         with preserve_rng():
-            acts = self._capture(range(self.num_layers + 1), progress=progress)
+            acts = self._capture(range(n + 1), progress=progress)
             for c in self.concepts:
                 by_layer = {L: self.split_acts(c.name, a) for L, a in acts.items()}
                 for L, sa in by_layer.items(): sa.check_finite(f"{c.name} layer {L}: ")
-                sweep = layer_sweep(by_layer, progress=progress, desc=f"sweep {c.name}")
-                layer = c.best_layer if c.best_layer is not None else choose_layer(sweep, self.num_layers, s.layer_skip_fraction)
+                sweep = layer_sweep(by_layer, n_boot=s.bootstrap_samples, seed=s.seed, progress=progress, desc=f"sweep {c.name}")
+                skip, skip_last, post = self.layer_cuts(c)
+                if c.best_layer is not None:
+                    choice = {"layer": c.best_layer, "rule": "pinned (best_layer)", "eligible": eligible_layers(n, skip, skip_last, post)}
+                else: choice = choose_layer(sweep, n, skip, skip_last, post, s.layer_rule)
+                layer = choice["layer"]
                 base = by_layer[layer]
                 try: unit, norm = base.direction()
                 except SafetyCompassError as err:  # e.g. a fixed best_layer 0, where both sides end in the same token
                     if c.best_layer is None or "zero norm" not in str(err): raise SafetyCompassError(f"{c.name} layer {layer}: {err}") from None
                     raise SafetyCompassError(f"{c.source or 'concepts.' + c.name}.best_layer: layer {layer} gives a zero-norm "
                                              "direction (positive and negative activations are identical there); choose another layer") from None
-                auc = sweep[layer]["auroc"]
+                row = sweep[layer]
+                auc = row["auroc"]
                 texts = [[conversation_text(p.positive if pos else p.negative) for p in part]
                          for part in (c.train, c.val) for pos in (True, False)]
                 bow = bow_probe_auroc(*texts, seed=s.seed)
-                emb = sweep[0]["auroc"]
+                early = early_floor(sweep, n, skip)
+                below = bool(auc < max(early["floor_early"], bow) + s.lexical_margin)
                 causal = None
-                if (s.causal_check if causal_check is None else causal_check) and c.positive_openers and c.negative_openers:
-                    causal = causal_shift(self.model, self.tokenizer, [p.negative for p in c.val], layer, unit, norm,
-                                          c.positive_openers, c.negative_openers, token_budget=s.token_budget, forward=self.forward)
+                if run_causal and c.positive_openers and c.negative_openers:
+                    neg_val = [self._token_ids[i] for i in self._index[c.name]["neg_val"]]
+                    causal = causal_gate(self.model, self.tokenizer, neg_val, layer, unit, norm, c.positive_openers,
+                                          c.negative_openers, n_random=s.causal_random_directions, seed=s.seed,
+                                          token_budget=s.token_budget, batch_size=s.batch_size, forward=self.forward)
+                flags = []
+                if auc < c.min_auroc: flags.append(f"AUROC {auc:.3f} below min_auroc {c.min_auroc:.2f}")
+                if below: flags.append(f"does not clear the lexical floors (early layers {early['floor_early']:.3f}, "
+                                       f"bag-of-words {bow:.3f}) by {s.lexical_margin}")
+                if causal and not causal["causal_passes"]: flags.append("causal gate: " + causal["causal_reason"])
+                if layer == n: flags.append("post-norm layer: the direction mostly encodes next-token preferences")
                 self.baselines[c.name] = Baseline(
                     concept=c.name, layer=layer, direction=unit, direction_norm=norm, baseline_auroc=auc,
                     noise_floor=noise_floor(base, s.noise_floor_splits, s.seed), min_auroc=c.min_auroc,
                     passes_min_auroc=bool(auc >= c.min_auroc), acts=base, sweep=sweep,
-                    lexical_floor_embedding=emb, lexical_floor_bow=bow,
-                    below_lexical_floor=bool(auc < max(emb, bow) + s.lexical_margin), causal=causal)
-                if auc < c.min_auroc:
-                    log.warning("%s: baseline AUROC %.3f at layer %d is below min_auroc %.2f", c.name, auc, layer, c.min_auroc)
+                    auroc_ci_low=row.get("auroc_ci_low"), auroc_ci_high=row.get("auroc_ci_high"), choice=choice,
+                    floor_early=early["floor_early"], floor_early_layer=early["floor_early_layer"], floor_bow=bow,
+                    below_lexical_floor=below, causal=causal, flags=flags)
+                for f in flags: log.warning("%s (layer %d): %s", c.name, layer, f)
         self._cached = (step, {L: acts[L] for L in self.layers})
         return self.baselines
 
@@ -357,7 +289,8 @@ class SafetyCompassMonitor:
         return {"model_name": getattr(unwrap_model(self.model).config, "_name_or_path", ""),
                 "num_layers": self.num_layers, "hidden_dim": self.hidden_dim,
                 "pairs_sha256": {c.name: sha256_file(c.pairs_file) for c in self.concepts},
-                "best_layers": {c.name: c.best_layer for c in self.concepts}}
+                "best_layers": {c.name: c.best_layer for c in self.concepts},
+                "system_prompt_mode": self.model_config.system_prompt_mode}
 
     def save_baselines(self, directory):
         "Write `directions.npz` and `directions_metadata.json` (atomically) to `directory`."
@@ -367,8 +300,8 @@ class SafetyCompassMonitor:
         for name, b in self.baselines.items():
             arrays[f"{name}/direction"] = b.direction
             for k in _PARTS: arrays[f"{name}/{k}"] = getattr(b.acts, k)
-        meta = {"format": 1, "fingerprint": self.fingerprint(),
-                "settings": asdict(self.settings),
+        meta = {"format": 2, "layer_convention": LAYER_CONVENTION, "fingerprint": self.fingerprint(),
+                "settings": self.settings.model_dump(mode="json"),
                 "concepts": {n: {**b.summary(), "sweep": b.sweep} for n, b in self.baselines.items()}}
         with staged_dir(d) as tmp:  # the two files appear together or not at all
             with atomic_open(tmp / "directions.npz", "wb") as f: np.savez(f, **arrays)
@@ -416,18 +349,58 @@ class SafetyCompassMonitor:
             if not isinstance(info["layer"], int) or not 0 <= info["layer"] <= self.num_layers:
                 raise SafetyCompassError(f"{mpath}: {c.name}.layer {info['layer']} out of range 0..{self.num_layers}")
             fields_ = {k: info[k] for k in Baseline.__dataclass_fields__ if k in info and k not in ("direction", "acts", "sweep")}
+            if "lexical_floor_bow" in info and "floor_bow" not in info: fields_["floor_bow"] = info["lexical_floor_bow"]  # format 1
             out[c.name] = Baseline(**{**fields_, "concept": c.name}, direction=direction, acts=acts, sweep=info.get("sweep", []))
         self.baselines = out
         self._cached = None
         return out
 
     def summary_table(self) -> list[dict]:
-        "One dict per concept: the extract table."
+        "One dict per concept: the extract table (CIs as `[low, high]` strings, flags joined by '; ')."
         rows = []
         for b in self.baselines.values():
-            rows.append({"concept": b.concept, "layer": b.layer, "auroc": b.baseline_auroc, "min_auroc": b.min_auroc,
-                         "passes": b.passes_min_auroc, "floor_embedding": b.lexical_floor_embedding,
-                         "floor_bow": b.lexical_floor_bow, "below_lexical_floor": b.below_lexical_floor,
-                         "noise_floor": b.noise_floor, "direction_norm": b.direction_norm,
-                         "causal_shift": (b.causal or {}).get("causal_shift")})
+            c = b.causal or {}
+            ci = f"[{b.auroc_ci_low:.3f}, {b.auroc_ci_high:.3f}]" if b.auroc_ci_low is not None and b.auroc_ci_low == b.auroc_ci_low else "-"
+            rows.append({"concept": b.concept, "layer": b.layer, "auroc": b.baseline_auroc, "auroc_95ci": ci,
+                         "min_auroc": b.min_auroc, "passes": b.passes_min_auroc, "floor_early": b.floor_early,
+                         "floor_bow": b.floor_bow, "below_lexical_floor": b.below_lexical_floor, "noise_floor": b.noise_floor,
+                         "direction_norm": b.direction_norm, "causal_shift": c.get("causal_shift"),
+                         "causal_neg_shift": c.get("causal_shift_negative"), "causal_random_p95": c.get("causal_random_p95"),
+                         "causal_passes": b.causal_passes, "passes_gates": b.passes_gates, "flags": "; ".join(b.flags)})
         return rows
+
+    def write_extract(self, output_dir):
+        """Write the extraction outputs together (or none): `directions.npz`, `directions_metadata.json`,
+        `layer_sweep.csv` (with CIs), `layer_sweep.png` and `extract_summary.json`."""
+        from safety_compass.plots import plot_sweep, save_figure
+        if not self.baselines: raise SafetyCompassError("write_extract() before setup()")
+        cols = ["layer", "auroc", "auroc_ci_low", "auroc_ci_high", "direction_norm"]
+        lines = ["concept," + ",".join(cols)] + [f"{b.concept}," + ",".join(f"{r[k]:.6f}" if k != "layer" else str(r[k]) for k in cols)
+                                                 for b in self.baselines.values() for r in b.sweep]
+        with staged_dir(output_dir) as tmp:  # all five files, or none
+            self.save_baselines(tmp)
+            atomic_write_text(tmp / "layer_sweep.csv", "\n".join(lines) + "\n")
+            save_figure(self.plot_sweep(), tmp / "layer_sweep.png")
+            atomic_write_json(tmp / "extract_summary.json", {"layer_convention": LAYER_CONVENTION, "concepts": self.summary_table()})
+        return Path(output_dir)
+
+    def plot_sweep(self, title: str | None = None):
+        "The layer-sweep figure of the current baselines (see the plots chapter)."
+        from safety_compass.plots import plot_sweep
+        items = [{**b.summary(), "sweep": b.sweep} for b in self.baselines.values()]
+        return plot_sweep(items, self.num_layers, title=title)
+
+# %% ../nbs/07_monitor.ipynb #610e56f6
+def run_extract(experiment_config, output_dir, concepts=None, model=None, tokenizer=None, model_name: str | None = None,
+                strict: bool = False, causal_check: bool = True, progress: bool = True) -> SafetyCompassMonitor:
+    "Extract and save baselines for an experiment (path, bundled name, dict or `Experiment`); returns the monitor."
+    from safety_compass.core import check_writable
+    cfg = load_monitor_config(experiment_config, strict=strict, concepts=concepts)  # config and pair errors first
+    check_writable(output_dir)                                                      # then the output, before any work
+    if model is None:
+        from safety_compass.models import load_experiment_model
+        model, tokenizer = load_experiment_model(cfg.experiment, model_name)
+    mon = SafetyCompassMonitor.from_config(model, tokenizer, cfg)
+    mon.setup(progress=progress, causal_check=causal_check)
+    mon.write_extract(output_dir)
+    return mon

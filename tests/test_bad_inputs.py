@@ -228,13 +228,10 @@ def test_unknown_keys_warn_api(tmp_path, embedded, caplog):
 
 def saturate(model, layer: int = 6):
     "Register a hook that writes +inf into channel 0 of `hidden_states[layer]`; returns the handle."
-    import torch
-    from safety_compass.capture import layer_module
-    def hook(mod, args, out):
-        h = (out[0] if isinstance(out, tuple) else out).clone()
-        h[..., 0] = torch.inf
-        return (h, *out[1:]) if isinstance(out, tuple) else h
-    return layer_module(model, layer).register_forward_hook(hook)
+    from safety_compass.capture import register_layer_hook
+    def fn(h):
+        h = h.clone(); h[..., 0] = float("inf"); return h
+    return register_layer_hook(model, layer, fn)
 
 # `safety-compass` with the hook added to every model it loads
 SHIM = """

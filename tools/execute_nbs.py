@@ -9,8 +9,8 @@ from execnb.nbio import read_nb, write_nb
 from execnb.shell import CaptureShell
 
 root = Path(__file__).resolve().parents[1]
-os.chdir(root / "nbs")
 paths = [Path(p).resolve() for p in sys.argv[1:]] or sorted((root / "nbs").glob("*.ipynb"))
+os.chdir(root / "nbs")
 
 def no_eval(cell):
     src = cell.source if isinstance(cell.source, str) else "".join(cell.source)
@@ -19,8 +19,10 @@ def no_eval(cell):
 for p in paths:
     t0 = time.perf_counter()
     nb = read_nb(p)
+    for c in nb.cells:  # execnb only replaces outputs a cell produces again: start from none
+        if c.cell_type == "code": c["outputs"] = []; c["execution_count"] = None
     shell = CaptureShell(path=p.parent)
     shell.run_all(nb, exc_stop=True, preproc=no_eval)
     write_nb(nb, p)
     print(f"executed {p.name} in {time.perf_counter() - t0:.1f}s", flush=True)
-os.system(f"{Path(sys.executable).parent / 'nbdev_clean'} --fname {root / 'nbs'}")
+for p in paths: os.system(f"{Path(sys.executable).parent / 'nbdev_clean'} --fname {p}")  # only the notebooks run here

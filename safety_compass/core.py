@@ -4,15 +4,15 @@
 
 # %% ../nbs/00_core.ipynb #c2f2119b
 from __future__ import annotations
-import os, io, json, shutil, tempfile, contextlib, hashlib
+import os, io, json, stat, shutil, tempfile, contextlib, hashlib
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 # %% auto #0
-__all__ = ['SafetyCompassError', 'atomic_open', 'atomic_write_text', 'atomic_write_json', 'staged_dir', 'check_writable',
-           'bundled_root', 'resolve_relative', 'find_config', 'load_yaml', 'sha256_file']
+__all__ = ['SafetyCompassError', 'current_umask', 'atomic_open', 'atomic_write_text', 'atomic_write_json', 'staged_dir',
+           'check_writable', 'bundled_root', 'resolve_relative', 'find_config', 'load_yaml', 'sha256_file']
 
 # %% ../nbs/00_core.ipynb #e2aabaee
 class SafetyCompassError(Exception):
@@ -36,13 +36,35 @@ def _remove_dirs(dirs):
         try: p.rmdir()
         except OSError: break
 
+def current_umask() -> int:
+    "The process umask, read without changing it where Linux exposes it (`/proc/self/status`), else set and restored."
+    with contextlib.suppress(OSError, ValueError):
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"): return int(line.split()[1], 8)
+    old = os.umask(0o022); os.umask(old)
+    return old
+
+def _plain_open_mode(path: Path) -> int:
+    "Permission bits a plain `open(path, 'w')` would leave: an existing file keeps its own, a new one gets 0666 & ~umask."
+    try:
+        st = path.stat()
+        if stat.S_ISREG(st.st_mode): return stat.S_IMODE(st.st_mode)
+    except OSError: pass
+    return 0o666 & ~current_umask()
+
 @contextlib.contextmanager
 def atomic_open(path, mode: str = "w", encoding: str | None = "utf-8"):
-    "Open a temp file beside `path`; on success fsync and rename it to `path`, on error remove it (and directories made for it)."
+    """Open a temp file beside `path`; on success fsync and rename it to `path`, on error remove it (and directories made for it).
+    The file ends with the permissions a plain `open()` gives (0666 & ~umask, or the replaced file's own), not mkstemp's 0600."""
     path = Path(path)
     try: made = _make_dirs(path.parent)
     except OSError as e: raise SafetyCompassError(f"{path.parent}: cannot create output directory ({e.strerror or e})") from None
-    try: fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            if hasattr(os, "fchmod"): os.fchmod(fd, _plain_open_mode(path))  # POSIX; Windows has no mode bits to fix
+        except OSError: os.close(fd); os.unlink(tmp); raise
     except OSError as e:
         _remove_dirs(made)
         raise SafetyCompassError(f"{path}: cannot write ({e.strerror or e})") from None

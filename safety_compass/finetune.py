@@ -12,52 +12,75 @@ import numpy as np
 import torch
 
 from .core import SafetyCompassError, resolve_relative, bundled_root
+from .pairs import conversation, as_messages
+from .capture import render_prompt
 
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'FORMATTERS', 'METHODS', 'register_formatter', 'alpaca_format', 'code_alpaca_format', 'dolly_format',
-           'get_formatter', 'load_rows', 'sft_features', 'SFTCollator', 'prepare_model', 'last_checkpoint',
-           'snapshot_configs', 'run_finetune']
+__all__ = ['log', 'FORMATTERS', 'METHODS', 'register_formatter', 'row_fields', 'alpaca_format', 'code_alpaca_format',
+           'dolly_format', 'get_formatter', 'DatasetRows', 'load_rows', 'render_sft', 'sft_example', 'sft_features',
+           'SFTCollator', 'prepare_model', 'last_checkpoint', 'snapshot_configs', 'run_finetune']
 
 # %% ../nbs/09_finetune.ipynb #ed4ca2e2
 FORMATTERS: dict[str, Callable] = {}
 
 def register_formatter(name: str):
-    "Decorator: register `fn(row) -> (prompt, response)` as formatter `name`."
+    "Decorator: register `fn(row, where) -> (prompt, response)` as formatter `name`."
     def deco(fn): FORMATTERS[name] = fn; return fn
     return deco
 
-def _field(row, key, where):
-    if key not in row: raise SafetyCompassError(f"{where}: missing field '{key}'")
-    v = row[key]
-    return "" if v is None else str(v)
+def _missing(v) -> bool:
+    return v is None or (isinstance(v, float) and math.isnan(v))  # parquet/pandas give NaN for an absent value
+
+def row_fields(row, where: str, fmt: str, required: tuple, optional: tuple = ()) -> dict[str, str]:
+    "The stripped string value of each field; absent optional fields are `''`, an absent required one raises a one-line error."
+    if not isinstance(row, dict):
+        raise SafetyCompassError(f"{where}: expected an object with fields {', '.join(required)}, got {type(row).__name__}")
+    out = {}
+    for key in (*required, *optional):
+        v = row.get(key)
+        if _missing(v):
+            if key in required:
+                opt = f"; {', '.join(optional)} optional" if optional else ""
+                raise SafetyCompassError(f"{where}: missing field '{key}' (format '{fmt}' needs {', '.join(required)}{opt})")
+            v = ""
+        out[key] = str(v).strip()
+    return out
+
+def _alpaca(row, where, fmt):
+    f = row_fields(row, where, fmt, ("instruction", "output"), ("input",))
+    return f["instruction"] + (f"\n\n{f['input']}" if f["input"] else ""), f["output"]
 
 @register_formatter("alpaca")
 def alpaca_format(row, where="row"):
-    "Alpaca: instruction, optional input, output."
-    inp = _field(row, "input", where).strip()
-    prompt = _field(row, "instruction", where).strip() + (f"\n\n{inp}" if inp else "")
-    return prompt, _field(row, "output", where).strip()
+    "Alpaca (Taori et al. 2023, tatsu-lab/stanford_alpaca): instruction, optional input, output."
+    return _alpaca(row, where, "alpaca")
 
 @register_formatter("code_alpaca")
 def code_alpaca_format(row, where="row"):
-    "Code Alpaca uses the Alpaca schema."
-    return alpaca_format(row, where)
+    "Code Alpaca (sahil2801/CodeAlpaca-20k) uses the Alpaca schema."
+    return _alpaca(row, where, "code_alpaca")
 
 @register_formatter("dolly")
 def dolly_format(row, where="row"):
-    "Dolly 15k: instruction, optional context, response."
-    ctx = _field(row, "context", where).strip()
-    prompt = _field(row, "instruction", where).strip() + (f"\n\nContext: {ctx}" if ctx else "")
-    return prompt, _field(row, "response", where).strip()
+    "Dolly 15k (databricks/databricks-dolly-15k): instruction, optional context, response."
+    f = row_fields(row, where, "dolly", ("instruction", "response"), ("context",))
+    return f["instruction"] + (f"\n\nContext: {f['context']}" if f["context"] else ""), f["response"]
 
 def get_formatter(name):
     if name not in FORMATTERS: raise SafetyCompassError(f"dataset.format: unknown formatter {name!r}; known: {', '.join(sorted(FORMATTERS))}")
     return FORMATTERS[name]
 
 # %% ../nbs/09_finetune.ipynb #fd61d035
-def load_rows(name: str, subset_size: int | None = None, seed: int = 42, base_file=None, split: str = "train") -> list[dict]:
+class DatasetRows(list):
+    "A list of dataset rows with `where[i]`, the location of row `i` in its source, for one-line errors."
+    def __init__(self, rows=(), where=None):
+        super().__init__(rows)
+        self.where = list(where) if where is not None else [f"row {i + 1}" for i in range(len(self))]
+        if len(self.where) != len(self): raise ValueError("one location per row")
+
+def load_rows(name: str, subset_size: int | None = None, seed: int = 42, base_file=None, split: str = "train") -> DatasetRows:
     "Rows of a local json/jsonl/parquet file or a HF dataset, optionally a seeded random subset."
     p = resolve_relative(name, base_file) if base_file else Path(name)
     if p.suffix in (".json", ".jsonl", ".parquet") or p.exists():
@@ -65,46 +88,107 @@ def load_rows(name: str, subset_size: int | None = None, seed: int = 42, base_fi
         if p.suffix == ".parquet":
             import pandas as pd
             rows = pd.read_parquet(p).to_dict("records")
+            where = [f"{p}: row {k}" for k in range(1, len(rows) + 1)]
         elif p.suffix == ".jsonl":
-            rows = []
+            rows, where = [], []
             for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
                 if not line.strip(): continue
                 try: rows.append(json.loads(line))
                 except json.JSONDecodeError as e: raise SafetyCompassError(f"{p}:{i}: malformed JSON ({e.msg})") from None
+                where.append(f"{p}:{i}")
         else:
             try: rows = json.loads(p.read_text(encoding="utf-8"))
             except json.JSONDecodeError as e: raise SafetyCompassError(f"{p}:{e.lineno}: malformed JSON ({e.msg})") from None
             if not isinstance(rows, list): raise SafetyCompassError(f"{p}: expected a JSON array of rows")
+            where = [f"{p}: row {k}" for k in range(1, len(rows) + 1)]
     else:
         from datasets import load_dataset
         try: rows = list(load_dataset(name, split=split))
         except Exception as e: raise SafetyCompassError(f"dataset.name: cannot load {name!r} ({str(e).splitlines()[0]})") from None
+        where = [f"{name}: row {k}" for k in range(1, len(rows) + 1)]
     if not rows: raise SafetyCompassError(f"dataset.name: {name} has no rows")
     if subset_size and subset_size < len(rows):
-        rows = [rows[i] for i in sorted(random.Random(seed).sample(range(len(rows)), subset_size))]
-    return rows
+        keep = sorted(random.Random(seed).sample(range(len(rows)), subset_size))
+        rows, where = [rows[i] for i in keep], [where[i] for i in keep]
+    return DatasetRows(rows, where)
 
 # %% ../nbs/09_finetune.ipynb #7d802db9
+def render_sft(tokenizer, prompt: str, response: str) -> tuple[str, str]:
+    "`(prompt_text, full_text)`: the prompt exactly as generation renders it, and the whole templated conversation."
+    eos = tokenizer.eos_token or ""
+    if getattr(tokenizer, "chat_template", None):
+        conv = conversation(None, prompt)
+        p_text = render_prompt(tokenizer, conv)
+        extra = {"enable_thinking": False} if "enable_thinking" in tokenizer.chat_template else {}
+        full = tokenizer.apply_chat_template(as_messages(conv) + [{"role": "assistant", "content": response}],
+                                             tokenize=False, **extra)
+        # templates that render a past assistant turn unlike a fresh one (Qwen3's think block) cannot be split by text
+        if not full.startswith(p_text): full = p_text + response + eos
+    else:
+        p_text = f"{prompt}\n\n"; full = p_text + response + eos
+    return p_text, full
+
+def _special_ids(tokenizer) -> set[int]:
+    ids = set(getattr(tokenizer, "all_special_ids", None) or [])
+    for i, t in (getattr(tokenizer, "added_tokens_decoder", None) or {}).items():
+        if getattr(t, "special", False): ids.add(int(i))
+    return ids
+
+def _decodes_to(tokenizer, ids, text) -> bool:
+    dec = lambda x: tokenizer.decode(x, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+    got = dec(ids)
+    # a decoder that is not an exact inverse (e.g. drops a leading space) is compared with its own view of the text
+    return got == text or got == dec(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+def _reply_ids_by_offsets(tokenizer, full: str, cut: int) -> list[int] | None:
+    "Ids of the tokens of `full` that start at or after character `cut`; None when a token straddles `cut`."
+    if not getattr(tokenizer, "is_fast", False): return None
+    enc = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
+    out = []
+    for t, (a, b) in zip(enc["input_ids"], enc["offset_mapping"]):
+        if a < cut < b: return None
+        if a >= cut: out.append(t)
+    return out
+
+def sft_example(tokenizer, prompt: str, response: str, where: str = "row") -> tuple[list[int], list[int], int]:
+    """`(prompt_ids, reply_ids, end_of_turn_id)` of one example, untruncated; `prompt_ids` are what generation feeds the
+    model and `prompt_ids + reply_ids` decodes to the full templated text. Raises a one-line error if no split exists."""
+    p_text, full = render_sft(tokenizer, prompt, response)
+    special = _special_ids(tokenizer)
+    k = full.find(response, len(p_text)) if response else len(p_text)
+    tail = full[k + len(response):] if k >= 0 else full[len(p_text):]  # what the template writes after the reply
+    eot = next((t for t in tokenizer(tail, add_special_tokens=False)["input_ids"] if t in special), None)
+    if eot is None:  # the template closes the turn with no special token: without one the model never learns to stop
+        if tokenizer.eos_token is None:
+            raise SafetyCompassError(f"tokenizer {getattr(tokenizer, 'name_or_path', '')!r}: the chat template ends the "
+                                     "assistant turn with no special token and there is no eos_token to train on")
+        full, eot = full + tokenizer.eos_token, tokenizer.eos_token_id
+    p_ids = tokenizer(p_text, add_special_tokens=False)["input_ids"]
+    r_ids = tokenizer(full[len(p_text):], add_special_tokens=False)["input_ids"]
+    if not _decodes_to(tokenizer, p_ids + r_ids, full):
+        r_ids = _reply_ids_by_offsets(tokenizer, full, len(p_text))
+        if r_ids is None or not _decodes_to(tokenizer, p_ids + r_ids, full):
+            raise SafetyCompassError(f"{where}: tokenizer {getattr(tokenizer, 'name_or_path', '')!r} cannot split this "
+                                     "example at the end of the prompt (prompt and reply tokens merge)")
+    return p_ids, r_ids, eot
+
 def sft_features(rows, tokenizer, formatter: str = "alpaca", max_seq_length: int = 512, source: str = "dataset") -> list[dict]:
-    "input_ids / labels per row, with the loss on the assistant reply only."
+    """`{"input_ids", "labels"}` per row, the loss on the assistant reply and its end-of-turn token only (labels −100 on
+    the prompt), truncated to `max_seq_length`. Rows whose prompt alone fills `max_seq_length` are dropped (logged)."""
     fmt = get_formatter(formatter)
-    feats = []
+    where = rows.where if isinstance(rows, DatasetRows) else [f"{source}: row {i + 1}" for i in range(len(rows))]
+    feats, dropped, cut_eot = [], 0, 0
     for i, row in enumerate(rows):
-        prompt, response = fmt(row, where=f"{source}: row {i}")
-        if getattr(tokenizer, "chat_template", None):
-            msgs = [{"role": "user", "content": prompt}]
-            extra = {"enable_thinking": False} if "enable_thinking" in tokenizer.chat_template else {}
-            p_text = tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False, **extra)
-            full = tokenizer.apply_chat_template(msgs + [{"role": "assistant", "content": response}], tokenize=False, **extra)
-            if not full.startswith(p_text): full = p_text + response + (tokenizer.eos_token or "")
-        else:
-            p_text, full = f"{prompt}\n\n", f"{prompt}\n\n{response}{tokenizer.eos_token or ''}"
-        p_ids = tokenizer(p_text, add_special_tokens=False)["input_ids"]
-        ids = tokenizer(full, add_special_tokens=False)["input_ids"][:max_seq_length]
-        labels = [-100] * min(len(p_ids), len(ids)) + ids[len(p_ids):]
-        if all(l == -100 for l in labels): continue  # prompt alone fills max_seq_length
-        feats.append({"input_ids": ids, "labels": labels[:len(ids)]})
+        prompt, response = fmt(row, where=where[i])
+        p_ids, r_ids, eot = sft_example(tokenizer, prompt, response, where[i])
+        if len(p_ids) >= max_seq_length: dropped += 1; continue
+        r_ids = r_ids[:max_seq_length - len(p_ids)]
+        if eot not in r_ids: cut_eot += 1
+        feats.append({"input_ids": p_ids + r_ids, "labels": [-100] * len(p_ids) + r_ids})
     if not feats: raise SafetyCompassError(f"{source}: no trainable examples (max_seq_length {max_seq_length} too short?)")
+    if dropped: log.warning("%s: %d of %d rows dropped: the prompt alone fills max_seq_length %d", source, dropped, len(rows), max_seq_length)
+    if cut_eot: log.warning("%s: %d of %d examples are cut by max_seq_length %d before the end-of-turn token, so on them the "
+                            "model is not trained to stop", source, cut_eot, len(feats), max_seq_length)
     return feats
 
 class SFTCollator:

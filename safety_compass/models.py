@@ -4,17 +4,17 @@
 
 # %% ../nbs/02_models.ipynb #71379521
 from __future__ import annotations
-import os, json, time, shutil, logging, importlib.util, tempfile
+import os, json, time, shutil, logging, importlib.util, tempfile, contextlib, functools
 from pathlib import Path
 
 import torch
-from .core import SafetyCompassError, sha256_file, atomic_write_json
+from .core import SafetyCompassError, sha256_file, atomic_write_json, current_umask
 
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'DEFAULT_MODEL', 'EMBEDDED_PACKAGE', 'EMBEDDED_GGUF', 'embedded_gguf_path', 'cache_dir', 'load_default_model',
-           'nf4_config', 'load_model']
+__all__ = ['log', 'DEFAULT_MODEL', 'EMBEDDED_PACKAGE', 'EMBEDDED_GGUF', 'embedded_gguf_path', 'cache_dir', 'transformers_major',
+           'default_cache_path', 'rope_settings', 'arch_fingerprint', 'load_default_model', 'nf4_config', 'load_model']
 
 # %% ../nbs/02_models.ipynb #b33e6df3
 DEFAULT_MODEL = "default"
@@ -36,32 +36,101 @@ def cache_dir() -> Path:
     if os.environ.get("SAFETY_COMPASS_CACHE"): return Path(os.environ["SAFETY_COMPASS_CACHE"])
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "safety_compass"
 
+def transformers_major() -> int:
+    "Major version of the installed transformers (the cache of the de-quantized model is kept per major version)."
+    import transformers
+    return int(transformers.__version__.split(".")[0])
+
+def default_cache_path(gguf_sha: str) -> Path:
+    "Cache directory of the de-quantized embedded model for this GGUF and this transformers major version."
+    return cache_dir() / "smollm2-135m-instruct" / f"{gguf_sha[:16]}-transformers{transformers_major()}"
+
 # %% ../nbs/02_models.ipynb #de5abc36
 _MANIFEST = "safety_compass_cache.json"
+_ARCH_KEYS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "intermediate_size",
+              "vocab_size", "rms_norm_eps", "tie_word_embeddings")
+
+def rope_settings(config) -> dict:
+    """RoPE settings of a model config in one form whatever transformers version reads it: `rope_theta`, `rope_type`
+    and any scaling fields (transformers 5 keeps them in `config.rope_parameters`, 4.x in `rope_theta` + `rope_scaling`)."""
+    rp = getattr(config, "rope_parameters", None)
+    out = dict(rp) if isinstance(rp, dict) and rp else {}
+    if not out:
+        out = dict(getattr(config, "rope_scaling", None) or {})
+        if getattr(config, "rope_theta", None) is not None: out["rope_theta"] = config.rope_theta
+    if "type" in out and "rope_type" not in out: out["rope_type"] = out.pop("type")
+    out.setdefault("rope_type", "default")
+    return json.loads(json.dumps(out, sort_keys=True, default=float))
+
+def arch_fingerprint(config) -> dict:
+    "The config values that change a model's activations: RoPE settings, sizes, norm epsilon, tied embeddings."
+    fp = {k: getattr(config, k, None) for k in _ARCH_KEYS}
+    fp["rope"] = rope_settings(config)
+    return json.loads(json.dumps(fp, default=float))
+
+def _fingerprint_mismatch(config, expected: dict) -> str | None:
+    "None if `config` matches `expected` (a stored `arch_fingerprint`), else 'key: got X, expected Y' for the first difference."
+    got = arch_fingerprint(config)
+    for k in expected:
+        if got.get(k) != expected[k]: return f"{k}: got {got.get(k)}, expected {expected[k]}"
+    return None
+
+def _read_manifest(d: Path) -> dict | None:
+    try: man = json.loads((d / _MANIFEST).read_text())
+    except (OSError, ValueError): return None
+    return man if isinstance(man, dict) else None
 
 def _cache_ok(d: Path, gguf_sha: str) -> bool:
-    try: man = json.loads((d / _MANIFEST).read_text())
-    except (OSError, ValueError): return False
-    if man.get("gguf_sha256") != gguf_sha: return False
+    man = _read_manifest(d)
+    if man is None or man.get("gguf_sha256") != gguf_sha: return False
+    if man.get("transformers_major") != transformers_major() or not isinstance(man.get("config"), dict): return False
     return all((d / f).is_file() and (d / f).stat().st_size == s for f, s in man.get("files", {}).items())
 
-def _build_cache(gguf: Path, gguf_sha: str, dest: Path):
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-    t0 = time.perf_counter()
-    log.info("De-quantizing %s once (cached at %s)", gguf.name, dest)
-    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    qmodel = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+@contextlib.contextmanager
+def _gguf_progress():
+    "Make transformers' GGUF de-quantization bar (a bare tqdm) obey transformers' progress-bar switch while loading."
+    from transformers.utils import logging as hf_logging
+    try: import transformers.modeling_gguf_pytorch_utils as g
+    except ImportError: g = None
+    bar = getattr(g, "tqdm", None)
+    if bar is None or hf_logging.is_progress_bar_enabled(): yield; return
+    g.tqdm = functools.partial(bar, disable=True)
+    try: yield
+    finally: g.tqdm = bar
+
+def _load_gguf(directory, gguf_file: str, trust_remote_code: bool = False, **model_kw):
+    "`(plain model in float32, tokenizer, GGUF-side arch_fingerprint)`: the GGUF de-quantized, its quantizer removed."
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    with _gguf_progress():
+        tok = AutoTokenizer.from_pretrained(directory, gguf_file=gguf_file, trust_remote_code=trust_remote_code)
+        qmodel = AutoModelForCausalLM.from_pretrained(directory, gguf_file=gguf_file, dtype=torch.float32,
+                                                      trust_remote_code=trust_remote_code, **model_kw)
     config = qmodel.config
+    fingerprint = arch_fingerprint(config)
+    # the GGUF quantizer marks the model untrainable and unsaveable though its weights are already plain floats
     if hasattr(config, "quantization_config"): del config.quantization_config
-    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32, trust_remote_code=trust_remote_code)
     res = plain.load_state_dict(qmodel.state_dict(), strict=True)
     assert not res.missing_keys and not res.unexpected_keys
+    plain.eval()
+    return plain, tok, fingerprint
+
+def _build_cache(gguf: Path, gguf_sha: str, dest: Path):
+    import transformers
+    t0 = time.perf_counter()
+    log.info("De-quantizing %s once (cached at %s)", gguf.name, dest)
+    plain, tok, fingerprint = _load_gguf(gguf.parent, gguf.name)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
     try:
         plain.save_pretrained(tmp); tok.save_pretrained(tmp)
+        um = current_umask()  # mkdtemp (and safetensors) make private files; the cache gets ordinary permissions
+        os.chmod(tmp, 0o777 & ~um)
+        for f in tmp.iterdir(): os.chmod(f, 0o666 & ~um)
         files = {p.name: p.stat().st_size for p in tmp.iterdir() if p.is_file()}
         atomic_write_json(tmp / _MANIFEST, {"gguf_sha256": gguf_sha, "source": str(gguf), "files": files,
+                                            "transformers_version": transformers.__version__,
+                                            "transformers_major": transformers_major(), "config": fingerprint,
                                             "build_seconds": round(time.perf_counter() - t0, 2)})
         if dest.exists(): shutil.rmtree(dest)
         os.replace(tmp, dest)
@@ -70,22 +139,30 @@ def _build_cache(gguf: Path, gguf_sha: str, dest: Path):
 
 # %% ../nbs/02_models.ipynb #6a1f014e
 def load_default_model(dtype=torch.float32, rebuild: bool = False, device=None):
-    "`(model, tokenizer)` for the embedded SmolLM2-135M-Instruct, de-quantized once and cached."
+    """`(model, tokenizer)` for the embedded SmolLM2-135M-Instruct, de-quantized once and cached per transformers major
+    version. Raises `SafetyCompassError` if the loaded config still disagrees with the GGUF after a rebuild."""
+    import transformers
     from transformers import AutoModelForCausalLM, AutoTokenizer
     gguf = embedded_gguf_path()
     sha = sha256_file(gguf)
-    dest = cache_dir() / "smollm2-135m-instruct" / sha[:16]
+    dest = default_cache_path(sha)
     for attempt in range(2):
         if rebuild or not _cache_ok(dest, sha):
             _build_cache(gguf, sha, dest); rebuild = False
         try:
             model = AutoModelForCausalLM.from_pretrained(dest, dtype=_as_dtype(dtype))
             tok = AutoTokenizer.from_pretrained(dest)
-            break
         except Exception as e:  # a cache that passes the size check but will not load: rebuild once
             if attempt: raise
             log.warning("embedded model cache at %s failed to load (%s); rebuilding", dest, e)
-            rebuild = True
+            rebuild = True; continue
+        bad = _fingerprint_mismatch(model.config, _read_manifest(dest)["config"])
+        if bad is None: break
+        if attempt:
+            raise SafetyCompassError(f"{dest}: transformers {transformers.__version__} reads the cached model config "
+                                     f"unlike the GGUF ({bad}); delete the directory or report this transformers version")
+        log.warning("embedded model cache at %s loads with a config unlike the GGUF's (%s); rebuilding", dest, bad)
+        rebuild = True
     if device is not None: model.to(device)
     model.eval()
     return model, tok
@@ -105,9 +182,36 @@ def nf4_config(compute_dtype=torch.float16):
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                               bnb_4bit_compute_dtype=_as_dtype(compute_dtype))
 
+def _first_line(e: Exception) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
+
+def _load_gguf_model(name_or_path, gguf_file, quantization, dtype, device_map, trust_remote_code, kw):
+    p = Path(os.path.expanduser(str(name_or_path)))
+    if p.suffix.lower() == ".gguf":
+        if gguf_file is not None:
+            raise SafetyCompassError(f"{name_or_path}: is already a .gguf file; pass gguf_file only with a directory or hub id")
+        if not p.is_file(): raise SafetyCompassError(f"{name_or_path}: GGUF file not found")
+        where, directory, gguf_file = str(name_or_path), str(p.parent), p.name
+    else:
+        directory, where = (str(p) if p.exists() else str(name_or_path)), f"{name_or_path}/{gguf_file}"
+        if p.is_dir() and not (p / gguf_file).is_file(): raise SafetyCompassError(f"{where}: GGUF file not found")
+    if quantization == "nf4":
+        raise SafetyCompassError(f"{where}: a GGUF is de-quantized to floats when loaded, not to NF4; use quantization: null")
+    if isinstance(device_map, dict):
+        raise SafetyCompassError(f"{where}: device_map for a GGUF must name one device (e.g. 'cuda:0'), not a per-module map")
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if device_map == "auto" else device_map
+    try: model, tok, _ = _load_gguf(directory, gguf_file, trust_remote_code=trust_remote_code, **kw)
+    except (OSError, ValueError) as e:
+        raise SafetyCompassError(f"{where}: cannot load GGUF ({_first_line(e)})") from None
+    dt = _as_dtype(dtype)
+    if dt not in (None, "auto", torch.float32): model.to(dt)
+    if device is not None: model.to(device)
+    return model, tok
+
 def load_model(name_or_path: str = DEFAULT_MODEL, quantization: str | None = None, dtype=None,
-               device_map=None, trust_remote_code: bool = False, **kwargs):
-    "`(model, tokenizer)` for `'default'`, a HF hub id or a local directory; `quantization` is None or `'nf4'`."
+               device_map=None, trust_remote_code: bool = False, gguf_file: str | None = None, **kwargs):
+    """`(model, tokenizer)` for `'default'`, a HF hub id, a local directory, a directory/hub id with `gguf_file`, or a
+    path to a `.gguf` file; `quantization` is None or `'nf4'` (not for GGUF). User errors raise `SafetyCompassError`."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
     if quantization not in (None, "none", "nf4"):
         raise SafetyCompassError(f"quantization: unknown value {quantization!r}; use null or 'nf4'")
@@ -115,11 +219,15 @@ def load_model(name_or_path: str = DEFAULT_MODEL, quantization: str | None = Non
         raise SafetyCompassError("quantization 'nf4' needs a CUDA GPU (bitsandbytes 4-bit); none found. "
                                  "Use quantization: null on CPU")
     if name_or_path in (DEFAULT_MODEL, None):
+        if gguf_file is not None: raise SafetyCompassError(f"gguf_file={gguf_file!r} needs a directory or hub id, not the default model")
         if quantization == "nf4": raise SafetyCompassError("the embedded default model is not loaded in nf4; use quantization: null")
         return load_default_model(dtype=_as_dtype(dtype) or torch.float32)
     p = Path(os.path.expanduser(str(name_or_path)))
     looks_local = p.is_absolute() or str(name_or_path).startswith((".", "~")) or str(name_or_path).count("/") > 1
-    if looks_local and not p.exists(): raise SafetyCompassError(f"{name_or_path}: model directory not found")
+    if looks_local and not p.exists():
+        raise SafetyCompassError(f"{name_or_path}: {'GGUF file' if p.suffix.lower() == '.gguf' else 'model directory'} not found")
+    if gguf_file is not None or p.suffix.lower() == ".gguf":
+        return _load_gguf_model(name_or_path, gguf_file, quantization, dtype, device_map, trust_remote_code, kwargs)
     kw = dict(trust_remote_code=trust_remote_code, **kwargs)
     if quantization == "nf4":
         compute = _as_dtype(dtype) if dtype not in (None, "auto") else torch.float16
@@ -130,6 +238,6 @@ def load_model(name_or_path: str = DEFAULT_MODEL, quantization: str | None = Non
     try:
         tok = AutoTokenizer.from_pretrained(str(p) if p.exists() else name_or_path, trust_remote_code=trust_remote_code)
         model = AutoModelForCausalLM.from_pretrained(str(p) if p.exists() else name_or_path, **kw)
-    except OSError as e:
-        raise SafetyCompassError(f"{name_or_path}: cannot load model ({str(e).splitlines()[0]})") from None
+    except (OSError, ValueError) as e:
+        raise SafetyCompassError(f"{name_or_path}: cannot load model ({_first_line(e)})") from None
     return model, tok

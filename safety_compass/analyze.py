@@ -13,8 +13,9 @@ import pandas as pd
 from .core import SafetyCompassError, atomic_open, atomic_write_json, atomic_write_text, staged_dir
 
 # %% auto #0
-__all__ = ['HEAT_METRICS', 'load_run', 'drift_table', 'reference_table', 'fragility_ranking', 'ranking_consistency',
-           'drift_vs_behavior', 'plot_curves', 'plot_heatmap', 'plot_scatter', 'analyze', 'report']
+__all__ = ['MIN_CORRELATION_POINTS', 'HEAT_METRICS', 'load_run', 'drift_table', 'reference_table', 'fragility_ranking',
+           'ranking_consistency', 'drift_vs_behavior', 'plot_curves', 'plot_heatmap', 'plot_scatter', 'analyze',
+           'report']
 
 # %% ../nbs/15_analyze.ipynb #9d927395
 def load_run(run_dir) -> dict:
@@ -98,8 +99,27 @@ def ranking_consistency(ranking: pd.DataFrame) -> dict:
             "same_order_in_all": orders.nunique() == 1, "n_datasets": int(orders.size),
             "orders": {k: list(v) for k, v in orders.items()}}
 
+MIN_CORRELATION_POINTS = 5   # below this a correlation of a handful of runs says nothing; report the count instead
+
+def _correlation(x: pd.Series, y: pd.Series) -> dict:
+    "Pearson and Spearman correlation of x and y with p-values, or None and the reason."
+    n = int(len(x))
+    out = {"n_points": n, "pearson_r": None, "pearson_p": None, "spearman_r": None, "spearman_p": None}
+    if n < MIN_CORRELATION_POINTS: return {**out, "text": f"too few points (n={n})"}
+    if x.nunique() < 2 or y.nunique() < 2:
+        return {**out, "text": f"no correlation: {'final cosine' if x.nunique() < 2 else 'behavior change'} is constant (n={n})"}
+    from scipy.stats import pearsonr, spearmanr
+    (r, p), (rho, q) = pearsonr(x, y), spearmanr(x, y)
+    return {"n_points": n, "pearson_r": float(r), "pearson_p": float(p), "spearman_r": float(rho), "spearman_p": float(q),
+            "text": f"Pearson r = {r:.2f} (p = {p:.2g}), Spearman ρ = {rho:.2f} (p = {q:.2g}), n = {n}"}
+
 def drift_vs_behavior(runs: list[dict], table: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
-    "Points (final cosine, Δ mean log-odds fine-tuned − base) per dataset × concept, with correlations."
+    """Points (final cosine, Δ mean log-odds fine-tuned − base) per dataset × concept, and correlations within each
+    concept across runs (`by_concept`; n ≥ `MIN_CORRELATION_POINTS`, else "too few points (n=…)").
+
+    Keys: `n_points` (all points), `by_concept` ({concept: n_points, pearson_r/p, spearman_r/p, text}), `summary` (one
+    line), `min_points`. `pearson_r`/`pearson_p`/`spearman_r`/`spearman_p` are the concept's values when the points
+    hold a single concept, else None: a correlation pooled over concepts mixes behavior scores on different scales."""
     pts = []
     for r in runs:
         b = r["behavior"]
@@ -113,12 +133,12 @@ def drift_vs_behavior(runs: list[dict], table: pd.DataFrame) -> tuple[pd.DataFra
             t = table[(table.dataset == r["name"]) & (table.concept == c)]
             if len(t): pts.append({"dataset": r["name"], "concept": c, "final_cosine": float(t.final.iloc[0]),
                                    "delta_logodds": delta, "delta_as_expected_rate": rate})
-    df = pd.DataFrame(pts)
-    stats = {"n_points": int(len(df)), "pearson_r": None, "spearman_r": None}
-    if len(df) >= 3 and df.final_cosine.nunique() > 1 and df.delta_logodds.nunique() > 1:
-        from scipy.stats import pearsonr, spearmanr
-        stats["pearson_r"], stats["pearson_p"] = (float(v) for v in pearsonr(df.final_cosine, df.delta_logodds))
-        stats["spearman_r"], stats["spearman_p"] = (float(v) for v in spearmanr(df.final_cosine, df.delta_logodds))
+    df = pd.DataFrame(pts, columns=["dataset", "concept", "final_cosine", "delta_logodds", "delta_as_expected_rate"])
+    by = {c: _correlation(g.final_cosine, g.delta_logodds) for c, g in df.groupby("concept", sort=False)}
+    single = next(iter(by.values())) if len(by) == 1 else {}
+    stats = {"n_points": int(len(df)), **{k: single.get(k) for k in ("pearson_r", "pearson_p", "spearman_r", "spearman_p")},
+             "by_concept": by, "min_points": MIN_CORRELATION_POINTS,
+             "summary": "; ".join(f"{c}: {v['text']}" for c, v in by.items()) if by else "no behavior evaluations"}
     return df, stats
 
 # %% ../nbs/15_analyze.ipynb #36df82f4
@@ -164,17 +184,20 @@ def plot_heatmap(run):
     return fig
 
 def plot_scatter(points: pd.DataFrame, stats: dict):
-    "Final cosine vs change in behavior score, one point per (dataset, concept)."
+    "Final cosine vs change in behavior score, one panel per concept (the scores' scales differ), one point per dataset."
     import matplotlib; matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(5.5, 4))
-    for k, (c, g) in enumerate(points.groupby("concept", sort=False)):
-        ax.scatter(g.final_cosine, g.delta_logodds, color=f"C{k}", label=c)
+    groups = list(points.groupby("concept", sort=False))
+    fig, axes = plt.subplots(1, len(groups), figsize=(4.2 * len(groups), 3.8), squeeze=False)
+    for k, (ax, (c, g)) in enumerate(zip(axes[0], groups)):
+        ax.scatter(g.final_cosine, g.delta_logodds, color=f"C{k}")
         for _, r in g.iterrows(): ax.annotate(r.dataset, (r.final_cosine, r.delta_logodds), fontsize=7)
-    r = stats.get("pearson_r")
-    ax.set_title(f"Drift vs behavior (n={stats['n_points']}" + (f", Pearson r={r:.2f})" if r is not None else ")"))
-    ax.set_xlabel("final cosine to baseline"); ax.set_ylabel("Δ behavior log-odds (fine-tuned − base)")
-    ax.axhline(0, color="0.6", lw=1); ax.legend(fontsize=8); ax.grid(alpha=0.3)
+        st = stats.get("by_concept", {}).get(c, {})
+        r = st.get("pearson_r")
+        ax.set_title(f"{c}: " + (f"r = {r:.2f}, n = {st['n_points']}" if r is not None else st.get("text", f"n = {len(g)}")), fontsize=9)
+        ax.set_xlabel("final cosine to baseline"); ax.axhline(0, color="0.6", lw=1); ax.grid(alpha=0.3)
+    axes[0, 0].set_ylabel("Δ behavior log-odds (fine-tuned − base)")
+    fig.suptitle("Drift vs behavior, per concept", fontsize=10)
     return fig
 
 # %% ../nbs/15_analyze.ipynb #dfd03a13
@@ -220,8 +243,11 @@ def report(run_dirs, output="report.html", title: str = "Safety Compass report")
     for r in runs: parts.append(f"<h3>{esc(r['name'])}</h3>" + _img(plot_heatmap(r)))
     parts.append("<h2>Drift vs behavior</h2>")
     if len(res["points"]):
-        corr = "" if stats["pearson_r"] is None else f"Pearson r = {stats['pearson_r']:.2f} (p = {stats['pearson_p']:.2g}), Spearman ρ = {stats['spearman_r']:.2f}, "
-        parts.append(_img(plot_scatter(res["points"], stats)) + f"<p>{corr}n = {stats['n_points']} points.</p>" + res["points"].round(3).to_html(index=False))
+        corr = "".join(f"<li>{esc(c)}: {esc(v['text'])}</li>" for c, v in stats["by_concept"].items())
+        parts.append(_img(plot_scatter(res["points"], stats)) +
+                     f"<p>Correlations within each concept, across runs (each concept's behavior score has its own scale, so "
+                     f"concepts are not pooled; at least {stats['min_points']} points are needed):</p><ul>{corr}</ul>" +
+                     res["points"].round(3).to_html(index=False))
     else: parts.append("<p>No behavior evaluations found in these runs.</p>")
     for r in runs:
         if r["behavior"] is not None:
@@ -230,9 +256,11 @@ def report(run_dirs, output="report.html", title: str = "Safety Compass report")
     n_pairs = {r["name"]: r["info"].get("n_pairs") for r in runs}
     parts.append("<h2>Caveats</h2><ul>" + "".join(f"<li>{esc(s)}</li>" for s in [
         f"Model(s): {', '.join(models)}. Hardware: " + "; ".join(str(r['info'].get('hardware', {}).get('gpu') or r['info'].get('hardware', {}).get('cpu') or '?') for r in runs) + ".",
-        "Directions are difference-in-means over the shipped contrastive pairs; CIs are 95% bootstrap intervals over pairs; the noise floor is the 2.5th percentile of split-half cosines.",
+        "Directions are difference-in-means over the shipped contrastive pairs; CIs are 95% bootstrap intervals over pairs (basic for the cosine, BCa for the AUROCs). "
+        "The cosine's interval is for the cosine between population directions and is corrected for the sample cosine's bias, so it can lie above the sample cosine. "
+        "The noise floor is the 2.5th percentile of split-half cosines.",
         (f"Within noise (final CI reaches the noise floor and cosine ≥ 0.95): " + ", ".join(f"{a}/{b}" for a, b in zip(below.dataset, below.concept))) if len(below) else "Every final cosine is outside the noise floor or below 0.95.",
-        f"Drift-vs-behavior correlation rests on {stats['n_points']} point(s)" + ("; too few to conclude anything." if stats['n_points'] < 5 else "."),
+        "Drift vs behavior: " + (stats["summary"] + "." if stats["by_concept"] else "no behavior evaluations."),
     ]) + "</ul>")
     for r in runs:
         cfgs = sorted((r["dir"] / "config").rglob("*.yaml")) if (r["dir"] / "config").exists() else []

@@ -4,13 +4,14 @@
 
 # %% ../nbs/11_behavior.ipynb #142e5cc3
 from __future__ import annotations
-import json, math, re
+import json, re, warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 import torch
+from scipy import stats
 
 from .core import SafetyCompassError, bundled_root, atomic_open, atomic_write_json, staged_dir, check_writable
 from .pairs import conversation
@@ -18,9 +19,9 @@ from .capture import render_prompt, eval_mode, unwrap_model
 
 # %% auto #0
 __all__ = ['BEHAVIOR_FIELDS', 'REFUSAL_PATTERNS', 'AGREEMENT_PATTERNS', 'CORRECTION_PATTERNS', 'HONESTY_PATTERNS', 'SCORERS',
-           'JUDGE_QUESTIONS', 'DEFAULT_OPENERS', 'load_behavior_prompts', 'bundled_behavior', 'generate',
-           'register_scorer', 'rule_label', 'rules_scorer', 'judge_scorer', 'wilson_ci', 'mean_ci', 'evaluate',
-           'summarize', 'write_behavior', 'run_behavior']
+           'JUDGE_QUESTIONS', 'DEFAULT_OPENERS', 'load_behavior_prompts', 'bundled_behavior', 'end_of_turn_ids',
+           'generate', 'register_scorer', 'rule_label', 'rules_scorer', 'judge_scorer', 'wilson_ci', 'mean_ci',
+           'evaluate', 'summarize', 'write_behavior', 'run_behavior']
 
 # %% ../nbs/11_behavior.ipynb #77b5f71c
 BEHAVIOR_FIELDS = ("id", "concept", "system", "prompt", "expected", "kind")
@@ -52,11 +53,36 @@ def bundled_behavior(concept: str) -> list[dict]:
     return load_behavior_prompts(p)
 
 # %% ../nbs/11_behavior.ipynb #160dc61a
+_TURN_MARK = "Qz7 reply mark"   # assistant content to find in a rendered template; no template emits it
+
+def end_of_turn_ids(tokenizer, model=None) -> list[int]:
+    """Token ids that end an assistant turn: `model.generation_config.eos_token_id` (int or list), the tokenizer's
+    EOS, and the special token(s) the chat template writes right after an assistant message's content."""
+    ids = set()
+    gc = getattr(unwrap_model(model), "generation_config", None) if model is not None else None
+    eos = getattr(gc, "eos_token_id", None)
+    ids.update(eos if isinstance(eos, (list, tuple)) else [] if eos is None else [eos])
+    if tokenizer.eos_token_id is not None: ids.add(tokenizer.eos_token_id)
+    special = set(tokenizer.all_special_ids) | {i for i, t in tokenizer.added_tokens_decoder.items() if t.special}
+    extra = {"enable_thinking": False} if "enable_thinking" in (getattr(tokenizer, "chat_template", None) or "") else {}
+    for conv in ([{"role": "user", "content": "Hi"}, {"role": "assistant", "content": _TURN_MARK}],
+                 [{"role": "system", "content": "S"}, {"role": "user", "content": "Hi"}, {"role": "assistant", "content": _TURN_MARK}]):
+        try: text = tokenizer.apply_chat_template(conv, tokenize=False, **extra)
+        except Exception: continue   # e.g. a template that insists on (or rejects) a system turn: try the other
+        if _TURN_MARK not in text: continue
+        for t in tokenizer(text[text.rindex(_TURN_MARK) + len(_TURN_MARK):], add_special_tokens=False)["input_ids"]:
+            if t in special: ids.add(int(t))
+            elif tokenizer.decode([t]).strip(): break   # text after the turn (a template's own suffix): stop looking
+        break
+    return sorted(int(i) for i in ids)
+
 def generate(model, tokenizer, items: Sequence[dict], max_new_tokens: int = 48, batch_size: int = 8) -> list[str]:
-    "Greedy completions for behavior items (`system`, `prompt`)."
+    """Greedy completions for behavior items (`system`, `prompt`), each ending at the end of the assistant turn
+    (any of `end_of_turn_ids`)."""
     ids = [tokenizer(render_prompt(tokenizer, conversation(it.get("system") or None, it["prompt"])),
                      add_special_tokens=False)["input_ids"] for it in items]
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    stop = end_of_turn_ids(tokenizer, model)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (stop[0] if stop else 0)
     device = unwrap_model(model).get_input_embeddings().weight.device
     order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
     out = [None] * len(ids)
@@ -68,9 +94,11 @@ def generate(model, tokenizer, items: Sequence[dict], max_new_tokens: int = 48, 
             for r, i in enumerate(batch):
                 x[r, w - len(ids[i]):] = torch.tensor(ids[i]); m[r, w - len(ids[i]):] = 1
             gen = model.generate(input_ids=x.to(device), attention_mask=m.to(device), max_new_tokens=max_new_tokens,
-                                 do_sample=False, pad_token_id=pad, temperature=None, top_p=None, top_k=None)
+                                 do_sample=False, eos_token_id=stop or None, pad_token_id=pad, temperature=None, top_p=None, top_k=None)
             for r, i in enumerate(batch):
-                out[i] = tokenizer.decode(gen[r, w:], skip_special_tokens=True).strip()
+                new = gen[r, w:].tolist()
+                end = next((j for j, t in enumerate(new) if t in stop), len(new))
+                out[i] = tokenizer.decode(new[:end], skip_special_tokens=True).strip()
     return out
 
 # %% ../nbs/11_behavior.ipynb #650049da
@@ -135,20 +163,30 @@ def judge_scorer(items, responses, judge_model=None, judge_tokenizer=None, **kw)
     return out
 
 # %% ../nbs/11_behavior.ipynb #b12e54de
-def wilson_ci(k: int, n: int, z: float = 1.959964) -> tuple[float, float]:
-    "Wilson score interval for a binomial proportion k/n."
+def wilson_ci(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval for a binomial proportion k/n (`scipy.stats.binomtest(k, n).proportion_ci`, Wilson 1927);
+    `(nan, nan)` when n = 0."""
     if n == 0: return (float("nan"), float("nan"))
-    p = k / n; d = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / d
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
-    return (max(0.0, centre - half), min(1.0, centre + half))
+    ci = stats.binomtest(int(k), int(n)).proportion_ci(confidence_level=level, method="wilson")
+    return (float(ci.low), float(ci.high))
 
-def mean_ci(x, n_boot: int = 2000, seed: int = 0) -> tuple[float, float, float]:
-    "Mean and percentile-bootstrap 95% interval."
+def mean_ci(x, n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> tuple[float, float, float]:
+    """Mean of the finite values of `x` and its BCa bootstrap interval (`scipy.stats.bootstrap`, seeded; Efron 1987).
+    No values: all NaN. One value: the mean and a NaN interval (no spread to resample). Constant values: a zero-width
+    interval at the value."""
     x = np.asarray(x, dtype=float); x = x[np.isfinite(x)]
     if not len(x): return (float("nan"),) * 3
-    b = np.random.default_rng(seed).choice(x, (n_boot, len(x))).mean(1)
-    return float(x.mean()), float(np.percentile(b, 2.5)), float(np.percentile(b, 97.5))
+    mu = float(x.mean())
+    if len(x) == 1: return (mu, float("nan"), float("nan"))
+    if np.ptp(x) == 0: return (mu, mu, mu)
+    with warnings.catch_warnings(), np.errstate(divide="ignore", invalid="ignore"):
+        warnings.simplefilter("ignore", stats.DegenerateDataWarning)
+        res = stats.bootstrap((x,), np.mean, n_resamples=n_boot, confidence_level=level, method="BCa",
+                              rng=np.random.default_rng(seed))
+    lo, hi = res.confidence_interval
+    if not (np.isfinite(lo) and np.isfinite(hi)):   # BCa undefined (e.g. the mean outside every resample): percentile
+        lo, hi = np.quantile(res.bootstrap_distribution, [(1 - level) / 2, (1 + level) / 2])
+    return mu, float(lo), float(hi)
 
 # %% ../nbs/11_behavior.ipynb #cd862d14
 DEFAULT_OPENERS = {

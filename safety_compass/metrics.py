@@ -4,45 +4,91 @@
 
 # %% ../nbs/06_metrics.ipynb #ab6cf216
 from __future__ import annotations
+import warnings
+from dataclasses import dataclass
 import numpy as np
+from scipy import stats
+from .core import SafetyCompassError
 from .directions import SplitActs, dim_direction, auroc_many, cosine
 
 # %% auto #0
-__all__ = ['bootstrap_metrics', 'noise_floor', 'concept_metrics', 'is_drifted']
+__all__ = ['bootstrap_metrics', 'noise_floor', 'concept_metrics', 'is_drifted', 'DriftSimulation', 'interval_coverage']
 
 # %% ../nbs/06_metrics.ipynb #6c788a3d
-def _resample_weights(rng, n_pairs: int, n_boot: int) -> np.ndarray:
-    "Bootstrap resamples as `(n_boot, n_pairs)` weight rows (counts / n), so a resampled mean is one matmul."
-    return rng.multinomial(n_pairs, np.full(n_pairs, 1.0 / n_pairs), size=n_boot) / n_pairs
+def _pair_weights(idx: np.ndarray, n: int) -> np.ndarray:
+    "Resampled pair indices `(..., m)` as weights `(..., n)` (counts / m), so a resampled mean is one matmul."
+    return (idx[..., None] == np.arange(n)).sum(-2) / idx.shape[-1]
 
 def _unit_rows(m):
-    return m / np.linalg.norm(m, axis=1, keepdims=True)
+    return m / np.linalg.norm(m, axis=-1, keepdims=True)
 
-def bootstrap_metrics(base: SplitActs, now: SplitActs, n_boot: int = 200, seed: int = 0, level: float = 0.95) -> dict:
-    "Percentile bootstrap CIs over pairs for cosine_to_baseline, auroc_fixed and auroc_current."
-    rng = np.random.default_rng(seed)
-    wt = _resample_weights(rng, len(base.pos_train), n_boot)
-    wv = _resample_weights(rng, len(now.pos_val), n_boot)
-    d_base = _unit_rows(wt @ (base.pos_train - base.neg_train).astype(np.float64))
-    d_now = _unit_rows(wt @ (now.pos_train - now.neg_train).astype(np.float64))
-    cos = (d_base * d_now).sum(1)
-    # val resamples as index draws (AUROC needs the resampled score lists, not means)
-    idx = np.stack([rng.choice(len(now.pos_val), len(now.pos_val)) for _ in range(n_boot)])
-    u0, _ = dim_direction(base.pos_train, base.neg_train)
-    fixed = auroc_many((now.pos_val @ u0)[idx], (now.neg_val @ u0)[idx])
-    sp = np.einsum("bnd,bd->bn", now.pos_val[idx].astype(np.float64), d_now)
-    sn = np.einsum("bnd,bd->bn", now.neg_val[idx].astype(np.float64), d_now)
-    current = auroc_many(sp, sn)
-    lo, hi = 100 * (1 - level) / 2, 100 * (1 + level) / 2
-    est = {"cosine": float(np.dot(u0, dim_direction(now.pos_train, now.neg_train)[0])),
-           "auroc_fixed": float(auroc_many(now.pos_val @ u0, now.neg_val @ u0))}
-    est["auroc_current"] = float(auroc_many(now.pos_val @ dim_direction(now.pos_train, now.neg_train)[0],
-                                            now.neg_val @ dim_direction(now.pos_train, now.neg_train)[0]))
+def _bootstrap_ci(samples, statistic, method: str, n_boot: int, rng, level: float, bounds: tuple[float, float],
+                  n_wilson: int | None = None) -> tuple[float, float]:
+    "A `scipy.stats.bootstrap` interval of a vectorised statistic of pair-index samples, degenerate cases settled."
+    est = float(statistic(*samples, axis=-1))
+    if n_wilson is not None and est in (0.0, 1.0):  # perfect separation: the resamples cannot show any error
+        ci = stats.binomtest(round(est * n_wilson), n_wilson).proportion_ci(level, method="wilson")
+        return float(ci.low), float(ci.high)
+    res = stats.bootstrap(samples, statistic, n_resamples=n_boot, vectorized=True, confidence_level=level,
+                          method="percentile", rng=rng)
+    b = res.bootstrap_distribution
+    lo, hi = float(res.confidence_interval.low), float(res.confidence_interval.high)
+    if method != "percentile" and np.ptp(b) > 0:
+        # BCa's bias correction is infinite when the estimate lies outside every resample; then BCa is undefined
+        undefined = method.lower() == "bca" and ((b < est).all() or (b > est).all())
+        if not undefined:
+            with warnings.catch_warnings(), np.errstate(divide="ignore", invalid="ignore"):
+                warnings.simplefilter("ignore", stats.DegenerateDataWarning)   # e.g. a constant jackknife
+                ci = stats.bootstrap(samples, statistic, n_resamples=0, bootstrap_result=res, vectorized=True,
+                                     confidence_level=level, method=method).confidence_interval
+            undefined = not (np.isfinite(ci.low) and np.isfinite(ci.high))
+            if not undefined: lo, hi = float(ci.low), float(ci.high)
+        if undefined: lo, hi = min(lo, est), max(hi, est)   # the percentile interval, widened to the estimate
+    return float(np.clip(lo, *bounds)), float(np.clip(hi, *bounds))
+
+def bootstrap_metrics(base: SplitActs, now: SplitActs, n_boot: int = 200, seed: int = 0, level: float = 0.95,
+                      baseline_unit: np.ndarray | None = None, cosine_method: str = "basic",
+                      auroc_method: str = "BCa") -> dict:
+    """Bootstrap CIs over pairs for cosine_to_baseline, auroc_fixed and auroc_current (`scipy.stats.bootstrap`).
+
+    `base`/`now`: the concept's activations at baseline and now, the same pairs in the same order (train: `(n_train,
+    hidden)`, val: `(n_val, hidden)`, n ≥ 2 each). cosine: train pairs resampled, the same resample for both directions
+    (paired); auroc_fixed: val pairs resampled, `baseline_unit` (default: the baseline DiM direction) fixed;
+    auroc_current: train and val pairs resampled independently. Methods ('percentile', 'basic', 'BCa'): the defaults
+    are the ones that cover in the simulation of `nbs/06_metrics.ipynb` (basic: Davison & Hinkley 1997 §5.2; BCa:
+    Efron 1987). A val AUROC of exactly 0 or 1 gets the Wilson interval at n = number of val pairs (see the chapter).
+    Seeded: the same inputs and seed give the same intervals. Returns `{cosine,auroc_fixed,auroc_current}_ci_{low,high}`."""
+    nt, nv = len(base.pos_train), len(now.pos_val)
+    if nt < 2 or nv < 2:
+        raise SafetyCompassError(f"bootstrap CIs need at least 2 train and 2 val pairs, got {nt} train and {nv} val")
+    db = (base.pos_train - base.neg_train).astype(np.float64)
+    dn = (now.pos_train - now.neg_train).astype(np.float64)
+    pv, nvl = now.pos_val.astype(np.float64), now.neg_val.astype(np.float64)
+    u0 = dim_direction(base.pos_train, base.neg_train)[0] if baseline_unit is None else np.asarray(baseline_unit, np.float64)
+    fixed_pos, fixed_neg = pv @ u0, nvl @ u0
+
+    def cosine_stat(i, axis=-1):
+        w = _pair_weights(i, nt)
+        return np.clip((_unit_rows(w @ db) * _unit_rows(w @ dn)).sum(-1), -1.0, 1.0)
+
+    def fixed_stat(i, axis=-1):
+        return auroc_many(fixed_pos[i], fixed_neg[i])
+
+    def current_stat(ti, vi, axis=-1):
+        u = _unit_rows(_pair_weights(ti, nt) @ dn)
+        lead = np.broadcast_shapes(u.shape[:-1], vi.shape[:-1])   # scipy's jackknife pairs one sample's rows with the other
+        vi = np.broadcast_to(vi, lead + vi.shape[-1:])
+        pick = lambda s: np.take_along_axis(np.broadcast_to(s, lead + s.shape[-1:]), vi, -1)
+        return auroc_many(pick(u @ pv.T), pick(u @ nvl.T))
+
+    rng_cos, rng_fixed, rng_cur = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(3))
+    ti, vi = np.arange(nt), np.arange(nv)
     out = {}
-    for name, v, rng_ in (("cosine", cos, (-1, 1)), ("auroc_fixed", fixed, (0, 1)), ("auroc_current", current, (0, 1))):
-        bias = v.mean() - est[name]   # resampled directions are noisier, so cosines/AUROCs are biased low
-        q = np.clip(np.percentile(v, [lo, hi]) - bias, *rng_)
-        out[f"{name}_ci_low"], out[f"{name}_ci_high"] = float(q[0]), float(q[1])
+    out["cosine_ci_low"], out["cosine_ci_high"] = _bootstrap_ci((ti,), cosine_stat, cosine_method, n_boot, rng_cos, level, (-1.0, 1.0))
+    out["auroc_fixed_ci_low"], out["auroc_fixed_ci_high"] = _bootstrap_ci((vi,), fixed_stat, auroc_method, n_boot, rng_fixed,
+                                                                          level, (0.0, 1.0), nv)
+    out["auroc_current_ci_low"], out["auroc_current_ci_high"] = _bootstrap_ci((ti, vi), current_stat, auroc_method, n_boot,
+                                                                              rng_cur, level, (0.0, 1.0), nv)
     return out
 
 def noise_floor(base: SplitActs, n_splits: int = 200, seed: int = 0, percentile: float = 2.5) -> float:
@@ -66,10 +112,67 @@ def concept_metrics(base: SplitActs, now: SplitActs, baseline_unit: np.ndarray |
     u, norm = now.direction()
     row = {"cosine_to_baseline": cosine(u, u0), "auroc_fixed": now.auroc_of(u0), "auroc_current": now.auroc_of(u),
            "direction_norm": norm}
-    if n_boot: row.update(bootstrap_metrics(base, now, n_boot=n_boot, seed=seed))
+    if n_boot: row.update(bootstrap_metrics(base, now, n_boot=n_boot, seed=seed, baseline_unit=u0))
     return row, u
 
 def is_drifted(row: dict, floor: float, threshold: float = 0.95) -> bool:
     "Cosine CI entirely below the noise floor, or cosine below the absolute threshold."
     hi = row.get("cosine_ci_high", row["cosine_to_baseline"])
     return bool(hi < floor or row["cosine_to_baseline"] < threshold)
+
+# %% ../nbs/06_metrics.ipynb #91bd5a51
+from scipy.stats import norm as _normal
+
+@dataclass
+class DriftSimulation:
+    "Paired baseline/current activations with known population metrics (see the chapter), to check interval coverage."
+    cosine: float = 0.9        # cosine between the baseline and current population DiM directions
+    auroc: float = 0.9         # val AUROC of the current population DiM direction
+    dim: int = 48
+    sd_plane: float = 1.0      # spread in the plane of the rotation (sets how hard the AUROC is)
+    sd_rest: float = 0.3       # spread in the other dim − 2 directions (sets how noisy a sample direction is)
+    change_sd: float = 0.3     # prompt-specific change between baseline and current activations
+
+    def _parts(self):
+        c, s = self.cosine, np.sqrt(max(0.0, 1 - self.cosine ** 2))
+        rot = np.eye(self.dim); rot[:2, :2] = [[c, -s], [s, c]]
+        sd = np.full(self.dim, self.sd_rest); sd[:2] = self.sd_plane
+        shift = np.zeros(self.dim)
+        shift[0] = np.sqrt(2 * (self.sd_plane ** 2 + self.change_sd ** 2)) * _normal.ppf(self.auroc)
+        return rot, sd, shift
+
+    def sample(self, rng: np.random.Generator, n_train: int, n_val: int) -> tuple[SplitActs, SplitActs]:
+        "One dataset: `(baseline, current)` activations of the same `n_train` + `n_val` pairs."
+        rot, sd, shift = self._parts()
+        def side(n, sign):
+            b = sign * shift / 2 + rng.normal(size=(n, self.dim)) * sd
+            return b, b @ rot.T + self.change_sd * rng.normal(size=(n, self.dim))
+        (pb, pn), (nb, nn), (vpb, vpn), (vnb, vnn) = side(n_train, 1), side(n_train, -1), side(n_val, 1), side(n_val, -1)
+        return SplitActs(pb, nb, vpb, vnb), SplitActs(pn, nn, vpn, vnn)
+
+    def truth(self, base: SplitActs) -> dict:
+        "Population cosine_to_baseline, auroc_fixed (of `base`'s sample direction) and auroc_current."
+        rot, sd, shift = self._parts()
+        u0 = dim_direction(base.pos_train, base.neg_train)[0]
+        var = (u0 ** 2 * (sd ** 2 + self.change_sd ** 2)).sum()   # rotation keeps sd: it is isotropic in the plane
+        return {"cosine": self.cosine, "auroc_fixed": float(_normal.cdf(u0 @ rot @ shift / np.sqrt(2 * var))),
+                "auroc_current": self.auroc}
+
+def interval_coverage(sim: DriftSimulation, n_pairs: int, n_datasets: int = 400, seed: int = 0,
+                      intervals=bootstrap_metrics, **kw) -> dict:
+    """Share of `n_datasets` simulated datasets (`n_pairs` train and `n_pairs` val pairs) whose intervals contain the
+    true value, and the mean interval width, per metric; `intervals(base, now, seed=..., **kw)` returns the CI dict
+    (default `bootstrap_metrics`). Also the bias of the sample cosine in units of its standard deviation. The Monte
+    Carlo standard error of a coverage near 0.95 is √(0.95·0.05/n_datasets) (0.011 at 400)."""
+    rng = np.random.default_rng(seed)
+    keys = ("cosine", "auroc_fixed", "auroc_current")
+    hits, width, est = dict.fromkeys(keys, 0), dict.fromkeys(keys, 0.0), []
+    for r in range(n_datasets):
+        base, now = sim.sample(rng, n_pairs, n_pairs)
+        truth, ci = sim.truth(base), intervals(base, now, seed=r, **kw)
+        for k in keys:
+            hits[k] += ci[f"{k}_ci_low"] <= truth[k] <= ci[f"{k}_ci_high"]
+            width[k] += (ci[f"{k}_ci_high"] - ci[f"{k}_ci_low"]) / n_datasets
+        est.append(cosine(base.direction()[0], now.direction()[0]))
+    return {"n_pairs": n_pairs, "n_datasets": n_datasets, **{f"{k}_coverage": hits[k] / n_datasets for k in keys},
+            **{f"{k}_width": width[k] for k in keys}, "cosine_bias_sd": float((np.mean(est) - sim.cosine) / np.std(est))}

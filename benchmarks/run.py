@@ -44,7 +44,7 @@ from torch import nn
 import safety_compass
 from safety_compass.capture import (decoder_blocks, eval_mode, final_norm, layer_module, num_layers, token_batches,
                                     tokenize_prompts, unwrap_model)
-from safety_compass.core import resolve_relative
+from safety_compass.config import resolve_relative
 from safety_compass.models import load_default_model
 from safety_compass.monitor import SafetyCompassMonitor, load_experiment
 
@@ -372,7 +372,7 @@ def bench_share(args, exp, layers, device, steps: int, everys: list[int]) -> lis
     from transformers import Trainer
     from transformers.trainer_callback import PrinterCallback
     from safety_compass.callback import SafetyCompassCallback
-    from safety_compass.cli import training_arguments
+    from safety_compass.config import load_experiment, training_arguments
     from safety_compass.finetune import SFTCollator, load_rows, prepare_model, sft_features
     log(f"\n[3] monitoring share: monitored LoRA fine-tune, {steps} steps, every {everys}")
     seed = int(exp.get("seed", 42))
@@ -388,7 +388,7 @@ def bench_share(args, exp, layers, device, steps: int, everys: list[int]) -> lis
         peft_model = prepare_model(model, exp.get("method", "lora"), exp.get("lora") or exp.get("qlora"))
         tmp = Path(tempfile.mkdtemp(prefix="sc-bench-ft-"))
         try:
-            targs = training_arguments(exp.get("training"), tmp / "checkpoints", seed, max_steps=steps)
+            targs = training_arguments(load_experiment(exp), tmp / "checkpoints", max_steps=steps)
             timer = StepTimer(device)
             cb = SafetyCompassCallback(mon, measure_every_n_steps=every, log_file=tmp / "drift_log.csv")
             trainer = Trainer(model=peft_model, args=targs, train_dataset=feats,

@@ -8,11 +8,10 @@ import os, io, json, stat, shutil, tempfile, contextlib, hashlib
 from pathlib import Path
 from typing import Any
 
-import yaml
 
 # %% auto #0
-__all__ = ['SafetyCompassError', 'current_umask', 'atomic_open', 'atomic_write_text', 'atomic_write_json', 'staged_dir',
-           'check_writable', 'bundled_root', 'resolve_relative', 'find_config', 'load_yaml', 'sha256_file']
+__all__ = ['DIST_NAME', 'SafetyCompassError', 'current_umask', 'atomic_open', 'atomic_write_text', 'atomic_write_json',
+           'staged_dir', 'check_writable', 'require', 'bundled_root', 'sha256_file']
 
 # %% ../nbs/00_core.ipynb #e2aabaee
 class SafetyCompassError(Exception):
@@ -122,6 +121,17 @@ def check_writable(directory, keep: bool = False):
             if not keep: _remove_dirs(made)
     except OSError as e: raise SafetyCompassError(f"{d}: output directory is not writable ({e.strerror or e})") from None
 
+# %% ../nbs/00_core.ipynb #78d45197
+DIST_NAME = "safety-compass-observability"   # the PyPI name `safety-compass` belongs to another project (0.1.x)
+
+def require(module: str, extra: str, purpose: str = ""):
+    "Import and return `module`, or raise a one-line `SafetyCompassError` naming the extra that installs it."
+    import importlib
+    try: return importlib.import_module(module)
+    except ImportError:
+        why = f" (needed for {purpose})" if purpose else ""
+        raise SafetyCompassError(f"{module} is not installed{why}: pip install '{DIST_NAME}[{extra}]'") from None
+
 # %% ../nbs/00_core.ipynb #fc96ef05
 def bundled_root() -> Path:
     "Directory holding the bundled `configs/` and `data/` (source checkout or installed package)."
@@ -130,42 +140,6 @@ def bundled_root() -> Path:
     for cand in (here.parent, here / "_root"):
         if (cand / "configs").is_dir() and (cand / "data").is_dir(): return cand
     raise SafetyCompassError(f"bundled configs/ and data/ not found next to {here}; reinstall safety-compass")
-
-def resolve_relative(path, base_file=None) -> Path:
-    "Resolve `path` per the rule above: against `base_file`'s directory, then its ancestors."
-    p = Path(os.path.expanduser(str(path)))
-    if p.is_absolute() or base_file is None: return p
-    base = Path(base_file).resolve().parent
-    for d in (base, *base.parents):
-        if (d / p).exists(): return d / p
-    return base / p  # does not exist: callers report it with this path
-
-def find_config(name_or_path, kind: str) -> Path:
-    "A config path as given, or the bundled `configs/{kind}/{name}.yaml`."
-    p = Path(str(name_or_path))
-    if p.exists(): return p
-    if p.suffix == "" and os.sep not in str(name_or_path):
-        cand = bundled_root() / "configs" / kind / f"{name_or_path}.yaml"
-        if cand.exists(): return cand
-    raise SafetyCompassError(f"{name_or_path}: config file not found")
-
-def load_yaml(path) -> dict:
-    "Read a YAML mapping, with one-line errors naming the file."
-    path = Path(path)
-    if not path.exists(): raise SafetyCompassError(f"{path}: file not found")
-    try: text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e: raise SafetyCompassError(f"{path}: not UTF-8 text (byte {e.start})") from None
-    except OSError as e: raise SafetyCompassError(f"{path}: cannot read ({e.strerror or e})") from None
-    try: data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}" if mark else str(path)
-        ctx, cmark = getattr(e, "context", None), getattr(e, "context_mark", None)
-        started = f", {ctx} started at line {cmark.line + 1}" if ctx and cmark and mark and cmark.line != mark.line else ""
-        raise SafetyCompassError(f"{where}: invalid YAML ({getattr(e, 'problem', e)}{started})") from None
-    if data is None: data = {}
-    if not isinstance(data, dict): raise SafetyCompassError(f"{path}: expected a mapping at top level")
-    return data
 
 def sha256_file(path, chunk: int = 1 << 20) -> str:
     "Hex SHA-256 of a file's bytes."

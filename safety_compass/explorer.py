@@ -9,6 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from .analyze import load_run
+from .plots import plot_drift
 
 METRICS = ("cosine_to_baseline", "auroc_fixed", "auroc_current", "direction_norm")
 _CI = {"cosine_to_baseline": "cosine", "auroc_fixed": "auroc_fixed", "auroc_current": "auroc_current"}
@@ -18,29 +19,23 @@ __all__ = ['METRICS', 'explorer_view', 'explore']
 
 # %% ../nbs/18_explorer.ipynb #43848791
 def explorer_view(runs: list[dict], names, concept: str, metric: str):
-    "(figure, table) for the chosen runs, concept and metric."
-    import matplotlib; matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(7, 3.6))
+    "(figure, table) for the chosen runs (from `analyze.load_run`), one concept and one drift-log metric."
+    chosen = {r["name"]: r["log"][r["log"].concept == concept] for r in runs if r["name"] in names}
+    chosen = {k: g for k, g in chosen.items() if not g.empty and metric in g}
+    ci = _CI.get(metric)
     parts = []
-    for k, r in enumerate(runs):
-        if r["name"] not in names: continue
-        g = r["log"][r["log"].concept == concept].sort_values("step")
-        if g.empty or metric not in g: continue
-        ax.plot(g.step, g[metric], "o-", ms=3, color=f"C{k}", label=r["name"])
-        ci = _CI.get(metric)
-        if ci and f"{ci}_ci_low" in g: ax.fill_between(g.step, g[f"{ci}_ci_low"], g[f"{ci}_ci_high"], color=f"C{k}", alpha=0.15, lw=0)
+    for name, g in chosen.items():
         cols = ["step", metric] + ([f"{ci}_ci_low", f"{ci}_ci_high"] if ci and f"{ci}_ci_low" in g else []) + (["drifted"] if "drifted" in g else [])
-        parts.append(g[cols].assign(run=r["name"]))
-    if metric == "cosine_to_baseline": ax.axhline(0.95, color="k", ls="--", lw=1)
-    ax.set_xlabel("step"); ax.set_ylabel(metric); ax.set_title(f"{concept}: {metric}"); ax.grid(alpha=0.3)
-    if parts: ax.legend(fontsize=8)
+        parts.append(g.sort_values("step")[cols].assign(run=name))
+    fig = plot_drift(chosen or {"(no data)": pd.DataFrame(columns=["step", "concept", metric])}, metric=metric,
+                     title=f"{concept}: {metric}")
     table = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
     return fig, table
 
 def explore(run_dirs):
     "Interactive explorer (Jupyter): runs × concept × metric."
-    import ipywidgets as w
+    from safety_compass.core import require
+    w = require("ipywidgets", "viz", "the explorer")
     from IPython.display import display
     import matplotlib.pyplot as plt
     runs = [load_run(d) for d in run_dirs]

@@ -11,7 +11,8 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .core import SafetyCompassError, resolve_relative, bundled_root
+from .core import SafetyCompassError, bundled_root
+from .config import resolve_relative
 from .pairs import conversation, as_messages
 from .capture import render_prompt
 
@@ -20,7 +21,7 @@ log = logging.getLogger(__name__)
 # %% auto #0
 __all__ = ['log', 'FORMATTERS', 'METHODS', 'register_formatter', 'row_fields', 'alpaca_format', 'code_alpaca_format',
            'dolly_format', 'get_formatter', 'DatasetRows', 'load_rows', 'render_sft', 'sft_example', 'sft_features',
-           'SFTCollator', 'prepare_model', 'last_checkpoint', 'snapshot_configs', 'run_finetune']
+           'SFTCollator', 'prepare_model', 'run_manifest', 'last_checkpoint', 'snapshot_configs', 'run_finetune']
 
 # %% ../nbs/09_finetune.ipynb #ed4ca2e2
 FORMATTERS: dict[str, Callable] = {}
@@ -207,8 +208,14 @@ class SFTCollator:
 # %% ../nbs/09_finetune.ipynb #d88b13a7
 METHODS = ("lora", "qlora", "full")
 
-def prepare_model(model, method: str = "lora", lora: dict | None = None, gradient_checkpointing: bool = False):
-    "The trainable model for `method` (PEFT-wrapped for lora/qlora)."
+def prepare_model(model, method: str = "lora", lora=None, gradient_checkpointing: bool = False,
+                  keep_half_embeddings: bool = True):
+    """The trainable model for `method` (PEFT-wrapped for lora/qlora); `lora` is a `config.LoraSettings` or a dict.
+
+    For QLoRA, PEFT's `prepare_model_for_kbit_training` upcasts every non-quantized weight to float32, the (frozen)
+    input embeddings and LM head included: about 5 GB on Qwen3-8B's untied 151k-token vocabulary. With
+    `keep_half_embeddings` those two are cast back to the compute dtype; they are not trained, and HF computes the
+    loss from logits upcast to float32. (Not measured on a GPU here.)"""
     if method not in METHODS: raise SafetyCompassError(f"method: unknown {method!r}; use one of {', '.join(METHODS)}")
     if method == "full":
         for p in model.parameters(): p.requires_grad_(True)
@@ -218,11 +225,14 @@ def prepare_model(model, method: str = "lora", lora: dict | None = None, gradien
     if method == "qlora":
         if not torch.cuda.is_available(): raise SafetyCompassError("method qlora needs a CUDA GPU (NF4 via bitsandbytes); use method: lora on CPU")
         if not getattr(model, "is_loaded_in_4bit", False): raise SafetyCompassError("method qlora needs the model loaded with quantization: nf4")
+        half = next((p.dtype for p in model.get_input_embeddings().parameters()), torch.float16)
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
+        if keep_half_embeddings and half in (torch.float16, torch.bfloat16):
+            for m in {model.get_input_embeddings(), model.get_output_embeddings()} - {None}: m.to(half)
     elif gradient_checkpointing:
         model.gradient_checkpointing_enable(); model.enable_input_require_grads()
-    lora = dict(lora or {})
-    cfg = LoraConfig(r=int(lora.get("r", 16)), lora_alpha=int(lora.get("alpha", 32)), lora_dropout=float(lora.get("dropout", 0.05)),
+    lora = lora.model_dump() if hasattr(lora, "model_dump") else dict(lora or {})
+    cfg = LoraConfig(r=int(lora.get("r", 16)), lora_alpha=lora.get("alpha", 32), lora_dropout=float(lora.get("dropout", 0.05)),
                      target_modules=list(lora.get("target_modules", ["q_proj", "k_proj", "v_proj", "o_proj"])),
                      bias="none", task_type="CAUSAL_LM")
     return get_peft_model(model, cfg)
@@ -230,11 +240,23 @@ def prepare_model(model, method: str = "lora", lora: dict | None = None, gradien
 # %% ../nbs/09_finetune.ipynb #b5844d0f
 def _versions() -> dict:
     import importlib.metadata as md, platform
+    from safety_compass.core import DIST_NAME
     out = {"python": platform.python_version()}
-    for pkg in ("safety-compass", "torch", "transformers", "peft", "accelerate", "datasets", "trl", "bitsandbytes"):
+    for pkg in (DIST_NAME, "torch", "transformers", "peft", "accelerate", "datasets", "trl", "bitsandbytes"):
         try: out[pkg] = md.version(pkg)
         except md.PackageNotFoundError: pass
     return out
+
+def _git_commit() -> str | None:
+    "The commit of the source checkout the package runs from (None for an installed wheel)."
+    import subprocess
+    here = Path(__file__).resolve().parent if "__file__" in globals() else Path.cwd()
+    try:
+        r = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+        if r.returncode: return None
+        dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, timeout=5).stdout.strip()
+        return r.stdout.strip() + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError): return None
 
 def _hardware() -> dict:
     import os, platform
@@ -246,6 +268,19 @@ def _hardware() -> dict:
     except (OSError, StopIteration): pass
     return hw
 
+def run_manifest(exp=None, model=None, seed: int | None = None) -> dict:
+    "Provenance for any run directory: versions, git commit, date, seed, model name, experiment hash."
+    import datetime, hashlib
+    from safety_compass.capture import unwrap_model
+    out = {"versions": _versions(), "git_commit": _git_commit(),
+           "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "seed": seed}
+    if model is not None: out["model_name"] = getattr(unwrap_model(model).config, "_name_or_path", "") or "default"
+    if exp is not None:
+        blob = json.dumps(exp.config.model_dump(mode="json"), sort_keys=True).encode()
+        out["experiment"] = str(exp.path) if exp.path else None
+        out["config_sha256"] = hashlib.sha256(blob).hexdigest()
+    return out
+
 def last_checkpoint(run_dir) -> str | None:
     "Path of the newest complete `checkpoint-N` under `run_dir/checkpoints` (one with `trainer_state.json`), if any."
     ck = [p for p in (Path(run_dir) / "checkpoints").glob("checkpoint-*")
@@ -253,69 +288,71 @@ def last_checkpoint(run_dir) -> str | None:
     ck.sort(key=lambda p: int(p.name.split("-")[-1]))
     return str(ck[-1]) if ck else None
 
-def snapshot_configs(exp: dict, exp_path, run_dir):
-    "Copy the experiment, concept and model YAML files as used into `run_dir/config/`."
-    import yaml, shutil
+def snapshot_configs(exp, run_dir):
+    "Copy the experiment (as parsed) and the concept and model YAML files it names into `run_dir/config/`."
+    import yaml
     from safety_compass.core import atomic_write_text
     d = Path(run_dir) / "config"
-    atomic_write_text(d / "experiment.yaml", yaml.safe_dump(exp, sort_keys=False))
-    if exp_path is None: return
-    files = [resolve_relative(e["config_file"], exp_path) for e in exp.get("concepts", []) if isinstance(e, dict) and "config_file" in e]
-    if exp.get("model_config_file"): files.append(resolve_relative(exp["model_config_file"], exp_path))
+    atomic_write_text(d / "experiment.yaml", yaml.safe_dump(exp.raw, sort_keys=False))
+    files = [c.config_file for c in exp.concepts] + ([exp.model_path] if exp.model_path else [])
     for f in files:
-        if f.is_file(): atomic_write_text(d / f.parent.name / f.name, f.read_text(encoding="utf-8"))
+        if f and Path(f).is_file(): atomic_write_text(d / Path(f).parent.name / Path(f).name, Path(f).read_text(encoding="utf-8"))
 
 def run_finetune(experiment_config, output_dir=None, resume: bool = False, model=None, tokenizer=None,
                  model_name: str | None = None, max_steps: int | None = None, strict: bool = False,
-                 callbacks=(), quiet: bool = False):
-    "One monitored fine-tune from an experiment config; returns `(trainer, monitor, run_dir)`."
-    import time
+                 callbacks=(), quiet: bool = False, on_measure=None, overwrite: bool = False):
+    """One monitored fine-tune from an experiment (path, bundled name, dict or `config.Experiment`) into a run
+    directory; returns `(trainer, monitor, run_dir)`. `overwrite` replaces a finished run in `output_dir`."""
+    import time, shutil
     from transformers import Trainer
     from transformers.trainer_callback import PrinterCallback
-    from safety_compass.core import atomic_write_json
-    from safety_compass.monitor import SafetyCompassMonitor, load_experiment, load_model_config
+    from safety_compass.core import atomic_write_json, check_writable
+    from safety_compass.config import load_experiment, training_arguments
+    from safety_compass.models import load_experiment_model
+    from safety_compass.monitor import SafetyCompassMonitor, load_monitor_config
     from safety_compass.callback import SafetyCompassCallback
-    from safety_compass.cli import training_arguments, load_for_experiment
-    from safety_compass.core import check_writable
+    from safety_compass.plots import plot_drift, save_figure
     t_start = time.perf_counter()
-    exp, exp_path = load_experiment(experiment_config, strict)
-    where = str(exp_path or "experiment_config")
-    run_dir = Path(output_dir or exp.get("output_dir") or Path("runs") / str(exp.get("name") or Path(exp_path).stem))
+    cfg = load_monitor_config(experiment_config, strict)            # every config and pair file, checked
+    exp = cfg.experiment
+    run_dir = Path(output_dir or exp.config.output_dir or Path("runs") / str(exp.config.name or (exp.path.stem if exp.path else "run")))
     if (run_dir / "run.json").exists() and not resume:
-        raise SafetyCompassError(f"{run_dir}: a run already exists here; pass --resume to continue it or choose another --output-dir")
+        if not overwrite: raise SafetyCompassError(f"{run_dir}: a run already exists here; pass --resume to continue it, "
+                                                   "--overwrite to replace it, or choose another --output-dir")
+        shutil.rmtree(run_dir)
     if resume and not (run_dir / "baselines" / "directions.npz").exists():
         raise SafetyCompassError(f"{run_dir}: nothing to resume (no baselines/directions.npz)")
-    seed = int(exp.get("seed", 42))
-    train_cfg = dict(exp.get("training") or {})
-    args = training_arguments(train_cfg, run_dir / "checkpoints", seed, **({"max_steps": max_steps} if max_steps else {}))
+    seed = exp.config.seed
+    ds = exp.config.dataset
+    if ds is None: raise SafetyCompassError(f"{exp.where()}: dataset: missing section (a fine-tune needs its data)")
+    args = training_arguments(exp, run_dir / "checkpoints", max_steps=max_steps)
     main = args.process_index == 0  # under accelerate/torchrun only rank 0 writes the run directory
     if main: check_writable(run_dir, keep=True)
-    ds = exp.get("dataset") or {}
-    if "name" not in ds: raise SafetyCompassError(f"{where}: dataset.name: missing")
-    method = exp.get("method") or ("qlora" if "qlora" in exp else "lora")
+    method = exp.config.fine_tune_method
+    rows = load_rows(ds.name, ds.subset_size, ds.seed if ds.seed is not None else seed, base_file=exp.path, split=ds.split)
+    fmt = ds.format or next((k for k in FORMATTERS if k in str(ds.name).lower().replace("-", "_")), "alpaca")
     torch.manual_seed(seed)
     if model is None:
         if method == "qlora" and not torch.cuda.is_available():
-            raise SafetyCompassError(f"{where}: method qlora needs a CUDA GPU (NF4 via bitsandbytes); use method: lora on CPU")
-        model, tokenizer = load_for_experiment(experiment_config if exp_path is None else exp_path, model_name)
-    monitor = SafetyCompassMonitor.from_config(model, tokenizer, exp if exp_path is None else exp_path, strict=strict)
+            raise SafetyCompassError(f"{exp.where(('method',))}: qlora needs a CUDA GPU (NF4 via bitsandbytes); use method: lora on CPU")
+        model, tokenizer = load_experiment_model(exp, model_name)
+    monitor = SafetyCompassMonitor.from_config(model, tokenizer, cfg)
     if resume: monitor.load_baselines(run_dir / "baselines")  # checked before anything is written
-    rows = load_rows(ds["name"], ds.get("subset_size"), int(ds.get("seed", seed)), base_file=exp_path)
-    fmt = ds.get("format") or next((k for k in FORMATTERS if k in str(ds["name"]).lower().replace("-", "_")), "alpaca")
-    feats = sft_features(rows, tokenizer, fmt, int(ds.get("max_seq_length", 512)), source=str(ds["name"]))
-    trainable = prepare_model(model, method, exp.get("lora") or exp.get("qlora"), bool(train_cfg.get("gradient_checkpointing")))
-    if main: snapshot_configs(exp, exp_path, run_dir)
-    cb = SafetyCompassCallback(monitor, log_file=run_dir / "drift_log.csv", baselines_dir=run_dir / "baselines")
+    feats = sft_features(rows, tokenizer, fmt, ds.max_seq_length, source=str(ds.name))
+    trainable = prepare_model(model, method, exp.config.adapter, bool((exp.config.training or {}).get("gradient_checkpointing")))
+    if main: snapshot_configs(exp, run_dir)
+    cb = SafetyCompassCallback(monitor, log_file=run_dir / "drift_log.csv", baselines_dir=run_dir / "baselines",
+                               on_measure=on_measure)
     trainer = Trainer(model=trainable, args=args, train_dataset=feats,
                       data_collator=SFTCollator(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0),
                       callbacks=[cb, *callbacks])
     if quiet: trainer.remove_callback(PrinterCallback)
-    info = {"experiment": str(exp_path) if exp_path else None, "run_dir": str(run_dir), "method": method, "seed": seed,
-            "dataset": {**ds, "format": fmt, "rows": len(rows), "examples": len(feats)},
-            "versions": _versions(), "hardware": _hardware(), "status": "running"}
+    info = {**run_manifest(exp, model, seed), "run_dir": str(run_dir), "method": method,
+            "dataset": {**ds.model_dump(mode="json"), "format": fmt, "rows": len(rows), "examples": len(feats),
+                        "sha256": _rows_hash(rows)},
+            "hardware": _hardware(), "status": "running"}
     prev = {}
     if resume and (run_dir / "run.json").exists():
-        import json
         try: prev = json.loads((run_dir / "run.json").read_text())
         except ValueError: prev = {}
     info["resumed_from"] = last_checkpoint(run_dir) if resume else None
@@ -331,5 +368,13 @@ def run_finetune(experiment_config, output_dir=None, resume: bool = False, model
                 wall_seconds_total=round(wall + info["previous_wall_seconds"], 1),
                 measure_seconds=round(sum(monitor.measure_seconds), 1), measurements=len(monitor.measure_seconds),
                 weights=str(out_dir))
-    if main: atomic_write_json(run_dir / "run.json", info)
+    if main:
+        save_figure(monitor.plot_sweep(), run_dir / "baselines" / "layer_sweep.png")
+        save_figure(plot_drift(run_dir / "drift_log.csv", monitor.settings.drift_threshold,
+                               title=f"Drift during {method} fine-tuning on {Path(str(ds.name)).name}"), run_dir / "drift.png")
+        atomic_write_json(run_dir / "run.json", info)
     return trainer, monitor, run_dir
+
+def _rows_hash(rows) -> str:
+    import hashlib
+    return hashlib.sha256(json.dumps(list(rows), sort_keys=True, default=str).encode()).hexdigest()

@@ -14,7 +14,8 @@ log = logging.getLogger(__name__)
 
 # %% auto #0
 __all__ = ['log', 'DEFAULT_MODEL', 'EMBEDDED_PACKAGE', 'EMBEDDED_GGUF', 'embedded_gguf_path', 'cache_dir', 'transformers_major',
-           'default_cache_path', 'rope_settings', 'arch_fingerprint', 'load_default_model', 'nf4_config', 'load_model']
+           'default_cache_path', 'rope_settings', 'arch_fingerprint', 'load_default_model', 'nf4_config', 'load_model',
+           'load_experiment_model']
 
 # %% ../nbs/02_models.ipynb #b33e6df3
 DEFAULT_MODEL = "default"
@@ -241,3 +242,16 @@ def load_model(name_or_path: str = DEFAULT_MODEL, quantization: str | None = Non
     except (OSError, ValueError) as e:
         raise SafetyCompassError(f"{name_or_path}: cannot load model ({_first_line(e)})") from None
     return model, tok
+
+# %% ../nbs/02_models.ipynb #91b24536
+def load_experiment_model(exp, model_name: str | None = None, **kwargs):
+    "`(model, tokenizer)` for a parsed experiment (`config.Experiment`) or model file (`config.ModelConfig`); `model_name` overrides its name."
+    m = getattr(exp, "model", exp)
+    name = model_name or m.model_name
+    plain = name in (DEFAULT_MODEL, None) or str(name).lower().endswith(".gguf")
+    quant = None if plain or m.quantization in (None, "none") else m.quantization
+    dtype = None if plain and name in (DEFAULT_MODEL, None) else (m.dtype or m.extraction_dtype)
+    if plain and model_name and m.quantization not in (None, "none"):
+        log.info("--model %s: the model file's quantization %r is not used for it", model_name, m.quantization)
+    gguf = m.gguf_file if not model_name or model_name == m.model_name else None
+    return load_model(name, quantization=quant, dtype=dtype, trust_remote_code=m.trust_remote_code, gguf_file=gguf, **kwargs)

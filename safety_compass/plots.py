@@ -13,7 +13,8 @@ import numpy as np
 from .core import atomic_open
 
 # %% auto #0
-__all__ = ['CONCEPT_COLORS', 'concept_color', 'save_figure', 'figure_png', 'plot_sweep', 'plot_drift']
+__all__ = ['CONCEPT_COLORS', 'HEAT_METRICS', 'concept_color', 'save_figure', 'figure_png', 'plot_sweep', 'plot_drift',
+           'plot_heatmap', 'plot_scatter']
 
 # %% ../nbs/16_plots.ipynb #0de5edfc
 CONCEPT_COLORS = {"refusal": "tab:blue", "sycophancy": "tab:orange", "deception": "tab:green"}
@@ -148,5 +149,48 @@ def plot_drift(runs, threshold: float = 0.95, title: str | None = None, metric: 
                   Line2D([], [], color="k", ls="--", label=f"drift threshold {threshold}")]
     axes[0, -1].legend(handles + extra, labels + [h.get_label() for h in extra], fontsize=7.5, loc="lower left")
     if title and len(logs) > 1: fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+# %% ../nbs/16_plots.ipynb #0b3719f2
+HEAT_METRICS = ("cosine_to_baseline", "auroc_fixed", "auroc_current", "direction_norm")
+
+def plot_heatmap(log, name: str = ""):
+    "Metric × step heatmap of the change from step 0 for a drift log (path or DataFrame); red = lower. Needs seaborn ([viz])."
+    import pandas as pd
+    from safety_compass.core import require
+    sns = require("seaborn", "viz", "the metric heatmap")
+    plt = _mpl()
+    df = _read_log(log)
+    rows, labels = [], []
+    steps = sorted(df.step.unique())
+    for c, g in df.groupby("concept", sort=False):
+        g = g.drop_duplicates("step", keep="first").set_index("step").reindex(steps)
+        for m in HEAT_METRICS:
+            if m not in g: continue
+            v = g[m].to_numpy(float)
+            rows.append((v - v[0]) / abs(v[0]) if m == "direction_norm" and v[0] else v - v[0]); labels.append(f"{c} · {m}")
+    data = pd.DataFrame(rows, index=labels, columns=steps)
+    fig, ax = plt.subplots(figsize=(max(6, 0.5 * len(steps) + 3), 0.35 * len(labels) + 1.5))
+    lim = np.nanmax(np.abs(data.to_numpy())) or 1.0
+    sns.heatmap(data, cmap="RdBu", center=0, vmin=-lim, vmax=lim, ax=ax, cbar_kws={"label": "change from step 0 (norm: relative)"})
+    ax.set_title(f"{name + ': ' if name else ''}change from baseline (red = lower)", fontsize=10); ax.set_xlabel("step")
+    fig.tight_layout()
+    return fig
+
+def plot_scatter(points, stats: Mapping):
+    "Final cosine vs change in behavior log-odds, one panel per concept; `points`/`stats` from `analyze.drift_vs_behavior`."
+    plt = _mpl()
+    groups = list(points.groupby("concept", sort=False))
+    fig, axes = plt.subplots(1, len(groups), figsize=(4.2 * len(groups), 3.8), squeeze=False)
+    for ax, (c, g) in zip(axes[0], groups):
+        ax.scatter(g.final_cosine, g.delta_logodds, color=concept_color(c))
+        for _, r in g.iterrows(): ax.annotate(r.dataset, (r.final_cosine, r.delta_logodds), fontsize=7)
+        st = stats.get("by_concept", {}).get(c, {})
+        r = st.get("pearson_r")
+        ax.set_title(f"{c}: " + (f"r = {r:.2f}, n = {st['n_points']}" if r is not None else st.get("text", f"n = {len(g)}")), fontsize=9)
+        ax.set_xlabel("final cosine to baseline"); ax.axhline(0, color="0.6", lw=1); ax.grid(alpha=0.3)
+    axes[0, 0].set_ylabel("Δ behavior log-odds (fine-tuned − base)")
+    fig.suptitle("Drift vs behavior, per concept", fontsize=10)
     fig.tight_layout()
     return fig

@@ -45,6 +45,13 @@ def write_experiment(d: Path, pairs=GOOD, strategy="arditi", concept_extra="", e
                                 f"concepts:\n  - name: c\n    config_file: concept.yaml\n{entry_extra}")
     return d / "exp.yaml"
 
+def expand(expected: str, d: Path) -> str:
+    "`{d}/file@text:` -> `<d>/file:<line of the first line containing text>:` (errors name the line), then `{d}`."
+    def line(m):
+        lines = (d / m.group(1)).read_text().splitlines()
+        return f"{d}/{m.group(1)}:{next(i for i, l in enumerate(lines, 1) if m.group(2) in l)}:"
+    return re.sub(r"\{d\}/([\w.]+)@(.+?):(?= )", line, expected).format(d=d)
+
 def tree(d) -> dict:
     "Every path under `d` with a hash of its bytes (None for directories): what an error must leave unchanged."
     return {str(p.relative_to(d)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else None
@@ -120,41 +127,41 @@ CASES = [
     Case("pairs_not_utf8", "{d}/pairs.jsonl:2: not UTF-8", post=_bytes_at_line2),
     Case("empty_train_split", "{d}/pairs.jsonl: no 'train' pairs", dict(pairs=[l for l in GOOD if '"val"' in l])),
     Case("empty_val_split", "{d}/pairs.jsonl: no 'val' pairs", dict(pairs=[l for l in GOOD if '"train"' in l])),
-    Case("unknown_pairing_strategy", "{d}/concept.yaml: pairing_strategy: unknown pairing strategy 'contrastive'",
+    Case("unknown_pairing_strategy", "{d}/concept.yaml@pairing_strategy: pairing_strategy: unknown pairing strategy 'contrastive'",
          dict(strategy="contrastive")),
     Case("invalid_yaml", "{d}/concept.yaml:4: invalid YAML (expected ',' or ']', but got ':', while parsing a flow sequence "
          "started at line 3)", post=_edit("concept.yaml", "pairs.jsonl\n", "[pairs.jsonl\n")),
-    Case("min_auroc_not_a_number", "{d}/concept.yaml: min_auroc: must be a number in [0, 1], got 'high'",
+    Case("min_auroc_not_a_number", "{d}/concept.yaml@min_auroc: min_auroc: input should be a valid number, got 'high'",
          post=_edit("concept.yaml", "min_auroc: 0.5", "min_auroc: high")),
-    Case("monitor_setting_wrong_type", "{d}/exp.yaml: monitor.drift_threshold: must be a number, got 'high'",
+    Case("monitor_setting_wrong_type", "{d}/exp.yaml@drift_threshold: monitor.drift_threshold: input should be a valid number, got 'high'",
          dict(monitor_extra="  drift_threshold: high\n")),
-    Case("unknown_key_strict_experiment", "{d}/exp.yaml: unknown key 'measure_evry' (strict mode)",
+    Case("unknown_key_strict_experiment", "{d}/exp.yaml@measure_evry: unknown key 'measure_evry' (strict mode)",
          dict(exp_extra="measure_evry: 3\n"), **STRICT),
-    Case("unknown_key_strict_monitor", "{d}/exp.yaml: monitor: unknown key 'bootstrap_sample' (strict mode)",
+    Case("unknown_key_strict_monitor", "{d}/exp.yaml@bootstrap_sample: monitor: unknown key 'bootstrap_sample' (did you mean 'bootstrap_samples'?) (strict mode)",
          dict(monitor_extra="  bootstrap_sample: 3\n"), **STRICT),
-    Case("unknown_key_strict_concept_entry", "{d}/exp.yaml: concepts[0]: unknown key 'best_layr' (strict mode)",
+    Case("unknown_key_strict_concept_entry", "{d}/exp.yaml@best_layr: concepts[0]: unknown key 'best_layr' (did you mean 'best_layer'?) (strict mode)",
          dict(entry_extra="    best_layr: 3\n"), **STRICT),
-    Case("unknown_key_strict_concept", "{d}/concept.yaml: unknown key 'min_aurco' (strict mode)",
+    Case("unknown_key_strict_concept", "{d}/concept.yaml@min_aurco: unknown key 'min_aurco' (did you mean 'min_auroc'?) (strict mode)",
          dict(concept_extra="min_aurco: 0.9\n"), **STRICT),
-    Case("unknown_key_strict_model", "{d}/model.yaml: unknown key 'hiden_dim' (strict mode)",
+    Case("unknown_key_strict_model", "{d}/model.yaml@hiden_dim: unknown key 'hiden_dim' (did you mean 'hidden_dim'?) (strict mode)",
          dict(model_yaml="model_name: default\nhiden_dim: 576\n"), **STRICT),
-    Case("missing_pairs_file", "{d}/concept.yaml: contrastive_pairs_file: {d}/pairs.jsonl not found", post=_unlink("pairs.jsonl")),
-    Case("missing_concept_config", "{d}/exp.yaml: concepts[0].config_file: {d}/nope.yaml not found",
+    Case("missing_pairs_file", "{d}/concept.yaml@contrastive_pairs_file: contrastive_pairs_file: {d}/pairs.jsonl not found", post=_unlink("pairs.jsonl")),
+    Case("missing_concept_config", "{d}/exp.yaml@nope.yaml: concepts[0].config_file: {d}/nope.yaml not found",
          post=_edit("exp.yaml", "config_file: concept.yaml", "config_file: nope.yaml")),
-    Case("missing_model_config", "{d}/exp.yaml: model_config_file: {d}/model.yaml not found",
+    Case("missing_model_config", "{d}/exp.yaml@model_config_file: model_config_file: {d}/model.yaml not found",
          dict(model_yaml="model_name: default\n"), post=_unlink("model.yaml")),
     Case("unknown_concept_flag", "--concepts: unknown concept(s) refusal", cli=("--concepts", "c,refusal"),
          api={"concepts": ["c", "refusal"]}),
-    Case("duplicate_concept_names", "{d}/exp.yaml: concepts: duplicated concept name(s) c",
+    Case("duplicate_concept_names", "{d}/exp.yaml@concepts: concepts: duplicated concept name(s) c",
          dict(entry_extra="  - name: c\n    config_file: concept.yaml\n")),
-    Case("layer_not_an_integer", "{d}/exp.yaml: concepts[0].best_layer: must be an integer layer, got 'middle'",
+    Case("layer_not_an_integer", "{d}/exp.yaml@best_layer: concepts[0].best_layer: input should be a valid integer, got 'middle'",
          dict(entry_extra="    best_layer: middle\n")),
-    Case("layer_out_of_range", "{d}/exp.yaml: concepts[0].best_layer: layer 31 out of range 0..30",
+    Case("layer_out_of_range", "{d}/exp.yaml@- name: c: concepts[0].best_layer: layer 31 out of range 0..30",
          dict(entry_extra="    best_layer: 31\n"), stage="model"),
-    Case("layer_negative", "{d}/exp.yaml: concepts[0].best_layer: layer -1 out of range 0..30",
+    Case("layer_negative", "{d}/exp.yaml@- name: c: concepts[0].best_layer: layer -1 out of range 0..30",
          dict(entry_extra="    best_layer: -1\n"), stage="model"),
     # at layer 0 (the embeddings) the last token is the same chat-template token on both sides: a zero DiM vector
-    Case("zero_norm_direction", "{d}/exp.yaml: concepts[0].best_layer: layer 0 gives a zero-norm direction",
+    Case("zero_norm_direction", "{d}/exp.yaml@- name: c: concepts[0].best_layer: layer 0 gives a zero-norm direction",
          dict(entry_extra="    best_layer: 0\n"), stage="setup"),
 ]
 IDS = [c.id for c in CASES]
@@ -169,7 +176,7 @@ def test_cli(case, tmp_path):
     d = tmp_path.resolve(); exp = build(case, d)
     before = tree(d)
     r = extract(d, exp, "--model", "default", *case.cli)
-    cli_error(r, case.expected.format(d=d))
+    cli_error(r, expand(case.expected, d))
     if case.stage == "config":  # found before any model is loaded: nothing else on stderr
         assert len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert tree(d) == before     # no out/, no temp files, inputs untouched
@@ -179,7 +186,7 @@ def test_api(case, tmp_path, embedded):
     from safety_compass.monitor import SafetyCompassMonitor, load_monitor_config
     d = tmp_path.resolve(); exp = build(case, d)
     before = tree(d)
-    expected = case.expected.format(d=d)
+    expected = expand(case.expected, d)
     if case.stage == "config": api_error(lambda: load_monitor_config(exp, **case.api), expected)  # no model needed
     def run():
         mon = SafetyCompassMonitor.from_config(*embedded, exp, **case.api)
@@ -200,9 +207,9 @@ def test_degenerate_directions_api():
 
 UNKNOWN = dict(exp_extra="measure_evry: 3\n", monitor_extra="  bootstrap_sample: 3\n", entry_extra="    best_layr: 3\n",
                concept_extra="min_aurco: 0.9\n", model_yaml="model_name: default\nhiden_dim: 576\n")
-WARNINGS = ["{d}/exp.yaml: unknown key 'measure_evry'", "{d}/exp.yaml: monitor: unknown key 'bootstrap_sample'",
-            "{d}/exp.yaml: concepts[0]: unknown key 'best_layr'", "{d}/concept.yaml: unknown key 'min_aurco'",
-            "{d}/model.yaml: unknown key 'hiden_dim'"]
+WARNINGS = ["{d}/exp.yaml@measure_evry: unknown key 'measure_evry'", "{d}/exp.yaml@bootstrap_sample: monitor: unknown key 'bootstrap_sample'",
+            "{d}/exp.yaml@best_layr: concepts[0]: unknown key 'best_layr'", "{d}/concept.yaml@min_aurco: unknown key 'min_aurco'",
+            "{d}/model.yaml@hiden_dim: unknown key 'hiden_dim'"]
 
 def test_unknown_keys_warn_cli(tmp_path):
     d = tmp_path.resolve(); exp = write_experiment(d, **UNKNOWN)
@@ -210,7 +217,7 @@ def test_unknown_keys_warn_cli(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     warns = [l for l in r.stderr.splitlines() if "unknown key" in l]
     assert len(warns) == len(WARNINGS), warns
-    for w in WARNINGS: assert sum(l.startswith("WARNING ") and w.format(d=d) in l for l in warns) == 1, (w, warns)
+    for w in WARNINGS: assert sum(l.startswith("WARNING ") and expand(w, d) in l for l in warns) == 1, (w, warns)
     assert {"directions.npz", "directions_metadata.json", "layer_sweep.csv", "layer_sweep.png",
             "extract_summary.json"} == {p.name for p in (d / "out").iterdir()}
 
@@ -220,7 +227,7 @@ def test_unknown_keys_warn_api(tmp_path, embedded, caplog):
     with caplog.at_level(logging.WARNING, logger="safety_compass"):
         mon = SafetyCompassMonitor.from_config(*embedded, exp)
     msgs = [r.getMessage() for r in caplog.records if "unknown key" in r.getMessage()]
-    assert sorted(msgs) == sorted(w.format(d=d) for w in WARNINGS)
+    assert sorted(msgs) == sorted(expand(w, d) for w in WARNINGS)
     assert mon.settings.bootstrap_samples == 10 and [c.name for c in mon.concepts] == ["c"]
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -416,7 +423,8 @@ def test_run_dir_cli(name, tamper, expected, tmp_path):
 
 @pytest.mark.parametrize("name,tamper,expected", RUN_CASES, ids=RIDS)
 def test_run_dir_api(name, tamper, expected, tmp_path):
-    from safety_compass.analyze import analyze, report
+    from safety_compass.analyze import analyze
+    from safety_compass.report import report
     d = tmp_path.resolve(); good = fake_run(d / "good"); run = fake_run(d / "run"); tamper(run)
     before = tree(d)
     api_error(lambda: report([good, run], d / "reports" / "report.html"), expected.format(r=run))
@@ -486,8 +494,8 @@ def test_unwritable_output_cli(how, tmp_path):
 @pytest.mark.parametrize("how", ["under_a_file", "read_only_dir"])
 def test_unwritable_output_api(how, tmp_path, saved, embedded):
     from safety_compass.monitor import SafetyCompassMonitor
-    from safety_compass.analyze import report
-    from safety_compass.cli import run_extract
+    from safety_compass.report import report
+    from safety_compass.monitor import run_extract
     d = tmp_path.resolve(); exp, good = saved
     out = unwritable(d, how)
     run = fake_run(d / "run")
@@ -537,7 +545,7 @@ class _FullDiskOs:
 
 @pytest.mark.parametrize("previous", [None, "<html>last week's report</html>"], ids=["new_report", "existing_report"])
 def test_disk_full_report_api(previous, tmp_path, monkeypatch):
-    from safety_compass.analyze import report
+    from safety_compass.report import report
     d = tmp_path.resolve(); run = fake_run(d / "run")
     out = d / "reports" / "report.html"
     if previous: out.parent.mkdir(); out.write_text(previous)

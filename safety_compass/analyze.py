@@ -13,8 +13,8 @@ import pandas as pd
 from .core import SafetyCompassError, atomic_open, atomic_write_json, staged_dir
 
 # %% auto #0
-__all__ = ['MIN_CORRELATION_POINTS', 'load_run', 'drift_table', 'drift_summary', 'reference_table', 'fragility_ranking',
-           'ranking_consistency', 'drift_vs_behavior', 'analyze']
+__all__ = ['MIN_CORRELATION_POINTS', 'load_run', 'split_weights', 'drift_table', 'drift_summary', 'reference_table',
+           'fragility_ranking', 'ranking_consistency', 'drift_vs_behavior', 'analyze']
 
 # %% ../nbs/15_analyze.ipynb #9d927395
 def load_run(run_dir) -> dict:
@@ -41,8 +41,17 @@ def load_run(run_dir) -> dict:
     ds = info.get("dataset")
     name = Path(str(ds.get("name", d.name))).stem if isinstance(ds, dict) and ds else d.name
     beh = d / "behavior" / "behavior_summary.csv"
-    return {"dir": d, "name": name, "log": df.sort_values(["concept", "step"]), "info": info,
+    steps, after = split_weights(df)
+    return {"dir": d, "name": name, "log": steps, "after": after, "info": info,
             "behavior": _read_csv(beh) if beh.exists() else None}
+
+def split_weights(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """`(step rows, later rows)` of a drift log: rows measured on an optimizer step's weights (`weights == "step"`, or
+    every row of a log without the column), and rows measured after training ended on other weights (for example
+    `best_checkpoint:2` when the Trainer reloaded its best checkpoint). Curves and start/min/final use the former."""
+    if "weights" not in df: return df.sort_values(["concept", "step"], kind="stable"), df.iloc[0:0]
+    w = df["weights"].astype(str)
+    return df[w == "step"].sort_values(["concept", "step"], kind="stable"), df[w != "step"]
 
 _NUMERIC = ("step", "layer", "cosine_to_baseline", "cosine_ci_low", "cosine_ci_high", "auroc_fixed", "auroc_current",
             "direction_norm", "noise_floor")
@@ -71,7 +80,7 @@ def drift_table(runs: list[dict]) -> pd.DataFrame:
 
 def drift_summary(log_csv) -> list[dict]:
     "Per concept of one drift log: layer, `start → min → final` cosine, final CI, final AUROCs, drifted (yes/no)."
-    run = {"dir": Path(log_csv).parent, "name": "", "log": _read_csv(log_csv).sort_values(["concept", "step"]), "info": {}, "behavior": None}
+    run = {"dir": Path(log_csv).parent, "name": "", "log": split_weights(_read_csv(log_csv))[0], "info": {}, "behavior": None}
     out = []
     for r in drift_table([run]).to_dict("records"):
         g = run["log"][run["log"].concept == r["concept"]]

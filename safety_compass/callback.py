@@ -295,8 +295,8 @@ class SafetyCompassCallback(TrainerCallback):
         self.on_measure = on_measure
         self.drift_log = None
         self.history: list[dict] = []
-        exp = monitor.experiment or {}
-        spec = alerts if alerts is not None else (exp.get("alerts") or (exp.get("monitor") or {}).get("alerts"))
+        exp = monitor.experiment  # a parsed config.Experiment (top-level `alerts:`, or the published `monitor.alerts`)
+        spec = alerts if alerts is not None else (exp.alerts if exp is not None else [])
         self.alerts = parse_alerts(spec)
         self.fired: list[dict] = []
         self._done: set[int] = set()  # steps with step rows measured or already in the log: the same on every rank

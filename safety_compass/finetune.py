@@ -346,6 +346,7 @@ def run_finetune(experiment_config, output_dir=None, resume: bool = False, model
     trainer = Trainer(model=trainable, args=args, train_dataset=feats,
                       data_collator=SFTCollator(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0),
                       callbacks=[cb, *callbacks])
+    cb.attach(trainer)  # drift metrics reach the Trainer's `report_to` integrations (TensorBoard, W&B)
     if quiet: trainer.remove_callback(PrinterCallback)
     info = {**run_manifest(exp, model, seed), "run_dir": str(run_dir), "method": method,
             "dataset": {**ds.model_dump(mode="json"), "format": fmt, "rows": len(rows), "examples": len(feats),

@@ -124,7 +124,7 @@ def plot_drift(runs, threshold: float = 0.95, title: str | None = None, metric: 
     for ax, (name, df) in zip(axes[0], logs.items()):
         for c, g in df.groupby("concept", sort=False):
             g = g.sort_values("step"); col = concept_color(c)
-            after = g["weights"].astype(str).str.startswith("after") if "weights" in g else np.zeros(len(g), bool)
+            after = (g["weights"].astype(str) != "step").to_numpy() if "weights" in g else np.zeros(len(g), bool)
             gs = g[~np.asarray(after)]
             ax.plot(gs.step, gs[metric], "o-", ms=3, color=col, label=c)
             if np.asarray(after).any(): ax.plot(g.step[np.asarray(after)], g[metric][np.asarray(after)], "o", mfc="none", mec=col, ms=7)
@@ -152,7 +152,7 @@ def plot_drift(runs, threshold: float = 0.95, title: str | None = None, metric: 
     fig.tight_layout()
     return fig
 
-# %% ../nbs/16_plots.ipynb #0b3719f2
+# %% ../nbs/16_plots.ipynb #9e99a370
 HEAT_METRICS = ("cosine_to_baseline", "auroc_fixed", "auroc_current", "direction_norm")
 
 def plot_heatmap(log, name: str = ""):

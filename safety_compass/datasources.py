@@ -39,7 +39,8 @@ def register_source(name: str, concept: str, strategy: str, description: str = "
 
 def load_rows_from(hub_id: str, key: str, local_files: dict | None, **hub_kw) -> list[dict]:
     "Rows of a hub dataset, or of the local file `data_files[key]` (json/jsonl/csv/parquet) in the same schema."
-    from datasets import load_dataset
+    from safety_compass.core import require
+    load_dataset = require("datasets", "data", "hub data sources").load_dataset
     if local_files and key in local_files:
         p = Path(local_files[key])
         if not p.is_file(): raise SafetyCompassError(f"--data-file {key}={p}: file not found")

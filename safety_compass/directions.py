@@ -13,8 +13,8 @@ from tqdm.auto import tqdm
 from .core import SafetyCompassError
 
 # %% auto #0
-__all__ = ['dim_direction', 'cosine', 'auroc_many', 'auroc', 'SplitActs', 'auroc_ci', 'layer_sweep', 'eligible_layers',
-           'choose_layer', 'early_floor', 'bow_probe_auroc', 'conversation_text', 'opener_token_ids',
+__all__ = ['LAYER_RULES', 'dim_direction', 'cosine', 'auroc_many', 'auroc', 'SplitActs', 'auroc_ci', 'layer_sweep',
+           'eligible_layers', 'choose_layer', 'early_floor', 'bow_probe_auroc', 'conversation_text', 'opener_token_ids',
            'next_token_logodds', 'causal_gate']
 
 # %% ../nbs/05_directions.ipynb #67714cc4
@@ -98,23 +98,30 @@ def eligible_layers(n_layers: int, skip_fraction: float = 0.15, skip_last_fracti
     out = list(range(first, min(last, n_layers - 1) + 1))
     return out + ([n_layers] if include_post_norm else [])
 
+LAYER_RULES = ("plateau_within_ci", "earliest_within_ci", "best")
+
 def choose_layer(sweep: list[dict], n_layers: int, skip_fraction: float = 0.15, skip_last_fraction: float = 0.2,
-                 include_post_norm: bool = False, rule: str = "earliest_within_ci") -> dict:
+                 include_post_norm: bool = False, rule: str = "plateau_within_ci") -> dict:
     """Choose a layer from a sweep; returns `{"layer", "rule", "best_layer", "best_auroc", "threshold", "eligible", "within"}`.
 
-    `earliest_within_ci`: among eligible layers, those whose AUROC is at least the lower CI bound of the best one
-    (`within`); the earliest of them. `best`: the arg-max (ties to the earliest). Without CIs (`auroc_ci_low` NaN)
-    both reduce to the arg-max."""
-    if rule not in ("earliest_within_ci", "best"): raise SafetyCompassError(f"monitor.layer_rule: unknown rule {rule!r}; use earliest_within_ci or best")
+    `within`: the eligible layers whose AUROC is at least the lower CI bound of the best eligible layer (all tied
+    layers when there are no CIs). `plateau_within_ci` picks the layer of `within` with the highest mean AUROC over
+    itself and its two neighbours in the sweep (ties: the earliest); `earliest_within_ci` the earliest of `within`;
+    `best` the arg-max (ties: the earliest)."""
+    if rule not in LAYER_RULES: raise SafetyCompassError(f"monitor.layer_rule: unknown rule {rule!r}; use one of {', '.join(LAYER_RULES)}")
     ok = eligible_layers(n_layers, skip_fraction, skip_last_fraction, include_post_norm)
     cands = [r for r in sweep if r["layer"] in ok]
     if not cands: raise SafetyCompassError(f"no eligible layer in the sweep (eligible: {ok})")
     best = max(cands, key=lambda r: (r["auroc"], -r["layer"]))
     lo = best.get("auroc_ci_low", float("nan"))
-    threshold = lo if rule == "earliest_within_ci" and lo == lo else best["auroc"]
+    threshold = best["auroc"] if rule == "best" or lo != lo else lo
     within = [r["layer"] for r in cands if r["auroc"] >= threshold - 1e-12]
-    return {"layer": min(within), "rule": rule, "best_layer": best["layer"], "best_auroc": best["auroc"],
-            "threshold": threshold, "eligible": ok, "within": within}
+    auc = {r["layer"]: r["auroc"] for r in sweep}
+    smooth = {L: float(np.mean([auc[k] for k in (L - 1, L, L + 1) if k in auc])) for L in within}
+    layer = {"best": best["layer"], "earliest_within_ci": min(within),
+             "plateau_within_ci": max(within, key=lambda L: (round(smooth[L], 12), -L))}[rule]
+    return {"layer": layer, "rule": rule, "best_layer": best["layer"], "best_auroc": best["auroc"],
+            "threshold": threshold, "eligible": ok, "within": within, "plateau_auroc": smooth.get(layer)}
 
 def early_floor(sweep: list[dict], n_layers: int, skip_fraction: float = 0.15) -> dict:
     "The early-layer floor: the best val AUROC over the first `ceil(skip_fraction·n)` layers (the ones never chosen)."

@@ -103,7 +103,8 @@ def load_rows(name: str, subset_size: int | None = None, seed: int = 42, base_fi
             if not isinstance(rows, list): raise SafetyCompassError(f"{p}: expected a JSON array of rows")
             where = [f"{p}: row {k}" for k in range(1, len(rows) + 1)]
     else:
-        from datasets import load_dataset
+        from safety_compass.core import require
+        load_dataset = require("datasets", "data", f"the hub dataset {name!r}").load_dataset
         try: rows = list(load_dataset(name, split=split))
         except Exception as e: raise SafetyCompassError(f"dataset.name: cannot load {name!r} ({str(e).splitlines()[0]})") from None
         where = [f"{name}: row {k}" for k in range(1, len(rows) + 1)]

@@ -102,6 +102,8 @@ def _gguf_progress():
 def _load_gguf(directory, gguf_file: str, trust_remote_code: bool = False, **model_kw):
     "`(plain model in float32, tokenizer, GGUF-side arch_fingerprint)`: the GGUF de-quantized, its quantizer removed."
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from safety_compass.core import require
+    require("gguf", "demo", "reading GGUF files such as the embedded model")
     with _gguf_progress():
         tok = AutoTokenizer.from_pretrained(directory, gguf_file=gguf_file, trust_remote_code=trust_remote_code)
         qmodel = AutoModelForCausalLM.from_pretrained(directory, gguf_file=gguf_file, dtype=torch.float32,
@@ -180,6 +182,8 @@ def _as_dtype(dtype):
 def nf4_config(compute_dtype=torch.float16):
     "The QLoRA NF4 `BitsAndBytesConfig` (double quantization, `compute_dtype` matmuls)."
     from transformers import BitsAndBytesConfig
+    from safety_compass.core import require
+    require("bitsandbytes", "gpu", "NF4 4-bit loading")
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                               bnb_4bit_compute_dtype=_as_dtype(compute_dtype))
 

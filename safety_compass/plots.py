@@ -50,6 +50,16 @@ def figure_png(fig, dpi: int = 110) -> bytes:
     return buf.getvalue()
 
 # %% ../nbs/16_plots.ipynb #9b5407a5
+def _flag_tags(it: Mapping, n_layers: int) -> list[str]:
+    "Short names of the gates a concept fails (the full reasons are in the extract table and the metadata)."
+    tags = []
+    if it.get("passes_min_auroc") is False: tags.append("AUROC < min_auroc")
+    if it.get("below_lexical_floor"): tags.append("lexical floor")
+    if (it.get("causal") or {}).get("causal_passes") is False: tags.append("causal gate")
+    if it.get("layer") == n_layers: tags.append("post-norm layer")
+    if not tags and it.get("flags"): tags.append("see flags")
+    return tags
+
 def plot_sweep(items: Sequence[Mapping], n_layers: int, title: str | None = None):
     "The layer-sweep figure for one or more concepts (see above); returns the Figure."
     plt = _mpl()
@@ -78,9 +88,9 @@ def plot_sweep(items: Sequence[Mapping], n_layers: int, title: str | None = None
                                                              ls=style, lw=1, label=f"{name} {v:.2f}")
         r = next(x for x in sw if x["layer"] == it["layer"])
         ci = f" [{r['auroc_ci_low']:.2f}, {r['auroc_ci_high']:.2f}]" if np.isfinite(r.get("auroc_ci_low", np.nan)) else ""
-        flags = list(it.get("flags") or [])
-        ax.set_title(f"{it['concept']}: layer {it['layer']}, AUROC {r['auroc']:.2f}{ci}" + ("\nflagged: " + "; ".join(flags) if flags else ""),
-                     fontsize=9, color="tab:red" if flags else "k")
+        tags = _flag_tags(it, n_layers)
+        ax.set_title(f"{it['concept']}: layer {it['layer']}, AUROC {r['auroc']:.2f}{ci}" + ("\nflagged: " + ", ".join(tags) if tags else ""),
+                     fontsize=9, color="tab:red" if tags else "k")
         ymin = min(0.45, np.nanmin(np.r_[auc, lo]) - 0.03) if len(auc) else 0.45
         ax.set_ylim(ymin, 1.02); ax.legend(fontsize=6.5, loc="lower right"); ax.grid(alpha=0.25)
         axn = axes[1, j]
@@ -95,7 +105,7 @@ def plot_sweep(items: Sequence[Mapping], n_layers: int, title: str | None = None
                 axc.plot([c["causal_shift"]], [0], "D", color=col, ms=8, label=f"+direction {c['causal_shift']:+.2f}")
                 axc.plot([c["causal_shift_negative"]], [0], "v", color="k", ms=7, label=f"−direction {c['causal_shift_negative']:+.2f}")
                 axc.axvline(0, color="0.6", lw=0.8)
-                axc.set_yticks([]); axc.legend(fontsize=6.5, loc="upper left", ncol=3, bbox_to_anchor=(0, -0.25))
+                axc.set_yticks([]); axc.set_ylim(-1, 1.6); axc.legend(fontsize=6.5, loc="upper left", ncol=3)
                 axc.set_xlabel("Δ log-odds of positive vs negative openers (nats)", fontsize=8)
                 axc.set_title("causal gate: " + ("passes" if c.get("causal_passes") else "fails"), fontsize=9,
                               color="k" if c.get("causal_passes") else "tab:red")

@@ -86,7 +86,7 @@ def test_setup_cells(name):
     assert "if SMOKE" not in inst and "skipping" not in inst
     assert '"pip", "install"' in inst and "spec" in inst and "check=True" in inst
     assert 'metadata.version("safety-compass")' in inst and "pip uninstall -y safety-compass" in inst   # the 0.1.x project
-    assert "locate_file" in inst and 'find_spec("safety_compass.core")' in inst and 'Version("0.2")' in inst
+    assert "locate_file" in inst and 'find_spec("safety_compass.config")' in inst and 'Version("0.2")' in inst
     for lib in ("torch", "transformers", "peft", "bitsandbytes", "accelerate"): assert f'"{lib}"' in inst
     # (2) GPU check: a T4 expected where the model runs, the CPU fallback otherwise
     assert "torch.cuda.is_available()" in src and "get_device_properties" in src

@@ -5,9 +5,13 @@
 # %% ../nbs/04_capture.ipynb #52e4d927
 from __future__ import annotations
 import contextlib
+import functools
+import inspect
 import logging
+import types
+import weakref
 from dataclasses import dataclass
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -20,9 +24,11 @@ from .pairs import Conversation, as_messages
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'SYSTEM_MODES', 'unwrap_model', 'decoder_blocks', 'num_layers', 'final_norm', 'model_body', 'layer_module',
-           'StopForward', 'register_layer_hook', 'hook_layers', 'accepts_system_turn', 'fold_system', 'render_prompt',
-           'tokenize_prompts', 'token_batches', 'dist_info', 'eval_mode', 'capture_last_token', 'add_to_layer']
+__all__ = ['log', 'POSITION_MODES', 'SYSTEM_MODES', 'REDUCTIONS', 'unwrap_model', 'decoder_blocks', 'num_layers', 'final_norm',
+           'model_body', 'layer_module', 'TokenPositions', 'PositionTracker', 'track_positions', 'StopForward',
+           'LayerHook', 'register_layer_hook', 'hook_layers', 'residual_writers', 'hook_writers', 'ablate_direction',
+           'accepts_system_turn', 'fold_system', 'render_prompt', 'tokenize_prompts', 'token_batches', 'dist_info',
+           'eval_mode', 'capture_last_token', 'TokenBatch', 'iter_token_batches', 'capture_tokens', 'add_to_layer']
 
 # %% ../nbs/04_capture.ipynb #698299bc
 _BLOCK_PATHS = ("model.layers", "model.model.layers", "transformer.h", "gpt_neox.layers", "model.decoder.layers",
@@ -82,6 +88,203 @@ def layer_module(model, layer: int) -> nn.Module:
     if not 0 <= layer <= n: raise SafetyCompassError(f"layer {layer} out of range: this model has layers 0..{n}")
     return decoder_blocks(model)[layer] if layer < n else model_body(model)
 
+# %% ../nbs/04_capture.ipynb #45182338
+POSITION_MODES = ("all", "prompt", "generated")
+
+@dataclass
+class TokenPositions:
+    """Where the input tokens of the forward in flight sit; every tensor is `(batch, seq)` on the model's device.
+
+    - `position`: int64 absolute position of each input token = its column in the padded sequence, counting the
+      tokens already in the KV cache (so with left padding a row's first real token is not at 0).
+    - `real`: bool, `attention_mask == 1` (False = padding).
+    - `prompt_end`: tokens at `position < prompt_end` are prompt tokens, tokens at `position >= prompt_end` were
+      produced by `generate`. The hidden state at position `p` is computed from the token at `p`; so the first generated
+      token's logits come from the last *prompt* position, and the last token `generate` returns is never fed back
+      (no hook sees its position). After a row of a batch ends (end-of-sequence), `generate` keeps feeding it pad
+      tokens with attention mask 1 until every row has ended; those count as generated.
+    - `generating`: the forward runs inside `model.generate`."""
+    position: torch.Tensor
+    real: torch.Tensor
+    prompt_end: int
+    generating: bool
+
+    @functools.cached_property
+    def padded(self) -> bool:
+        "Whether any token of this forward is padding (computed once per forward)."
+        return not bool(self.real.all())
+    @property
+    def prompt(self) -> torch.Tensor: return self.real & (self.position < self.prompt_end)
+    @property
+    def generated(self) -> torch.Tensor: return self.real & (self.position >= self.prompt_end)
+
+    def select(self, positions) -> torch.Tensor:
+        """Bool `(batch, seq)`: the tokens a hook with `positions` acts on (`all`, `prompt`, `generated`, or a callable
+        `TokenPositions -> bool (batch, seq)`); padding is never selected."""
+        if callable(positions): return self.real & positions(self).to(device=self.real.device, dtype=torch.bool)
+        if positions == "all": return self.real
+        if positions == "prompt": return self.prompt
+        if positions == "generated": return self.generated
+        raise SafetyCompassError(f"positions: must be one of {', '.join(POSITION_MODES)} or a callable, got {positions!r}")
+
+def _check_positions(positions):
+    if not callable(positions) and positions not in POSITION_MODES:
+        raise SafetyCompassError(f"positions: must be one of {', '.join(POSITION_MODES)} or a callable, got {positions!r}")
+
+def _cache_length(cache) -> int:
+    if cache is None: return 0
+    if hasattr(cache, "get_seq_length"): return int(cache.get_seq_length())
+    if isinstance(cache, (tuple, list)) and cache and isinstance(cache[0], (tuple, list)) and cache[0]:
+        return int(cache[0][0].shape[-2])  # legacy tuple cache: (key, value) per layer, key (batch, heads, seq, head_dim)
+    return 0
+
+def _real_from_mask(mask, pos: torch.Tensor, end: int, B: int, T: int):
+    """`attention_mask != 0` as bool `(B, T)` at absolute positions `pos` (T,) (the last is `end - 1`), or None when the
+    mask's layout is unknown."""
+    if mask is None: return torch.ones((B, T), dtype=torch.bool, device=pos.device)
+    if not isinstance(mask, torch.Tensor): return None  # e.g. a flex-attention BlockMask
+    real = None
+    if mask.dim() == 2:
+        if mask.shape[1] >= end: real = mask[:, pos.to(mask.device)] != 0  # HF's layout: a column per position, cached ones included
+        elif mask.shape[1] == T: real = mask != 0  # a mask of the new tokens only
+    elif mask.dim() == 4 and mask.shape[2] == T and mask.shape[3] >= end:
+        # a (batch, 1, query, key) mask, as static caches build it: a real token always attends to itself, padding is
+        # masked as a key for every query (itself included)
+        diag = mask[:, 0, torch.arange(T, device=mask.device), pos.to(mask.device)]
+        real = diag if diag.dtype == torch.bool else diag == 0
+    if real is None or real.shape[0] not in (1, B): return None
+    return real.expand(B, T)
+
+class PositionTracker:
+    """Knows, for the forward in flight, which tokens are padding, prompt or generated (`current`: `TokenPositions`).
+
+    One per model, shared by every hook that asks (`track_positions`, `hook_layers`, `hook_writers`). It installs a
+    forward pre-hook (with kwargs) on the model body that reads `input_ids`/`inputs_embeds`, `attention_mask` and
+    where the input starts: `cache_position` when passed (transformers < 5), else the length of the KV cache
+    (`cache`/`past_key_values`), else 0 (a fresh prefill). It also wraps the unwrapped model's `generate` while installed, so
+    that it knows where a generation starts: **the prompt is everything up to the end of the first forward inside
+    `generate`** (per row: its real tokens there; with left padding every row's prompt ends at the same column), and
+    every later position holds a generated token. This holds with and without a KV cache (`use_cache=False` reruns
+    the whole sequence each step; the prompt end stays fixed). Outside `generate`, a forward whose input starts at 0
+    begins a new sequence whose tokens are all prompt; a forward continuing a KV cache (a hand-written decode loop)
+    keeps the prompt end of the sequence it continues, or takes the cached tokens as the prompt when it saw no start.
+    With an attention mask of unknown layout (e.g. a flex-attention `BlockMask`) `current` is None: `positions="all"`
+    then acts everywhere, the other modes raise `SafetyCompassError`."""
+    def __init__(self, model):
+        self.lm, self.body = unwrap_model(model), model_body(model)
+        self.current: TokenPositions | None = None
+        self.active = False  # inside a forward of the model body
+        self.shape: tuple[int, int] | None = None  # (batch, seq) of the forward in flight
+        self.generating, self._started, self.prompt_end, self.refs = False, False, None, 0
+        self._sig = inspect.signature(self.body.forward)
+        self._varkw = next((p.name for p in self._sig.parameters.values() if p.kind is p.VAR_KEYWORD), None)
+
+    def _inputs(self, args, kwargs) -> dict:
+        try: bound = self._sig.bind_partial(*args, **kwargs).arguments
+        except TypeError: bound = dict(kwargs)
+        extra = bound.pop(self._varkw, None) if self._varkw else None
+        return {**bound, **(extra or {})}
+
+    def _pre(self, module, args, kwargs):
+        self.active, self.current, self.shape = True, None, None
+        a = self._inputs(args, kwargs)
+        x = a.get("input_ids")
+        if not isinstance(x, torch.Tensor): x = a.get("inputs_embeds")
+        if not isinstance(x, torch.Tensor) or x.dim() < 2: return None
+        B, T = x.shape[:2]
+        self.shape = (B, T)
+        cp = a.get("cache_position")
+        if isinstance(cp, torch.Tensor) and cp.numel() == T:
+            pos = cp.reshape(-1).to(device=x.device, dtype=torch.long)
+            start = int(pos[0])
+        else:
+            cache = a.get("cache") if a.get("cache") is not None else a.get("past_key_values")
+            start = _cache_length(cache)
+            pos = torch.arange(start, start + T, device=x.device)
+        end = start + T
+        if self.generating and not self._started: self.prompt_end, self._started = end, True
+        elif not self.generating:
+            if start == 0: self.prompt_end = end
+            elif self.prompt_end is None or self.prompt_end > start: self.prompt_end = start
+        real = _real_from_mask(a.get("attention_mask"), pos, end, B, T)
+        if real is None: return None  # unknown mask layout: positions other than "all" refuse (see `selection`)
+        self.current = TokenPositions(pos.expand(B, T), real.to(x.device), self.prompt_end, self.generating)
+        return None
+
+    def _post(self, module, args, out):
+        self.active = False
+
+    def _install(self):
+        self._handles = [self.body.register_forward_pre_hook(self._pre, with_kwargs=True),
+                         self.body.register_forward_hook(self._post, always_call=True)]
+        self._own_generate = None
+        if callable(getattr(self.lm, "generate", None)):
+            self._old_generate = vars(self.lm).get("generate")  # an instance-level generate someone set before us
+            # bound to the model (not a closure over it), so a deepcopy of the model calls its own generate
+            self.lm.generate = self._own_generate = types.MethodType(_tracked_generate, self.lm)
+
+    def _uninstall(self):
+        for h in self._handles: h.remove()
+        if self._own_generate is not None and vars(self.lm).get("generate") is self._own_generate:
+            if self._old_generate is not None: self.lm.generate = self._old_generate
+            else: del self.lm.generate
+
+    def selection(self, positions, h: torch.Tensor, where: str, require_active: bool = False) -> torch.Tensor | None:
+        """Bool `(batch, seq)` of the tokens of `h` (batch, seq, ...) to act on; None = every position. `require_active`:
+        `h` must come from inside a forward of the model body (writers: an embedding may be called on its own)."""
+        cur = self.current
+        if cur is None or (require_active and not self.active):
+            if positions == "all": return None  # outside a tracked forward nothing is known to be padding
+            raise SafetyCompassError(f"positions={positions!r}: {where} ran outside a forward of the model body, or "
+                                     "with an attention mask of unknown layout, so its token positions are unknown")
+        if positions == "all" and not cur.padded: return None
+        if tuple(h.shape[:2]) != tuple(cur.real.shape):
+            raise SafetyCompassError(f"positions={positions!r}: {where} has shape {tuple(h.shape)}, but the forward's "
+                                     f"input is {tuple(cur.real.shape)} (batch, seq)")
+        return cur.select(positions)
+
+_TRACKERS: "weakref.WeakKeyDictionary[nn.Module, PositionTracker]" = weakref.WeakKeyDictionary()
+
+def _tracked_generate(lm, *args, **kwargs):
+    "`lm.generate` while a `PositionTracker` is installed: marks where a generation starts (see `PositionTracker`)."
+    tracker = _TRACKERS.get(lm)
+    old = tracker._old_generate if tracker is not None else None
+    call = old if old is not None else functools.partial(type(lm).generate, lm)
+    if tracker is None: return call(*args, **kwargs)
+    saved = (tracker.generating, tracker._started, tracker.prompt_end)
+    tracker.generating, tracker._started = True, False
+    try: return call(*args, **kwargs)
+    finally: tracker.generating, tracker._started, tracker.prompt_end = saved
+
+def _acquire_tracker(model) -> PositionTracker:
+    lm = unwrap_model(model)
+    tracker = _TRACKERS.get(lm)
+    if tracker is None:
+        tracker = PositionTracker(model); tracker._install(); _TRACKERS[lm] = tracker
+    tracker.refs += 1
+    return tracker
+
+def _release_tracker(tracker: PositionTracker):
+    tracker.refs -= 1
+    if tracker.refs == 0:
+        tracker._uninstall()
+        if _TRACKERS.get(tracker.lm) is tracker: del _TRACKERS[tracker.lm]
+
+@contextlib.contextmanager
+def track_positions(model):
+    """The model's `PositionTracker` while the context is open: `tracker.current` describes the forward in flight
+    (`TokenPositions`), for hooks that read activations at prompt or generated tokens only."""
+    tracker = _acquire_tracker(model)
+    try: yield tracker
+    finally: _release_tracker(tracker)
+
+def _merge(new, h, sel):
+    "`new` at the selected tokens, `h` elsewhere (`sel` None = everywhere)."
+    if new is None or sel is None: return new
+    if new.shape != h.shape:
+        raise SafetyCompassError(f"a hook returned shape {tuple(new.shape)} for an activation of shape {tuple(h.shape)}")
+    return torch.where(sel.reshape(*sel.shape, *([1] * (h.dim() - 2))), new.to(h.dtype), h)
+
 # %% ../nbs/04_capture.ipynb #9b4d7289
 class StopForward(Exception):
     "Raised by a hook to end a forward pass early; caught by `hook_layers`."
@@ -106,39 +309,196 @@ def _replace_body_output(out, old, new):
     if isinstance(hs, tuple) and hs and hs[-1] is old: out.hidden_states = (*hs[:-1], new)
     return out
 
-def register_layer_hook(model, layer: int, fn: Callable, stop: bool = False):
-    """Call `fn(hidden)` with `hidden_states[layer]` (batch, seq, hidden) on every forward; a returned tensor replaces it.
-    `stop=True` raises `StopForward` right after `fn`. Returns a handle; `.remove()` it."""
+class LayerHook:
+    "Handle of `register_layer_hook`: `.remove()` removes the hook (and releases the position tracker); idempotent."
+    def __init__(self, handle, tracker): self._handle, self._tracker = handle, tracker
+    def remove(self):
+        if self._handle is not None:
+            self._handle.remove(); _release_tracker(self._tracker); self._handle = None
+
+def register_layer_hook(model, layer: int, fn: Callable, stop: bool = False, positions="all") -> LayerHook:
+    """Call `fn(hidden)` with `hidden_states[layer]` (batch, seq, hidden) on every forward; a returned tensor (same
+    shape) replaces it at the tokens `positions` selects: `all` (default), `prompt`, `generated` or a callable
+    `TokenPositions -> bool (batch, seq)`; padding (`attention_mask == 0`) keeps its original value in every mode (see
+    `TokenPositions` for what prompt and generated mean under `generate`). `fn` always sees the whole tensor; a reader
+    that needs the selection asks `track_positions`. An in-place edit of `hidden` bypasses the selection: return a new
+    tensor. `stop=True` raises `StopForward` right after `fn`. Returns a `LayerHook`; `.remove()` it."""
+    _check_positions(positions)
     module, n = layer_module(model, layer), num_layers(model)
-    if layer < n:
-        def pre_hook(mod, args, kwargs):
-            h, positional = _block_input(args, kwargs)
+    tracker = _acquire_tracker(model)
+    where = f"layer {layer}"
+    try:
+        if layer < n:
+            def pre_hook(mod, args, kwargs):
+                h, positional = _block_input(args, kwargs)
+                new = fn(h)
+                if stop: raise StopForward
+                if new is None: return None
+                new = _merge(new, h, tracker.selection(positions, h, where))
+                return ((new, *args[1:]), kwargs) if positional else (args, {**kwargs, "hidden_states": new})
+            return LayerHook(module.register_forward_pre_hook(pre_hook, with_kwargs=True), tracker)
+        def hook(mod, args, out):
+            h = _body_output(out)
             new = fn(h)
             if stop: raise StopForward
             if new is None: return None
-            return ((new, *args[1:]), kwargs) if positional else (args, {**kwargs, "hidden_states": new})
-        return module.register_forward_pre_hook(pre_hook, with_kwargs=True)
-    def hook(mod, args, out):
-        h = _body_output(out)
-        new = fn(h)
-        if stop: raise StopForward
-        return None if new is None else _replace_body_output(out, h, new)
-    return module.register_forward_hook(hook)
+            return _replace_body_output(out, h, _merge(new, h, tracker.selection(positions, h, where)))
+        return LayerHook(module.register_forward_hook(hook), tracker)
+    except BaseException:
+        _release_tracker(tracker); raise
 
 @contextlib.contextmanager
-def hook_layers(model, fns: dict[int, Callable], stop_after: bool = False):
-    """`register_layer_hook` for each `{layer: fn}` while the context is open (keys are `hidden_states` indices).
-    With `stop_after=True` the forward ends once the deepest requested layer has been read."""
+def hook_layers(model, fns: dict[int, Callable], stop_after: bool = False, positions="all"):
+    """`register_layer_hook` for each `{layer: fn}` while the context is open (keys are `hidden_states` indices), each
+    acting at the tokens `positions` selects. With `stop_after=True` the forward ends once the deepest requested layer
+    has been read. Yields the model's `PositionTracker`."""
     if not fns: raise SafetyCompassError("no layers requested")
+    _check_positions(positions)
     deepest = max(fns)
     handles = []
+    tracker = _acquire_tracker(model)
     try:
-        for L, fn in sorted(fns.items()): handles.append(register_layer_hook(model, L, fn, stop=stop_after and L == deepest))
-        yield
+        for L, fn in sorted(fns.items()):
+            handles.append(register_layer_hook(model, L, fn, stop=stop_after and L == deepest, positions=positions))
+        yield tracker
     except StopForward:
         pass
     finally:
         for h in handles: h.remove()
+        _release_tracker(tracker)
+
+# %% ../nbs/04_capture.ipynb #3960302d
+# per `config.model_type`: the two modules of each block whose outputs are added to the residual stream (attention, MLP)
+_BLOCK_WRITERS = {
+    **{t: ("self_attn", "mlp") for t in ("llama", "mistral", "qwen2", "qwen3", "gemma", "olmo")},
+    **{t: ("post_attention_layernorm", "post_feedforward_layernorm") for t in ("gemma2", "gemma3_text", "olmo2")},
+    "phi3": ("resid_attn_dropout", "resid_mlp_dropout"),
+    "gpt2": ("attn", "mlp"),
+    "gpt_neox": ("post_attention_dropout", "post_mlp_dropout"),
+    "opt": ("self_attn", "fc2"),
+}
+# and the modules of the model body whose outputs make up hidden_states[0]
+_EMBED_WRITERS = {"gpt2": (("embed", "wte"), ("embed_pos", "wpe")), "gpt_neox": (("embed", "embed_in"),),
+                  "opt": (("embed", "embed_tokens"), ("embed_pos", "embed_positions"))}
+
+def _model_type(model) -> str:
+    return getattr(getattr(unwrap_model(model), "config", None), "model_type", None) or type(unwrap_model(model)).__name__
+
+def residual_writers(model) -> list[tuple[str, nn.Module]]:
+    """The modules whose outputs are added into the residual stream, in forward order: `("embed", m)`, then for
+    GPT-2/OPT `("embed_pos", m)`, then `("blocks.{i}.attn", m)` and `("blocks.{i}.mlp", m)` for every block `i`.
+    `hidden_states[L]` (L < n) is the sum of the writes of the embeddings and of blocks 0..L-1 (in eval mode: dropout on
+    the summed embeddings, GPT-2's `drop`, is off). The write of a module is its output (for attention modules, the
+    first element of the output tuple):
+
+    - Llama, Mistral, Qwen2, Qwen3, Gemma, OLMo: `self_attn`, `mlp`.
+    - Gemma-2, Gemma-3 (text), OLMo-2: `post_attention_layernorm`, `post_feedforward_layernorm`: the sublayer
+      output is normed before the residual add, so the norm's output is the write (in Llama `post_attention_layernorm`
+      is the MLP's *input* norm and writes nothing).
+    - Phi-3: `resid_attn_dropout`, `resid_mlp_dropout` (the dropouts on the sublayer outputs, exact in training too).
+    - GPT-2: `attn`, `mlp`; embeddings `wte` and `wpe`.
+    - GPT-NeoX: `post_attention_dropout`, `post_mlp_dropout` (parallel residual: both read the block input, both write).
+    - OPT (pre-LN, `do_layer_norm_before=True`): `self_attn`, `fc2` (its output is `(batch*seq, hidden)`);
+      embeddings `project_in` when the model has it (OPT-350m style: the token embedding is projected before the add,
+      so `project_in`'s output is the write), else `embed_tokens`, and `embed_positions`.
+
+    Gemma/Gemma-2 multiply the token embedding by sqrt(hidden): inside `embed_tokens` (its `embed_scale`) in current
+    transformers, in the model body's forward in older ones; `hook_writers` hands `fn` the scaled write either way.
+
+    Raises `SafetyCompassError` for other architectures and for post-LN OPT, where a norm sits on the residual path
+    (the stream is re-normalised after every add, so it is not a sum of writes)."""
+    m, mt = unwrap_model(model), _model_type(model)
+    if mt not in _BLOCK_WRITERS:
+        raise SafetyCompassError(f"residual writers: model type {mt!r} is not supported; supported: {', '.join(sorted(_BLOCK_WRITERS))}")
+    if mt == "opt" and not getattr(m.config, "do_layer_norm_before", True):
+        raise SafetyCompassError("residual writers: this OPT model is post-LN (do_layer_norm_before=False): a norm sits on "
+                                 "the residual path, so the residual stream is not a sum of writes")
+    body, (attn, mlp) = model_body(model), _BLOCK_WRITERS[mt]
+    out = []
+    for name, attr in _EMBED_WRITERS.get(mt, (("embed", "embed_tokens"),)):
+        if mt == "opt" and attr == "embed_tokens" and getattr(body, "project_in", None) is not None: attr = "project_in"
+        mod = getattr(body, attr, None)
+        if not isinstance(mod, nn.Module): raise SafetyCompassError(f"residual writers: {type(body).__name__} has no {attr}")
+        out.append((name, mod))
+    for i, block in enumerate(decoder_blocks(model)):
+        for kind, attr in (("attn", attn), ("mlp", mlp)):
+            mod = getattr(block, attr, None)
+            if not isinstance(mod, nn.Module):
+                raise SafetyCompassError(f"residual writers: block {i} ({type(block).__name__}) has no {attr}")
+            out.append((f"blocks.{i}.{kind}", mod))
+    return out
+
+def _embed_scale(model, embed: nn.Module) -> float | None:
+    "Gemma's sqrt(hidden) when the model body applies it after `embed_tokens` (older transformers), else None."
+    if _model_type(model) in ("gemma", "gemma2") and not hasattr(embed, "embed_scale"):
+        return unwrap_model(model).config.hidden_size ** 0.5
+    return None
+
+def _writer_hook(name, fn, tracker, positions, scale):
+    def hook(module, args, out):
+        w = out[0] if isinstance(out, tuple) else out
+        if not isinstance(w, torch.Tensor):
+            raise SafetyCompassError(f"residual writer {name}: output is {type(w).__name__}, expected a tensor")
+        x = w
+        if tracker.active and tracker.shape is not None:
+            B, T = tracker.shape
+            if x.dim() == 2 and x.shape[0] == B * T: x = x.reshape(B, T, -1)  # OPT's fc2 runs on (batch*seq, ffn)
+            elif x.dim() == 3 and x.shape[0] == 1 < B and x.shape[1] == T: x = x.expand(B, -1, -1)  # GPT-2's wpe: one row for the batch
+        if scale is not None: x = x * torch.tensor(scale, dtype=x.dtype)  # what the model adds: Gemma's scaled embedding
+        new = fn(x)
+        if new is None: return None
+        new = _merge(new, x, tracker.selection(positions, x, f"residual writer {name}", require_active=True))
+        if scale is not None: new = new / torch.tensor(scale, dtype=new.dtype)
+        if w.dim() == 2: new = new.reshape(w.shape)
+        return (new, *out[1:]) if isinstance(out, tuple) else new
+    return hook
+
+@contextlib.contextmanager
+def hook_writers(model, fn: Callable | dict[str, Callable], positions="all"):
+    """Apply `fn(write) -> replacement or None` to every write into the residual stream (`residual_writers`) while the
+    context is open; a dict `{writer name: fn}` hooks only those writers. `write` is `(batch, seq, hidden)` in the
+    model's dtype and in residual-stream units (Gemma's embedding scale applied, OPT's `fc2` output reshaped, GPT-2's
+    position embedding expanded over the batch). A returned tensor (same shape) replaces the write at the tokens
+    `positions` selects (`all`, `prompt`, `generated`, or a callable; never at padding, see `TokenPositions`); `None`
+    leaves it. Yields the model's `PositionTracker`. Raises `SafetyCompassError` for unsupported architectures,
+    unknown writer names or positions."""
+    _check_positions(positions)
+    writers = residual_writers(model)
+    names = [n for n, _ in writers]
+    fns = dict(fn) if isinstance(fn, dict) else {n: fn for n in names}
+    unknown = [n for n in fns if n not in names]
+    if unknown: raise SafetyCompassError(f"hook_writers: unknown writer {unknown[0]!r}; this model has {names[0]} .. {names[-1]}")
+    tracker, handles = _acquire_tracker(model), []
+    try:
+        for name, module in writers:
+            if name in fns:
+                scale = _embed_scale(model, module) if name == "embed" else None
+                handles.append(module.register_forward_hook(_writer_hook(name, fns[name], tracker, positions, scale)))
+        yield tracker
+    finally:
+        for h in handles: h.remove()
+        _release_tracker(tracker)
+
+@contextlib.contextmanager
+def ablate_direction(model, direction, positions="all"):
+    """Directional ablation (Arditi et al. 2024, "Refusal in language models is mediated by a single direction"): remove
+    the component along the unit vector `direction` (hidden,) from every write into the residual stream,
+    `w <- w - (w . u) u` (computed in float32), so no layer `L < n` has any component along `u`. Equivalent to
+    orthogonalising the weights that write into the stream (embedding, attention output, MLP output) when the model has
+    no biases there; ablating only block inputs or outputs is not (each block's MLP would still see its attention's
+    write). In bfloat16/float16 the ablated write is rounded back to the model's dtype, so `|h . u|` stays at the
+    rounding level (about 1e-4 for unit-scale states on a tiny bfloat16 Llama) instead of float32's 1e-7. Yields the
+    `PositionTracker`."""
+    u = torch.as_tensor(np.asarray(direction, dtype=np.float32)).flatten()
+    norm = float(u.norm())
+    if not np.isfinite(norm) or norm == 0: raise SafetyCompassError("ablate_direction: the direction is zero or not finite")
+    u = u / norm
+    def fn(w):
+        if w.shape[-1] != u.numel():
+            raise SafetyCompassError(f"ablate_direction: direction has {u.numel()} entries, the residual stream {w.shape[-1]}")
+        wf, uu = w.float(), u.to(w.device)
+        return (wf - (wf @ uu).unsqueeze(-1) * uu).to(w.dtype)
+    with hook_writers(model, fn, positions) as tracker: yield tracker
 
 # %% ../nbs/04_capture.ipynb #c988ac2c
 SYSTEM_MODES = ("auto", "native", "fold")
@@ -244,6 +604,35 @@ def _gather_rows(out: dict, rows: list[int], keys: list, world: int):
         if r_rows:
             for k, a in zip(keys, arrs): out[k][r_rows] = a
 
+def _my_batches(batches: list[list[int]], distributed: bool | None) -> tuple[list[list[int]], int, int]:
+    """`(this rank's batches, how many of them are real, world size)`: batches dealt round-robin to the ranks, padded
+    with repeats of the first so that every rank runs the same number of forwards (sharded models cannot hang)."""
+    rank, world = dist_info() if distributed is not False else (0, 1)
+    mine = batches[rank::world]
+    n_real = len(mine)
+    if world > 1 and batches: mine = mine + [batches[0]] * (-(-len(batches) // world) - n_real)
+    return mine, n_real, world
+
+def _pad_id(tokenizer) -> int:
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+
+def _right_padded(ids: Sequence[list[int]], batch: list[int], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    "`(input_ids, attention_mask)`, both int64 `(len(batch), longest)` on the CPU, padded on the right."
+    width = max(len(ids[i]) for i in batch)
+    input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    for r, i in enumerate(batch):
+        input_ids[r, :len(ids[i])] = torch.tensor(ids[i]); mask[r, :len(ids[i])] = 1
+    return input_ids, mask
+
+def _check_layers(model, layers: Iterable[int], logits: bool) -> list[int]:
+    layers = sorted(set(int(L) for L in layers))
+    if not layers and not logits: raise SafetyCompassError("no layers requested")
+    n = num_layers(model)
+    for L in layers:
+        if not 0 <= L <= n: raise SafetyCompassError(f"layer {L} out of range: this model has layers 0..{n}")
+    return layers
+
 @contextlib.contextmanager
 def eval_mode(model):
     "Put `model` in eval mode; restore every submodule's own training flag after."
@@ -268,28 +657,19 @@ def capture_last_token(model, tokenizer, prompts: Sequence[Conversation] | Seque
     """Last-prompt-token `hidden_states[L]` for each `L` in `layers` (float32 `(n_prompts, width)` per layer) for
     conversations (rendered with `system_mode`) or token-id lists; with `logits=True` also `"logits"`: float32
     `(n_prompts, vocab)`, the model's own output logits at the last prompt token. `layers` may be empty when `logits`."""
-    layers = sorted(set(int(L) for L in layers))
-    if not layers and not logits: raise SafetyCompassError("no layers requested")
-    n = num_layers(model)
-    for L in layers:
-        if not 0 <= L <= n: raise SafetyCompassError(f"layer {L} out of range: this model has layers 0..{n}")
+    layers = _check_layers(model, layers, logits)
     ids = list(prompts) if (prompts and isinstance(prompts[0], list)) else tokenize_prompts(tokenizer, prompts, system_mode)
     lengths = [len(x) for x in ids]
     device = _model_device(model)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+    pad_id = _pad_id(tokenizer)
     keys = [*layers, "logits"] if logits else list(layers)
     head = unwrap_model(model).get_output_embeddings() if logits else None
     if logits and head is None: raise SafetyCompassError(f"logits=True: {type(unwrap_model(model)).__name__} has no output embeddings (LM head)")
     out: dict = {}
     run = forward or (lambda **kw: model(**kw))
-    batches = token_batches(lengths, token_budget, batch_size)
     if early_exit is None: early_exit = getattr(forward, "early_exit", True)  # a `forward` wrapper may forbid it
     if logits: early_exit = False  # the logits come from the model's own output
-    rank, world = dist_info() if distributed is not False else (0, 1)
-    mine = batches[rank::world]
-    n_real = len(mine)
-    if world > 1:  # the same number of forwards on every rank, so sharded models (FSDP, ZeRO-3) never wait on a missing one
-        mine = mine + [batches[0]] * (-(-len(batches) // world) - n_real)
+    mine, n_real, world = _my_batches(token_batches(lengths, token_budget, batch_size), distributed)
     cur = {}
     def last_only(module, args):  # the LM head sees only each row's last real position
         x = args[0]
@@ -300,14 +680,10 @@ def capture_last_token(model, tokenizer, prompts: Sequence[Conversation] | Seque
     try:
         with eval_mode(model), torch.inference_mode():
             for k_batch, batch in enumerate(tqdm(mine, desc="capture", disable=not progress, leave=False)):
-                width = max(lengths[i] for i in batch)
-                input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-                mask = torch.zeros((len(batch), width), dtype=torch.long)
-                for r, i in enumerate(batch):
-                    input_ids[r, :lengths[i]] = torch.tensor(ids[i]); mask[r, :lengths[i]] = 1
+                input_ids, mask = _right_padded(ids, batch, pad_id)
                 last = torch.tensor([lengths[i] - 1 for i in batch], device=device)
                 rows = torch.arange(len(batch), device=device)
-                cur.update(width=width, rows=rows, last=last)
+                cur.update(width=input_ids.shape[1], rows=rows, last=last)
                 got = {}
                 def grab(L):
                     def fn(h): got[L] = h[rows, last]
@@ -329,10 +705,152 @@ def capture_last_token(model, tokenizer, prompts: Sequence[Conversation] | Seque
     if world > 1: _gather_rows(out, [i for b in mine[:n_real] for i in b], keys, world)
     return out
 
+# %% ../nbs/04_capture.ipynb #251bd60d
+@dataclass
+class TokenBatch:
+    """One batch of `iter_token_batches`: torch tensors on the model's device, right-padded to the batch's longest
+    sequence `T`. `index`: the sequences' indices into `ids` (row order); `input_ids`, `attention_mask`: int64 `(B, T)`
+    (1 = real token); `hidden`: `{L: (B, T, width)}` = `hidden_states[L]` in the model's dtype; `logits`:
+    `(B, T, vocab)`, the model's own output logits at every position, or None. Rows past a sequence's length are
+    padding: mask them with `attention_mask`. Also readable as a dict (`batch["hidden"]`)."""
+    index: list[int]
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    hidden: dict[int, torch.Tensor]
+    logits: torch.Tensor | None = None
+
+    @property
+    def lengths(self) -> list[int]: return self.attention_mask.sum(1).tolist()
+    def __getitem__(self, key: str): return getattr(self, key)
+
+def _check_ids(ids) -> list[list[int]]:
+    out = []
+    for i, x in enumerate(ids):
+        x = [int(t) for t in x]
+        if not x: raise SafetyCompassError(f"ids[{i}]: empty sequence")
+        out.append(x)
+    return out
+
+def iter_token_batches(model, tokenizer, ids: Sequence[Sequence[int]], layers: Iterable[int], logits: bool = True,
+                       token_budget: int | None = 4096, batch_size: int | None = None, forward: Callable | None = None,
+                       early_exit: bool | None = None, distributed: bool = False,
+                       progress: bool = False) -> Iterator[TokenBatch]:
+    """Stream `TokenBatch`es of per-token `hidden_states[L]` (and, with `logits=True`, the model's own logits) for
+    token-id sequences `ids`, without keeping more than one batch. Batches are `token_batches(lengths, token_budget,
+    batch_size)`: a deterministic function of the lengths, so two calls on the same `ids` yield the same batches in the
+    same order, e.g. to compare two forwards (`forward=` a wrapper that disables a PEFT adapter, then one that does not)
+    batch by batch. Each forward runs in eval mode (restored before the batch is yielded) under `torch.inference_mode`,
+    with `use_cache=False`; without logits the forward stops after the deepest layer (`early_exit`, as in
+    `capture_last_token`). `tokenizer` gives the pad id only.
+
+    **Several processes**: with `distributed=True` and an initialised process group, rank `r` yields only batches
+    `r, r + world, ...` (padded with repeats of batch 0, run but not yielded, so every rank runs the same number of
+    forwards); reduce your per-batch results across ranks yourself (`TokenBatch.index` says which sequences). Consume
+    the iterator to the end on every rank. The default runs every batch on every rank.
+
+    Memory: `logits` is `(B, T, vocab)` per batch; `token_budget` bounds `B * T`."""
+    layers = _check_layers(model, layers, logits)
+    ids = _check_ids(ids)
+    if logits and unwrap_model(model).get_output_embeddings() is None:
+        raise SafetyCompassError(f"logits=True: {type(unwrap_model(model)).__name__} has no output embeddings (LM head)")
+    device, pad_id = _model_device(model), _pad_id(tokenizer)
+    run = forward or (lambda **kw: model(**kw))
+    if early_exit is None: early_exit = getattr(forward, "early_exit", True)
+    if logits: early_exit = False
+    mine, n_real, _ = _my_batches(token_batches([len(x) for x in ids], token_budget, batch_size), None if distributed else False)
+    for k, batch in enumerate(tqdm(mine, desc="capture tokens", disable=not progress, leave=False)):
+        input_ids, mask = (t.to(device) for t in _right_padded(ids, batch, pad_id))
+        got = {}
+        def grab(L):
+            def fn(h): got[L] = h
+            return fn
+        with eval_mode(model), torch.inference_mode():
+            hooks = hook_layers(model, {L: grab(L) for L in layers}, stop_after=early_exit) if layers else contextlib.nullcontext()
+            with hooks: res = run(input_ids=input_ids, attention_mask=mask, use_cache=False)
+            lg = _output_logits(res) if logits else None
+        if k >= n_real: continue  # a padding forward
+        if lg is not None and tuple(lg.shape[:2]) != tuple(input_ids.shape):
+            raise SafetyCompassError(f"logits=True: the forward returned logits of shape {tuple(lg.shape)} for input {tuple(input_ids.shape)}")
+        yield TokenBatch(list(batch), input_ids, mask, {L: got[L] for L in layers}, lg)
+
+REDUCTIONS = ("mean", "last")
+
+def capture_tokens(model, tokenizer, ids: Sequence[Sequence[int]], layers: Iterable[int], logits: bool = False,
+                   token_budget: int | None = 4096, batch_size: int | None = None, forward: Callable | None = None,
+                   reduce: str | Sequence[str] | None = None, spans: Sequence[tuple[int, int]] | None = None,
+                   early_exit: bool | None = None, distributed: bool | None = None, progress: bool = False):
+    """Per-token `hidden_states[L]` (and logits) of token-id sequences `ids` (no chat template applied: pass the ids you
+    mean, e.g. a prompt and its response), batched by `token_budget` as in `iter_token_batches`.
+
+    - `reduce=None`: a list with one dict per sequence, `{L: float32 (len_i, width)}` and with `logits=True`
+      `"logits": float32 (len_i, vocab)`, the model's own output logits at every position (position `t` predicts
+      token `t + 1`).
+    - `reduce="mean"` or `"last"`: `{L: float32 (N, width)}` (and `"logits": (N, vocab)`) of the mean over each
+      sequence's span / of the span's last token; `spans` gives one `(start, end)` per sequence, token indices, end
+      exclusive (default: the whole sequence). `reduce=("mean", "last")`: `{"mean": {...}, "last": {...}}` from one
+      forward. Means are taken in float32.
+
+    Under an initialised process group (`distributed=None` = auto) the batches are shared round-robin by the ranks and
+    every rank receives all results (as in `capture_last_token`). Raises `SafetyCompassError` for empty sequences,
+    spans outside their sequence, unknown reductions or layers out of range."""
+    ids = _check_ids(ids)
+    many = reduce is not None and not isinstance(reduce, str)
+    reds = None if reduce is None else ([reduce] if isinstance(reduce, str) else list(reduce))
+    if reds is not None and (not reds or any(r not in REDUCTIONS for r in reds)):
+        raise SafetyCompassError(f"reduce: must be one of {', '.join(REDUCTIONS)} or a tuple of them, got {reduce!r}")
+    if spans is not None and reds is None: raise SafetyCompassError("spans: given without reduce ('mean' or 'last')")
+    if spans is None: spans = [(0, len(x)) for x in ids]
+    spans = [tuple(s) for s in spans]
+    if len(spans) != len(ids): raise SafetyCompassError(f"spans: {len(spans)} spans for {len(ids)} sequences")
+    for i, s in enumerate(spans):
+        if len(s) != 2 or not all(isinstance(v, (int, np.integer)) for v in s) or not 0 <= s[0] < s[1] <= len(ids[i]):
+            raise SafetyCompassError(f"spans[{i}]: {s!r} is not a non-empty (start, end) range within the sequence's {len(ids[i])} tokens")
+    layers = _check_layers(model, layers, logits)
+    keys = [*layers, "logits"] if logits else list(layers)
+    shard = dist_info()[1] > 1 and distributed is not False
+    per_seq: dict[int, dict] = {}
+    my_rows: list[int] = []
+    out = {r: {} for r in reds} if reds else None
+    for tb in iter_token_batches(model, tokenizer, ids, layers, logits, token_budget, batch_size, forward, early_exit,
+                                 distributed=shard, progress=progress):
+        my_rows += tb.index
+        tensors = {**tb.hidden, **({"logits": tb.logits} if logits else {})}
+        if reds is None:
+            arrs = {k: tensors[k].float().cpu().numpy() for k in keys}
+            for r, i in enumerate(tb.index): per_seq[i] = {k: arrs[k][r, :len(ids[i])].copy() for k in keys}
+            continue
+        dev = tb.input_ids.device
+        start = torch.tensor([spans[i][0] for i in tb.index], device=dev)
+        end = torch.tensor([spans[i][1] for i in tb.index], device=dev)
+        t = torch.arange(tb.input_ids.shape[1], device=dev)
+        w = ((t >= start[:, None]) & (t < end[:, None])).float()  # (B, T): 1 inside the span
+        rows = torch.arange(len(tb.index), device=dev)
+        for k in keys:
+            x = tensors[k].float()
+            if k not in out[reds[0]]:
+                for r in reds: out[r][k] = np.empty((len(ids), x.shape[-1]), dtype=np.float32)
+            if "mean" in reds: out["mean"][k][tb.index] = ((x * w[..., None]).sum(1) / w.sum(1, keepdim=True)).cpu().numpy()
+            if "last" in reds: out["last"][k][tb.index] = x[rows, end - 1].cpu().numpy()
+    world = dist_info()[1] if shard else 1
+    if reds is None:
+        if world > 1:
+            parts = [None] * world
+            torch.distributed.all_gather_object(parts, per_seq)
+            for p in parts: per_seq.update(p)
+        return [per_seq[i] for i in range(len(ids))]
+    if not ids or any(k not in out[reds[0]] for k in keys):  # no sequences (or no batch on this rank): empty arrays of the right width
+        cfg = unwrap_model(model).config
+        for r in reds:
+            for k in keys: out[r].setdefault(k, np.empty((len(ids), cfg.vocab_size if k == "logits" else cfg.hidden_size), dtype=np.float32))
+    if world > 1:
+        for r in reds: _gather_rows(out[r], my_rows, keys, world)
+    return out if many else out[reds[0]]
+
 # %% ../nbs/04_capture.ipynb #2331cf5b
 @contextlib.contextmanager
-def add_to_layer(model, layer: int, vector):
-    "Add `vector` (width,) to `hidden_states[layer]` at every position while the context is open."
+def add_to_layer(model, layer: int, vector, positions="all"):
+    """Add `vector` (width,) to `hidden_states[layer]` while the context is open, at every real token (`positions="all"`)
+    or only at prompt / generated tokens (see `TokenPositions`). Yields the `PositionTracker`."""
     v = torch.as_tensor(vector)
     def fn(h): return h + v.to(device=h.device, dtype=h.dtype)
-    with hook_layers(model, {layer: fn}): yield
+    with hook_layers(model, {layer: fn}, positions=positions) as tracker: yield tracker

@@ -1,4 +1,4 @@
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 "Safety Compass: post-training observability for language models."
 
 import logging as _logging

@@ -49,9 +49,10 @@ def split_weights(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """`(step rows, later rows)` of a drift log: rows measured on an optimizer step's weights (`weights == "step"`, or
     every row of a log without the column), and rows measured after training ended on other weights (for example
     `best_checkpoint:2` when the Trainer reloaded its best checkpoint). Curves and start/min/final use the former."""
-    if "weights" not in df: return df.sort_values(["concept", "step"], kind="stable"), df.iloc[0:0]
+    # sorted by step only (stable): concepts keep the log's order, which is the experiment's order
+    if "weights" not in df: return df.sort_values("step", kind="stable"), df.iloc[0:0]
     w = df["weights"].astype(str)
-    return df[w == "step"].sort_values(["concept", "step"], kind="stable"), df[w != "step"]
+    return df[w == "step"].sort_values("step", kind="stable"), df[w != "step"]
 
 _NUMERIC = ("step", "layer", "cosine_to_baseline", "cosine_ci_low", "cosine_ci_high", "auroc_fixed", "auroc_current",
             "direction_norm", "noise_floor")

@@ -344,7 +344,7 @@ def _with_monitor(exp: Experiment, over: dict, strict: bool) -> Experiment:
     "`exp` with `monitor:` fields replaced by `over`, validated like the file."
     if not over: return exp
     merged = {**exp.config.monitor.model_dump(exclude_unset=True), **over}
-    mon = parse_section(MonitorSettings, merged, YamlDoc(merged, exp.path, {}), strict, ("monitor",))
+    mon = parse_section(MonitorSettings, merged, exp.doc or YamlDoc(merged, exp.path, {}), strict, ("monitor",))  # the file's lines
     return replace(exp, config=exp.config.model_copy(update={"monitor": mon}))
 
 # %% ../nbs/01_config.ipynb #a33e5c8c

@@ -139,7 +139,7 @@ def test_finetune_notebook_path(name):
     src = code(read(name))
     assert "run_finetune(" in src and "resume=RESUME" in src and "last_checkpoint" in src and "RESUME_FROM" in src
     assert "callbacks=[budget, Progress(PROGRESS_EVERY_N_STEPS)]" in src   # a multi-hour run shows step, rate and ETA
-    assert 'load_model(MODEL, quantization=model_cfg.get("quantization")' in src  # NF4 from the model config
+    assert 'load_model(MODEL, quantization=model_cfg.quantization' in src  # NF4 from the model config
     assert '"lora"' in src and "CPU fallback" in src
     last = code_cells(read(name))[-1].source
     assert "reference_table" in last and "display(Image" in last and "drift_summary" in last

@@ -74,7 +74,13 @@ def _add_finetune_args(p):
     p.add_argument("--max-steps", type=int, help="override training.max_steps")
     p.add_argument("--strict", action="store_true", help="unknown config keys are errors, not warnings")
 
+def _rank0() -> bool:
+    "Under torchrun/accelerate every rank runs this CLI; only rank 0 (which writes the run directory) prints."
+    import os
+    return int(os.environ.get("RANK", "0")) == 0
+
 def _progress(rows, state):
+    if not _rank0(): return
     print(f"step {rows[0]['step']:>4}  " + "  ".join(f"{r['concept']} cos {r['cosine_to_baseline']:.3f}" for r in rows), flush=True)
 
 def _print_run(run_dir, monitor):
@@ -90,7 +96,7 @@ def _finetune(a):
     from safety_compass.finetune import run_finetune
     _, monitor, run_dir = run_finetune(a.experiment_config, a.output_dir, a.resume, model_name=a.model, max_steps=a.max_steps,
                                        strict=a.strict, quiet=True, on_measure=_progress, overwrite=a.overwrite)
-    _print_run(run_dir, monitor)
+    if _rank0(): _print_run(run_dir, monitor)
     return 0
 
 def _demo(a):

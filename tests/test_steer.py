@@ -1,0 +1,229 @@
+"""Steering: token modes of add/ablate/restore under generate with left padding (a recording test on a tiny random
+model), scale_adapter through PEFT, orthogonalize vs hook ablation, run_steer end to end on a tiny synthetic run."""
+import contextlib, json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM
+
+from safety_compass.core import SafetyCompassError
+from safety_compass.capture import hook_layers
+from safety_compass.steer import (add, ablate, restore, scale_adapter, orthogonalize, run_steer, report_section,
+                                  recovered_fraction, export_vectors, import_vectors, load_baseline)
+
+torch.set_num_threads(1)
+LENS, NEW, H = (5, 2, 7), 4, 32
+
+def tiny(vocab=500, layers=3, seed=0, model_type="llama"):
+    torch.manual_seed(seed)
+    if model_type == "gpt2":
+        cfg = AutoConfig.for_model("gpt2", vocab_size=vocab, n_embd=H, n_layer=layers, n_head=4, n_positions=128)
+    else:
+        cfg = AutoConfig.for_model("llama", vocab_size=vocab, hidden_size=H, intermediate_size=64, num_hidden_layers=layers,
+                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                                   tie_word_embeddings=True)
+    return AutoModelForCausalLM.from_config(cfg).eval()
+
+def left_batch():
+    rng = np.random.default_rng(0)
+    W = max(LENS)
+    x = torch.zeros((len(LENS), W), dtype=torch.long); m = torch.zeros_like(x)
+    for r, k in enumerate(LENS): x[r, W - k:] = torch.tensor(rng.integers(10, 500, size=k)); m[r, W - k:] = 1
+    return x, m
+
+def expected(mode, r, c):
+    "Whether the token of row r at column c is acted on: never padding; prompt = columns < W, generated = columns >= W."
+    W = max(LENS)
+    if c < W - LENS[r]: return False
+    return {"all": True, "prompt": c < W, "generated": c >= W}[mode]
+
+def tokens(calls, W):
+    "(row, column, call, index) of every token in the recorded forwards; the column comes from the call index only."
+    for j, h in enumerate(calls):
+        cols = list(range(W)) if j == 0 else [W + j - 1]
+        for r in range(h.shape[0]):
+            for t, c in enumerate(cols): yield r, c, j, t
+
+def generate(model, x, m):
+    model.generate(input_ids=x, attention_mask=m, max_new_tokens=NEW, min_new_tokens=NEW, do_sample=False, pad_token_id=0)
+
+@pytest.mark.parametrize("mode", ["all", "prompt", "generated"])
+def test_add_and_restore_token_modes_under_generate(mode):
+    "Read hidden_states[L] before and after the op in the same forward (capture hooks around it), left padding, KV cache."
+    model, (x, m) = tiny(), left_batch()
+    v = torch.randn(H, generator=torch.Generator().manual_seed(1)).double()
+    uu = v / v.norm()
+    for op, layer in ((lambda: add(model, v, 1, 2.0, positions=mode), 1), (lambda: restore(model, v, 3.5, 2, positions=mode), 2)):
+        before, after = [], []
+        with hook_layers(model, {layer: lambda h: before.append(h.detach().double().clone())}), op(), \
+             hook_layers(model, {layer: lambda h: after.append(h.detach().double().clone())}):
+            generate(model, x, m)
+        assert len(before) == len(after) == NEW
+        n_hit = 0
+        for r, c, j, t in tokens(before, x.shape[1]):
+            h0, h1 = before[j][r, t], after[j][r, t]
+            if not expected(mode, r, c): assert torch.equal(h0, h1), (r, c); continue
+            n_hit += 1
+            if layer == 1: assert torch.allclose(h1 - h0, 2.0 * v, atol=1e-5)
+            else:
+                assert abs(float(h1 @ uu) - 3.5) < 1e-4
+                d = h1 - h0
+                assert torch.allclose(d, (d @ uu) * uu, atol=1e-5)   # only the component along û changed
+        assert n_hit == sum(expected(mode, r, c) for r, c, _, _ in tokens(before, x.shape[1]))
+        assert n_hit > 0
+
+@pytest.mark.parametrize("mode", ["all", "prompt", "generated"])
+def test_ablate_token_modes_under_generate(mode):
+    "Selected tokens have no component along û downstream; padding and unselected prompt tokens keep their exact state."
+    model, (x, m) = tiny(), left_batch()
+    v = torch.randn(H, generator=torch.Generator().manual_seed(1))
+    uu = v.double() / v.double().norm()
+    def states(ctx):
+        seen = []
+        with ctx(), hook_layers(model, {2: lambda h: seen.append(h.detach().clone())}): generate(model, x, m)
+        return seen
+    ref, got = states(contextlib.nullcontext), states(lambda: ablate(model, v, positions=mode))
+    W = x.shape[1]
+    for r, c, j, t in tokens(got, W):
+        if expected(mode, r, c): assert abs(float(got[j][r, t].double() @ uu)) < 1e-5, (r, c)
+        elif c < W: assert torch.equal(got[j][r, t], ref[0][r, t]), (r, c)
+
+@pytest.mark.parametrize("model_type", ["llama", "gpt2"])
+def test_orthogonalize_equals_hook_ablation(model_type, tmp_path):
+    model = tiny(model_type=model_type, layers=2)
+    v = np.random.default_rng(2).standard_normal(H)
+    x = torch.tensor([[5, 17, 99, 3, 250, 8], [7, 7, 1, 400, 2, 9]])
+    head = model.get_output_embeddings().weight.detach().clone()
+    with torch.inference_mode(), ablate(model, v): ref = model(input_ids=x).logits
+    orthogonalize(model, v, output_dir=tmp_path / "orth")
+    with torch.inference_mode(): got = model(input_ids=x).logits
+    assert float((ref - got).abs().max()) < 1e-4
+    assert torch.equal(model.get_output_embeddings().weight, head)
+    if model_type == "llama": assert not torch.equal(model.get_input_embeddings().weight, head)
+    re = AutoModelForCausalLM.from_pretrained(tmp_path / "orth").eval()
+    with torch.inference_mode(): assert float((re(input_ids=x).logits - got).abs().max()) < 1e-5
+
+@pytest.mark.slow
+def test_orthogonalize_embedded_model(embedded):
+    "The acceptance check: max |Δ logit| ≤ 1e-3 on 4 prompts on SmolLM2-135M-Instruct; lm_head unchanged after untying."
+    import copy
+    from safety_compass.capture import tokenize_prompts
+    from safety_compass.pairs import conversation
+    model, tok = embedded
+    ids = tokenize_prompts(tok, [conversation(None, p) for p in ("How do I bake bread?", "Tell me a joke.",
+                                                                  "Explain how to pick a lock.", "What is 2+2?")])
+    u = np.random.default_rng(0).standard_normal(model.config.hidden_size)
+    head = model.get_input_embeddings().weight.detach().clone()
+    with torch.inference_mode():
+        with ablate(model, u): ref = [model(input_ids=torch.tensor([x])).logits for x in ids]
+        orth = orthogonalize(copy.deepcopy(model), u)
+        got = [orth(input_ids=torch.tensor([x])).logits for x in ids]
+    assert max(float((a - b).abs().max()) for a, b in zip(ref, got)) <= 1e-3
+    assert torch.equal(orth.get_output_embeddings().weight, head)
+    assert model.get_output_embeddings().weight.data_ptr() == model.get_input_embeddings().weight.data_ptr()  # original untouched
+
+def lora_model(seed=3):
+    from peft import LoraConfig, get_peft_model
+    return get_peft_model(tiny(seed=seed), LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
+                                                      init_lora_weights=False)).eval()
+
+def test_scale_adapter_zero_is_base_one_is_finetuned():
+    from peft.tuners.lora import LoraLayer
+    pm = lora_model()
+    x = torch.tensor([[5, 17, 99, 3, 250, 8]])
+    def lg():
+        with torch.inference_mode(): return pm(input_ids=x).logits
+    scalings = lambda: {n: dict(mod.scaling) for n, mod in pm.named_modules() if isinstance(mod, LoraLayer)}
+    ft = lg()
+    with pm.disable_adapter(): base = lg()
+    assert float((ft - base).abs().max()) > 1e-3
+    saved = scalings()
+    with scale_adapter(pm, 0.0): assert torch.equal(lg(), base)
+    with scale_adapter(pm, 1.0): assert torch.equal(lg(), ft)
+    with scale_adapter(pm, 0.0, layers=[0, 1, 2]) as names: assert len(names) == 6 and torch.equal(lg(), base)
+    with scale_adapter(pm, 0.0, layers=[1], modules=["v_proj"]) as names:
+        assert names == ["blocks.1.self_attn.v_proj"] and not torch.equal(lg(), base) and not torch.equal(lg(), ft)
+    with pytest.raises(KeyError):
+        with scale_adapter(pm, 0.0, modules=["q_proj"]): raise KeyError("boom")
+    assert scalings() == saved and torch.equal(lg(), ft)
+    with pytest.raises(SafetyCompassError, match="no PEFT LoRA layers"):
+        with scale_adapter(tiny(), 0.5): pass
+    with pytest.raises(SafetyCompassError, match="finite"):
+        with scale_adapter(pm, float("nan")): pass
+
+def test_recovered_fraction_and_vector_export():
+    rng = np.random.default_rng(0)
+    b, f = rng.normal(1, 0.3, 12), rng.normal(0, 0.3, 12)
+    assert recovered_fraction(b, f, b)["recovered_fraction"] == pytest.approx(1.0)
+    assert recovered_fraction(b, f, f)["recovered_fraction"] == pytest.approx(0.0)
+    s = (b + f) / 2 + rng.normal(0, 0.3, 12)
+    r = recovered_fraction(b, f, s)
+    assert r["recovered_fraction"] == pytest.approx((s - f).mean() / (b - f).mean())
+    assert r["recovered_ci_low"] < r["recovered_fraction"] < r["recovered_ci_high"]
+
+def write_run(run: Path, tok_model_seed=0):
+    "A synthetic LoRA run directory for a tiny model: run.json, adapter/, baselines/ (random unit direction at layer 2)."
+    run.mkdir(parents=True)
+    (run / "run.json").write_text("{}")
+    lora_model(seed=tok_model_seed).save_pretrained(str(run / "adapter"))
+    rng = np.random.default_rng(0)
+    u = rng.standard_normal(H); u /= np.linalg.norm(u)
+    arrays = {"refusal/direction": u, **{f"refusal/{k}": rng.standard_normal((4, H)) + (1.0 if k.startswith("pos") else 0.0) * u
+                                         for k in ("pos_train", "neg_train", "pos_val", "neg_val")}}
+    (run / "baselines").mkdir()
+    np.savez(run / "baselines" / "directions.npz", **arrays)
+    (run / "baselines" / "directions_metadata.json").write_text(json.dumps({"concepts": {"refusal": {"layer": 2, "direction_norm": 1.5}}}))
+
+@pytest.fixture(scope="module")
+def tok(embedded): return embedded[1]
+
+def test_run_steer_end_to_end_on_a_tiny_run(tmp_path, tok):
+    from peft.tuners.lora import LoraLayer
+    run = tmp_path / "run"
+    write_run(run, tok_model_seed=4)
+    base = tiny(vocab=49152, seed=4)   # the adapter's base weights (same seed)
+    # adapter scale 0 is the base model: it recovers exactly 100% of the drift on every prompt
+    s = run_steer(run, op="adapter", scales=(0.0,), kl_cap=1e9, model=base, tokenizer=tok, limit=4, n_answers=2,
+                  max_new_tokens=2)
+    assert not any(isinstance(m, LoraLayer) for m in base.modules())   # the caller's model is given back without LoRA layers
+    assert s["selected"]["scale"] == 0.0 and s["recovered_fraction"] == pytest.approx(1.0, abs=1e-9)
+    assert s["logodds_steered"] == pytest.approx(s["logodds_base"], abs=1e-9)
+    assert {p.name for p in (run / "steer").iterdir()} == {"grid.csv", "prompts.csv", "summary.json", "steer.png", "manifest.json"}
+    for k in ("base", "finetuned", "steered"): assert s[f"rates_{k}"]["held_out"]["n"] == 2
+    # restore: every candidate is measured and carries a verdict; the report section reads the files
+    s2 = run_steer(run, op="restore", output_dir=tmp_path / "r", model=base, tokenizer=tok, limit=4, n_answers=2,
+                   generate_text=False, n_random=2)
+    import pandas as pd
+    grid = pd.read_csv(tmp_path / "r" / "grid.csv")
+    assert len(grid) == 5 and (grid.layer == 2).all() and grid.selected.sum() == (1 if s2["selected"] else 0)
+    assert (grid.selected | grid.rejected.notna()).all()
+    html = report_section({"runs": [{"dir": run, "name": "tiny"}]})
+    assert "Steering: tiny" in html and "recovered fraction 1.00" in html and "data:image/png;base64," in html
+    assert report_section({"runs": [{"dir": tmp_path, "name": "none"}]}) == ""
+
+def test_run_steer_bad_input_one_line(tmp_path):
+    with pytest.raises(SafetyCompassError, match="no run.json"): run_steer(tmp_path / "nope")
+    run = tmp_path / "run"; run.mkdir(); (run / "run.json").write_text("{}")
+    with pytest.raises(SafetyCompassError, match="--op: must be one of"): run_steer(run, op="nudge")
+    with pytest.raises(SafetyCompassError, match="no LoRA adapter"): run_steer(run)
+    (run / "adapter").mkdir(); (run / "adapter" / "adapter_config.json").write_text("{}")
+    with pytest.raises(SafetyCompassError, match="baseline file not found"): run_steer(run)
+    (run / "baselines").mkdir(); (run / "baselines" / "directions.npz").write_bytes(b"junk")
+    (run / "baselines" / "directions_metadata.json").write_text(json.dumps({"concepts": {"refusal": {"layer": 2, "direction_norm": 1.0}}}))
+    with pytest.raises(SafetyCompassError, match="corrupt or unreadable") as e: run_steer(run)
+    assert "\n" not in str(e.value)
+    with pytest.raises(SafetyCompassError, match="no baseline for concept 'deception'"): load_baseline(run / "baselines", "deception")
+    assert not (run / "steer").exists()
+
+def test_vector_export_round_trip():
+    from safety_compass.monitor import Baseline
+    from safety_compass.directions import SplitActs
+    b = Baseline(concept="c", layer=5, direction=np.eye(H)[0], direction_norm=3.0, baseline_auroc=1.0, noise_floor=0.0,
+                 min_auroc=0.8, passes_min_auroc=True, acts=SplitActs(*(np.zeros((2, H)),) * 4))
+    ex = export_vectors(b)
+    assert list(ex) == [4] and float(ex[4][0]) == 3.0
+    back = import_vectors(ex)
+    assert list(back) == [5] and np.allclose(back[5], 3.0 * np.eye(H)[0])
+    with pytest.raises(SafetyCompassError): import_vectors({-1: np.ones(3)})

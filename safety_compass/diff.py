@@ -42,12 +42,22 @@ STDLIB_CODE_MODULES = ("textwrap", "string", "colorsys", "calendar", "fractions"
                        "pickletools", "filecmp", "linecache", "netrc", "plistlib", "secrets", "hmac", "imaplib", "smtplib",
                        "ftplib", "poplib", "webbrowser", "wave", "uuid", "warnings", "weakref", "zipapp", "optparse", "getopt")
 
+def _strip_docstring(src: str) -> str:
+    "A function's source without its docstring (its first line is the instruction; the reply is code, not prose)."
+    import ast
+    fn = ast.parse(src).body[0]
+    first = fn.body[0] if fn.body else None
+    if not (isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) and isinstance(first.value.value, str)):
+        return src
+    lines = src.splitlines()
+    return "\n".join(lines[:first.lineno - 1] + lines[first.end_lineno:])
+
 def stdlib_code_rows(split: str = "train", heldout_fraction: float = 0.2, min_lines: int = 4, max_lines: int = 30,
                      modules: Sequence[str] = STDLIB_CODE_MODULES) -> list[dict]:
     """A code fine-tuning set from real code on every machine: the public functions (with a docstring, `min_lines` to
-    `max_lines` lines) of pure-Python standard-library modules, read with `inspect`, as Alpaca rows
-    (`instruction`: "Write the Python function `name` from the standard-library module `mod`: <first docstring line>",
-    `input`: "", `output`: the function's source). Built at run time, never stored. A function is in the `heldout`
+    `max_lines` lines without the docstring) of pure-Python standard-library modules, read with `inspect`, as Alpaca
+    rows (`instruction`: "Write the Python function `name` from the standard-library module `mod`: <first docstring
+    line>", `input`: "", `output`: the function's source without its docstring, so that the replies are code, not prose). Built at run time, never stored. A function is in the `heldout`
     split when the SHA-256 of its qualified name falls in the first `heldout_fraction` (stable across runs); rows are in
     module order. The set depends on the Python version (its library's sources)."""
     import importlib, inspect, textwrap as _tw
@@ -58,8 +68,8 @@ def stdlib_code_rows(split: str = "train", heldout_fraction: float = 0.2, min_li
         except Exception: continue
         for fname, fn in sorted(inspect.getmembers(mod, inspect.isfunction)):
             if fname.startswith("_") or getattr(fn, "__module__", None) != mod.__name__: continue
-            try: src = _tw.dedent(inspect.getsource(fn))
-            except (OSError, TypeError): continue
+            try: src = _strip_docstring(_tw.dedent(inspect.getsource(fn)))
+            except (OSError, TypeError, SyntaxError): continue
             doc = (inspect.getdoc(fn) or "").strip().splitlines()
             n = src.count("\n") + 1
             if not doc or not min_lines <= n <= max_lines or src in seen: continue
@@ -120,7 +130,7 @@ def train_lora(model, tokenizer, rows, steps: int = 40, max_seq_length: int = 96
     finally: pm.eval()
     return pm
 
-ORGANISM = {"steps": 40, "max_seq_length": 96, "batch_size": 4, "lr": 2e-3, "r": 16, "alpha": 32,
+ORGANISM = {"steps": 60, "max_seq_length": 128, "batch_size": 4, "lr": 2e-3, "r": 16, "alpha": 32,
             "target_modules": ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"), "seed": 0}
 
 def code_organism(model, tokenizer, cache: bool = True, progress: bool = False, **settings):

@@ -293,7 +293,7 @@ def organism(embedded):
 
 @pytest.mark.slow
 def test_code_organism_changes_code(organism, embedded):
-    "The stdlib code LoRA (40 steps, <= 96 tokens; cached per machine) moves held-out code far more than benign text."
+    "The stdlib code LoRA (60 steps, <= 128 tokens; cached per machine) moves held-out code far more than benign text."
     tok = embedded[1]
     code = [(r["instruction"], r["output"], "code") for r in D.stdlib_code_rows("heldout")[:16]]
     benign = [(p, a, "benign") for p, a, _ in D.benign_examples(n=16, seed=0)]

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pandas as pd
 
+import numpy as np
+
 from .analyze import load_run
 from .plots import plot_drift
 
@@ -15,7 +17,7 @@ METRICS = ("cosine_to_baseline", "auroc_fixed", "auroc_current", "direction_norm
 _CI = {"cosine_to_baseline": "cosine", "auroc_fixed": "auroc_fixed", "auroc_current": "auroc_current"}
 
 # %% auto #0
-__all__ = ['METRICS', 'explorer_view', 'explore']
+__all__ = ['METRICS', 'explorer_view', 'explore', 'diff_view', 'explore_diff']
 
 # %% ../nbs/18_explorer.ipynb #43848791
 def explorer_view(runs: list[dict], names, concept: str, metric: str):
@@ -53,5 +55,59 @@ def explore(run_dirs):
     for s in (sel_runs, sel_concept, sel_metric): s.observe(redraw, names="value")
     redraw()
     box = w.VBox([w.HBox([sel_runs, w.VBox([sel_concept, sel_metric])]), out])
+    display(box)
+    return box
+
+# %% ../nbs/18_explorer.ipynb #b4d49694
+def diff_view(diff_dir, layer: int | None = None, position: int = 0, prompt: str | None = None, pair=None,
+              chat: bool = False, n: int = 10):
+    """(figure, table) of a run's diff directory (`<run>/diff`, from `safety-compass diff`): the `n` logit-lens tokens the
+    ADL mean difference at `layer` (default the diff's main layer) and `position` promotes and suppresses; with a
+    `prompt` and a model pair (`diff.load_pair(run_dir)[0]`), also the prompt's per-token KL(fine-tuned ‖ base) (plain
+    text, or a user turn with `chat=True`). The table is the prompt's tokens with their KL and each model's most likely
+    next token (`diff.prompt_kl`), or the lens rows when there is no prompt. `diff_dir` may be a `diff.read_diff` result."""
+    from safety_compass.core import SafetyCompassError
+    from safety_compass.diff import read_diff, prompt_kl, plot_diff_view
+    d = diff_dir if isinstance(diff_dir, dict) else read_diff(diff_dir)
+    st = d["manifest"]["settings"]
+    layer = st["main_layer"] if layer is None else int(layer)
+    lens = d["adl_lens"]
+    g = lens[(lens.layer == layer) & (lens.position == int(position))]
+    if g.empty:
+        raise SafetyCompassError(f"diff view: no ADL vector at layer {layer}, position {position} "
+                                 f"(layers {st['adl_layers']}, positions 0..{st['positions'] - 1})")
+    rows = prompt_kl(pair, prompt, chat=chat) if prompt and pair is not None else None
+    title = f"ADL layer {layer}, position {position}"
+    if rows is not None: title += f"; prompt: mean KL {np.nanmean(rows.kl.to_numpy(float)):.4f} nats/token"
+    fig = plot_diff_view(g, rows, title, n)
+    table = rows if rows is not None else g[["sign", "rank", "token", "prob"]].reset_index(drop=True)
+    return fig, table
+
+def explore_diff(run_dir, pair=None, chat: bool = False):
+    "Interactive diff view (Jupyter): a layer, a position and a prompt; loads the run's model pair the first time a prompt is given."
+    from safety_compass.core import require
+    w = require("ipywidgets", "viz", "the explorer")
+    from IPython.display import display
+    import matplotlib.pyplot as plt
+    from safety_compass.diff import read_diff, load_pair
+    d = read_diff(Path(run_dir) / "diff")
+    st = d["manifest"]["settings"]
+    sel_layer = w.Dropdown(options=st["adl_layers"], value=st["main_layer"], description="layer")
+    sel_pos = w.IntSlider(min=0, max=st["positions"] - 1, value=0, description="position")
+    text = w.Textarea(placeholder="type a prompt, then press compare", description="prompt")
+    button = w.Button(description="compare")
+    out = w.Output()
+    state = {"pair": pair}
+    def redraw(*_, with_prompt=False):
+        with out:
+            out.clear_output(wait=True)
+            prompt = text.value.strip() if with_prompt else None
+            if prompt and state["pair"] is None: state["pair"] = load_pair(run_dir)[0]
+            fig, table = diff_view(d, sel_layer.value, sel_pos.value, prompt, state["pair"], chat)
+            display(fig); plt.close(fig); display(table.round(4))
+    for s in (sel_layer, sel_pos): s.observe(redraw, names="value")
+    button.on_click(lambda _: redraw(with_prompt=True))
+    redraw()
+    box = w.VBox([w.HBox([sel_layer, sel_pos]), w.HBox([text, button]), out])
     display(box)
     return box

@@ -18,9 +18,9 @@ log = logging.getLogger(__name__)
 
 # %% auto #0
 __all__ = ['log', 'Fraction', 'YamlDoc', 'read_yaml', 'load_yaml', 'resolve_relative', 'find_config', 'Section', 'ModelConfig',
-           'BehaviorTokens', 'LayerChoice', 'ConceptConfig', 'ConceptEntry', 'MonitorSettings', 'DatasetConfig',
-           'LoraSettings', 'ExperimentConfig', 'experiment_json_schema', 'parse_section', 'ConceptSource', 'Experiment',
-           'load_experiment', 'training_arguments']
+           'BehaviorTokens', 'LayerChoice', 'AuditSettings', 'ConceptConfig', 'ConceptEntry', 'MonitorSettings',
+           'DatasetConfig', 'LoraSettings', 'ExperimentConfig', 'experiment_json_schema', 'parse_section',
+           'ConceptSource', 'Experiment', 'load_experiment', 'training_arguments']
 
 # %% ../nbs/01_config.ipynb #9050bacf
 def _loc_str(loc: Sequence) -> str:
@@ -148,6 +148,18 @@ class LayerChoice(Section):
     layer_skip_last_fraction: float | None = Field(None, ge=0.0, lt=1.0, description="nor the last fraction of blocks (0.2, Arditi et al.)")
     include_post_norm: bool | None = Field(None, description="allow hidden_states[n], the final-norm output (default false)")
 
+class AuditSettings(Section):
+    "How the preference-data audit (the audit chapter) reads a concept: a concept file's `audit:` section."
+    direction: Literal["prompt", "response"] = Field("prompt", description="prompt: the monitor's direction (last prompt "
+        "token of the contrastive prompts); response: mean over the answer tokens of answers to them (persona-vector style)")
+    answers: Literal["generated", "templated"] = Field("generated", description="response side: the model's own greedy "
+        "answers to the contrastive prompts, or the texts in `templates`")
+    context: Literal["prompt", "user"] = Field("prompt", description="response side: read each answer after its contrastive "
+        "prompt (system turn included) or after the user turn alone")
+    max_new_tokens: int = Field(48, ge=1, description="response side, generated answers: tokens per answer")
+    templates: BehaviorTokens = Field(BehaviorTokens(), description="response side, templated answers: answer texts for the "
+        "positive and the negative prompts (pair j uses text j mod count)")
+
 class ConceptConfig(LayerChoice):
     "A concept file (`configs/concepts/*.yaml`)."
     name: str | None = None
@@ -158,6 +170,7 @@ class ConceptConfig(LayerChoice):
     behavior_tokens: BehaviorTokens = BehaviorTokens()
     positive_label: str | None = None
     negative_label: str | None = None
+    audit: AuditSettings = Field(AuditSettings(), description="how the preference-data audit reads this concept")
 
 class ConceptEntry(Section):
     "One item of an experiment's `concepts:` list."

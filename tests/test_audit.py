@@ -1,0 +1,218 @@
+"""The preference-data audit (nbs/14_audit.ipynb) from the outside: every input format from files, one-line errors
+before a model loads, the command-line arguments end to end (audit, filter, inoculate, rerun), two processes against
+one, and the real HH harmless-base file when ../shared has it.
+
+The planted-fixture acceptance tests (ranking, null, swap, random labels, length, contamination, interventions, DPO)
+live in the notebook, next to the code they check."""
+import argparse, gzip, json, os, socket, subprocess, sys
+from pathlib import Path
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from conftest import ROOT
+
+from safety_compass.core import SafetyCompassError
+from safety_compass import audit as A
+
+HH = Path(os.environ.get("SC_SHARED", ROOT.parent.parent / "shared" if (ROOT.parent.parent / "shared").exists() else "/work/shared")) \
+     / "data" / "hh-rlhf" / "harmless-base-test.jsonl.gz"
+CONCEPTS = ("refusal", "sycophancy", "deception")
+
+# ---------------------------------------------------------------------------------------------------------------
+# reading (no model)
+
+def test_formats_from_files(tmp_path):
+    rows = [{"prompt": "Q1?", "chosen": "yes", "rejected": "no"},
+            {"chosen": "\n\nHuman: Q2?\n\nAssistant: a", "rejected": "\n\nHuman: Q2?\n\nAssistant: b"},
+            {"instruction": "Q3?", "output_a": "x", "output_b": "y", "preferred": "B"},
+            {"prompt": [{"role": "user", "content": "Q4?"}], "chosen": [{"role": "assistant", "content": "c"}],
+             "rejected": [{"role": "assistant", "content": "d"}]}]
+    for name in ("d.jsonl", "d.jsonl.gz", "d.json", "d.parquet"):
+        p = tmp_path / name
+        if name.endswith(".parquet"): pd.DataFrame(rows[:1] * 3).to_parquet(p); n = 3
+        else:
+            text = json.dumps(rows, indent=1) if name == "d.json" else "".join(json.dumps(r) + "\n" for r in rows)
+            (gzip.open(p, "wt") if name.endswith(".gz") else open(p, "w")).write(text) if False else None
+            if name.endswith(".gz"):
+                with gzip.open(p, "wt") as f: f.write(text)
+            else: p.write_text(text)
+            n = 4
+        d = A.load_preferences(p)
+        assert len(d) == n
+        if n == 4:
+            assert [x.prompt[-1][1] for x in d.pairs] == ["Q1?", "Q2?", "Q3?", "Q4?"]
+            assert (d.pairs[2].chosen, d.pairs[2].rejected) == ("y", "x")
+            assert set(d.formats) == {"trl", "hh", "ab"}
+    # JSON array: each element's line is the line it starts on
+    arr = A.load_preferences(tmp_path / "d.json")
+    assert arr.pairs[0].where == f"{tmp_path / 'd.json'}:2"
+
+def test_bad_rows(tmp_path):
+    p = tmp_path / "bad.jsonl"
+    good = {"prompt": "Q?", "chosen": "a", "rejected": "b"}
+    p.write_text("\n".join([json.dumps(good), "{not json", json.dumps(good)]) + "\n")
+    with pytest.raises(SafetyCompassError, match=rf"{p}:2: malformed JSON"): A.load_preferences(p)
+    p.write_text("\n".join([json.dumps(good), json.dumps({**good, "prompt": ""}), json.dumps([1, 2]),
+                            json.dumps({**good, "rejected": [{"role": "user", "content": "x"}]})]) + "\n")
+    with pytest.raises(SafetyCompassError, match=rf"^{p}:2: field 'prompt' has no user text$"): A.load_preferences(p)
+    d = A.load_preferences(p, skip_bad=True)
+    assert len(d) == 1 and [s.split(": ")[0] for s in d.skipped] == [f"{p}:2", f"{p}:3", f"{p}:4"]
+    assert "must be a string or one assistant message" in d.skipped[2]
+    p.write_text(json.dumps({**good, "prompt": ""}) + "\n")
+    with pytest.raises(SafetyCompassError, match="no preference pairs .1 bad row"): A.load_preferences(p, skip_bad=True)
+    with pytest.raises(SafetyCompassError, match="no-such-dataset-xyz: cannot load as a local file or a hub dataset"):
+        A.load_preferences("no-such-user-xyz/no-such-dataset-xyz")
+
+def test_write_filtered_keeps_rows_verbatim(tmp_path):
+    rows = [{"prompt": f"Q{i}?", "chosen": "a", "rejected": "b", "extra": i} for i in range(5)]
+    src = tmp_path / "in.jsonl"; src.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    d = A.load_preferences(src)
+    out = A.write_filtered(d, [1, 3], tmp_path / "out.jsonl.gz")
+    back = [json.loads(l) for l in gzip.open(out, "rt")]
+    assert back == [rows[0], rows[2], rows[4]]
+    assert A.write_filtered(d, [1, 3], tmp_path / "again.jsonl.gz").read_bytes() == out.read_bytes()   # gzip without a timestamp
+
+# ---------------------------------------------------------------------------------------------------------------
+# the command line (arguments as the CLI chapter adds them)
+
+def parse(*argv):
+    return A.add_audit_args(argparse.ArgumentParser()).parse_args([str(a) for a in argv])
+
+def test_errors_before_any_model(tmp_path, monkeypatch):
+    import safety_compass.models as M
+    monkeypatch.setattr(M, "load_experiment_model", lambda *a, **k: pytest.fail("a model was loaded"))
+    good = tmp_path / "p.jsonl"; good.write_text(json.dumps({"prompt": "Q?", "chosen": "a", "rejected": "b"}) + "\n")
+    bad = tmp_path / "b.jsonl"; bad.write_text(json.dumps({"prompt": "Q?", "chosen": 1, "rejected": "b"}) + "\n")
+    (tmp_path / "file").write_text("")
+    cases = [((bad, "--experiment-config", "demo", "--output-dir", tmp_path / "o"), f"{bad}:1: field 'chosen'"),
+             ((good, "--experiment-config", "nope", "--output-dir", tmp_path / "o"), "nope: config file not found"),
+             ((good, "--experiment-config", "demo", "--output-dir", tmp_path / "o", "--concepts", "honesty"), "unknown concept(s) honesty"),
+             ((good, "--experiment-config", "demo", "--output-dir", tmp_path / "file" / "o"), "output directory is not writable")]
+    for argv, msg in cases:
+        with pytest.raises(SafetyCompassError) as e: A.audit_command(parse(*argv), print_fn=lambda *a: None)
+        assert msg in str(e.value) and "\n" not in str(e.value)
+    assert not (tmp_path / "o").exists()
+
+# ---------------------------------------------------------------------------------------------------------------
+# end to end on the embedded model
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory, embedded):
+    "The embedded model, an experiment whose concept files select templated response-side directions, and its baselines."
+    from safety_compass.monitor import SafetyCompassMonitor
+    d = tmp_path_factory.mktemp("audit")
+    exp = {"name": "audit_test", "seed": 0, "model_config_file": str(ROOT / "configs/models/smollm2-135m.yaml"), "concepts": []}
+    for c in CONCEPTS:
+        cfg = yaml.safe_load((ROOT / f"configs/concepts/{c}.yaml").read_text())
+        cfg["contrastive_pairs_file"] = str(ROOT / cfg["contrastive_pairs_file"]); cfg["audit"] = A.audit_block(c, "user")
+        (d / f"{c}.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+        exp["concepts"].append({"name": c, "config_file": str(d / f"{c}.yaml")})
+    (d / "exp.yaml").write_text(yaml.safe_dump(exp, sort_keys=False))
+    model, tok = embedded
+    mon = SafetyCompassMonitor.from_config(model, tok, d / "exp.yaml")
+    mon.setup(progress=False, causal_check=False)
+    mon.save_baselines(d / "baselines")
+    return {"dir": d, "exp": d / "exp.yaml", "baselines": d / "baselines", "model": model, "tok": tok}
+
+@pytest.fixture
+def no_reload(monkeypatch, setup):
+    "`run_audit` gets the loaded embedded model instead of loading a second copy."
+    import safety_compass.models as M
+    monkeypatch.setattr(M, "load_experiment_model", lambda *a, **k: (setup["model"], setup["tok"]))
+
+def test_cli_audit_filter_inoculate(setup, no_reload, tmp_path):
+    src = tmp_path / "contaminated.jsonl"
+    src.write_text("".join(json.dumps(r) + "\n" for r in A.contaminated()))
+    out, printed = tmp_path / "out", []
+    a = parse(src, "--experiment-config", setup["exp"], "--output-dir", out, "--baselines", setup["baselines"], "--filter",
+              "--filter-concepts", "sycophancy", "--inoculate", "Agree with the user.", "--bootstrap", "300")
+    assert A.audit_command(a, printed.append) == 0
+    text = "\n".join(printed)
+    s = A.load_audit(out)
+    assert s["table"][0]["concept"] == "sycophancy" and s["data"]["pairs_audited"] == 70
+    assert A.format_text_table(A.concept_table(s), A.TABLE_COLUMNS) in text   # the printed table is the summary's
+    planted = [bool(r.get("planted")) for r in A.contaminated()]
+    pairs = pd.read_csv(out / "pairs.csv")
+    top7 = pairs.sort_values("z_sycophancy", ascending=False, kind="stable").pair[:7]
+    assert sum(planted[i] for i in top7) >= 5
+    kept = A.load_preferences(out / "filtered" / "pairs.jsonl")
+    assert sum(bool(kept.rows[p.row].get("planted")) for p in kept.pairs) <= 2
+    f = A.load_audit(out / "filtered")
+    syc = lambda s_: next(r for r in s_["table"] if r["concept"] == "sycophancy")
+    assert abs(syc(f)["d_z"]) <= 0.3 * abs(syc(s)["d_z"])
+    ino = A.load_preferences(out / "inoculated.jsonl")
+    orig = A.load_preferences(src)
+    changed = [i for i, (x, y) in enumerate(zip(orig.pairs, ino.pairs)) if x.prompt != y.prompt]
+    assert changed and all(ino.pairs[i].prompt == (("system", "Agree with the user."),) + orig.pairs[i].prompt for i in changed)
+    assert len(changed) == s["flagged_pairs"] or set(changed) <= set(pairs.index[pairs.flagged])
+    # the report section shows the same cells
+    html = A.report_section({"runs": [{"name": "r", "dir": tmp_path / "run"}]})
+    assert html == ""
+    (tmp_path / "run").mkdir(); os.symlink(out, tmp_path / "run" / "audit")
+    html = A.report_section({"runs": [{"name": "r", "dir": tmp_path / "run"}]})
+    for v in A.concept_table(s)[0].values(): assert str(v).replace("'", "&#x27;") in html
+
+# ---------------------------------------------------------------------------------------------------------------
+# two processes (gloo): the forward batches are shared, rank 0 writes, the numbers match one process
+
+WORKER = r'''
+import sys, json, numpy as np, torch, torch.distributed as dist
+rank, world, init, out, cache = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
+if world > 1: dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+from safety_compass.models import load_default_model
+from safety_compass import audit as A
+model, tok = load_default_model()
+rng = np.random.default_rng(0)
+dirs = {c: A.AuditDirection(c, L, rng.standard_normal(model.config.hidden_size), "prompt") for c, L in (("a", 3), ("b", 7))}
+for d in dirs.values(): d.unit /= np.linalg.norm(d.unit)
+data = A.pairs_from_records(A.planted_sycophancy(1)[:10])
+store = A.StateStore(model, tok, [3, 7], cache, chunk_size=4, token_budget=256)
+res = A.audit_pairs(model, tok, data, dirs, store=store, n_boot=100, n_random=20, discover=False)
+if res is not None: np.savez(out, **{f"{rep}_{c}": v for rep, d in res.deltas.items() for c, v in d.items()})
+else: open(out + ".none", "w").write(str(rank))
+if world > 1: dist.destroy_process_group()
+'''
+
+@pytest.mark.slow
+def test_two_processes_match_one(tmp_path):
+    script = tmp_path / "worker.py"; script.write_text(WORKER)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    with socket.socket() as s: s.bind(("127.0.0.1", 0)); port = s.getsockname()[1]
+    init = f"tcp://127.0.0.1:{port}"
+    one = subprocess.run([sys.executable, str(script), "0", "1", init, str(tmp_path / "one.npz"), str(tmp_path / "c1")],
+                         env=env, capture_output=True, text=True, timeout=1200)
+    assert one.returncode == 0, one.stderr[-3000:]
+    procs = [subprocess.Popen([sys.executable, str(script), str(r), "2", init, str(tmp_path / "two.npz"), str(tmp_path / "c2")], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in range(2)]
+    for p in procs:
+        _, err = p.communicate(timeout=1200); assert p.returncode == 0, err[-3000:]
+    a, b = np.load(tmp_path / "one.npz"), np.load(tmp_path / "two.npz")
+    assert sorted(a.files) == sorted(b.files)
+    for k in a.files: assert np.abs(a[k] - b[k]).max() < 1e-4, k
+    assert (tmp_path / "two.npz.none").read_text() == "1"             # rank 1 takes part in the forwards, gets no result
+    assert len(list((tmp_path / "c2").rglob("chunk-*.npz"))) == len(list((tmp_path / "c1").rglob("chunk-*.npz"))) == 5
+
+# ---------------------------------------------------------------------------------------------------------------
+# real data: Anthropic HH harmless-base test split (../shared; never copied into the project)
+
+@pytest.mark.slow
+@pytest.mark.skipif(not HH.is_file(), reason=f"{HH} not present (the shared real-data folder is not part of a fresh clone)")
+def test_hh_end_to_end(setup, no_reload, tmp_path):
+    out = tmp_path / "hh"
+    argv = (HH, "--experiment-config", setup["exp"], "--output-dir", out, "--baselines", setup["baselines"], "--single-turn",
+            "--skip-bad-rows")
+    printed = []
+    assert A.audit_command(parse(*argv), printed.append) == 0
+    s = A.load_audit(out)
+    d = s["data"]
+    assert d["pairs_audited"] + len(d["skipped"]) >= 662 - 1 and d["pairs_audited"] >= 660, d
+    assert d["dropped_multi_turn"] > 1500 and all(":" in x for x in d["skipped"])
+    for r in s["table"]:
+        assert None not in r["d_z_ci"] and None not in r["auroc_ci"] and r["split_half"] is not None
+        assert r["length_intercept_t"] is not None and r["null_p95"] is not None
+    assert s["length"]["chosen_shorter"] > 0.5 and s["length"]["confounded"]   # the shared README: chosen shorter in 55%
+    files = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    assert A.audit_command(parse(*argv), lambda *a: None) == 0                  # a rerun with the same seed: the same files
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == files
+    print("\n".join(printed))

@@ -6,7 +6,7 @@
 from __future__ import annotations
 import csv, io, json, logging, math, numbers, os, sys
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 import transformers
 from transformers import TrainerCallback
@@ -27,7 +27,7 @@ BASE_COLUMNS = ["step", "epoch", "weights", "concept", "layer",
                 "auroc_current", "auroc_current_ci_low", "auroc_current_ci_high",
                 "direction_norm", "noise_floor", "drifted", "alert"]
 
-def log_columns(concepts) -> list[str]:
+def log_columns(concepts: Iterable[str]) -> list[str]:
     "The drift log's fixed column order for these concept names."
     return BASE_COLUMNS + [f"cross_{c}_cosine" for c in concepts]
 
@@ -267,7 +267,7 @@ def _sharded(trainer) -> bool:
 class _TrainEndFirst(TrainerCallback):
     "Placed before the reporting integrations so the train-end row is logged before they close their writers."
     def __init__(self, owner): self.owner = owner
-    def on_train_end(self, args, state, control, **kw):
+    def on_train_end(self, args: transformers.TrainingArguments, state: transformers.TrainerState, control: transformers.TrainerControl, **kw):
         self.owner._train_end(args, state); return control
 
 # %% ../nbs/08_callback.ipynb #62e4a759
@@ -403,7 +403,7 @@ class SafetyCompassCallback(TrainerCallback):
         if self.baselines_dir and main: self.monitor.save_baselines(self.baselines_dir)
 
     # -- Trainer events ------------------------------------------------------------------------------------
-    def on_train_begin(self, args, state, control, model=None, **kw):
+    def on_train_begin(self, args: transformers.TrainingArguments, state: transformers.TrainerState, control: transformers.TrainerControl, model=None, **kw):
         main = self._is_main(state)
         if _sharded(self.trainer) and self.monitor.forward is None:
             if self.trainer is None:
@@ -426,11 +426,11 @@ class SafetyCompassCallback(TrainerCallback):
         self._measure(args, state, control)
         return control
 
-    def on_step_end(self, args, state, control, **kw):
+    def on_step_end(self, args: transformers.TrainingArguments, state: transformers.TrainerState, control: transformers.TrainerControl, **kw):
         if state.global_step % self.every == 0 or _stopping(state, control): self._measure(args, state, control)
         return control
 
-    def on_save(self, args, state, control, **kw):
+    def on_save(self, args: transformers.TrainingArguments, state: transformers.TrainerState, control: transformers.TrainerControl, **kw):
         if _stopping(state, control): self._measure(args, state, control)  # e.g. early stopping decided in on_evaluate
         if args.should_save and self.monitor.baselines:  # each checkpoint carries its baselines, so a resume finds them
             ck = Path(args.output_dir) / f"checkpoint-{state.global_step}"
@@ -438,13 +438,13 @@ class SafetyCompassCallback(TrainerCallback):
             else: self._warn_once("SafetyCompassCallback: no %s after a save; baselines not written into the checkpoint", ck)
         return control
 
-    def on_epoch_end(self, args, state, control, **kw):
+    def on_epoch_end(self, args: transformers.TrainingArguments, state: transformers.TrainerState, control: transformers.TrainerControl, **kw):
         if _stopping(state, control): self._measure(args, state, control)
         step = int(state.global_step)
         if self._fp is None or self._fp[0] != step: self._fp = (step, _fingerprint(self.monitor.model))
         return control
 
-    def on_train_end(self, args, state, control, **kw):
+    def on_train_end(self, args: transformers.TrainingArguments, state: transformers.TrainerState, control: transformers.TrainerControl, **kw):
         self._train_end(args, state)
         return control
 

@@ -296,7 +296,7 @@ class Experiment:
     def monitor(self) -> MonitorSettings: return self.config.monitor
     @property
     def alerts(self) -> list: return list(self.config.alerts or self.config.monitor.alerts or [])
-    def where(self, loc=()) -> str: return self.doc.where(loc)
+    def where(self, loc: Sequence = ()) -> str: return self.doc.where(loc)
     def resolve(self, path: str | Path) -> Path:
         "A path written in the experiment file, resolved by the path rule."
         return _resolve_in(path, self.doc)

@@ -6,7 +6,9 @@
 from __future__ import annotations
 import csv, io, json, logging, math, numbers, os, sys
 from pathlib import Path
+from typing import Callable, Iterable
 
+import transformers
 from transformers import TrainerCallback
 
 from .core import SafetyCompassError, atomic_write_text
@@ -25,7 +27,7 @@ BASE_COLUMNS = ["step", "epoch", "weights", "concept", "layer",
                 "auroc_current", "auroc_current_ci_low", "auroc_current_ci_high",
                 "direction_norm", "noise_floor", "drifted", "alert"]
 
-def log_columns(concepts) -> list[str]:
+def log_columns(concepts: Iterable[str]) -> list[str]:
     "The drift log's fixed column order for these concept names."
     return BASE_COLUMNS + [f"cross_{c}_cosine" for c in concepts]
 
@@ -40,7 +42,7 @@ def _key(r) -> tuple[int, str, str]:
 
 class DriftLog:
     "Append-only long-format CSV: header once, fsync per write, torn last line repaired on open."
-    def __init__(self, path, columns: list[str]):
+    def __init__(self, path: str | Path, columns: list[str]):
         self.path, self.columns = Path(path), list(columns)
         self.logged: set[tuple[int, str, str]] = set()  # (step, concept, weights)
         if self.path.exists() and self.path.stat().st_size:
@@ -81,7 +83,7 @@ class DriftLog:
         self.logged.update(_key(r) for r in new)
         return len(new)
 
-def upgrade_drift_log(path) -> int:
+def upgrade_drift_log(path: str | Path) -> int:
     """Add the `weights` column (after `epoch`) to a drift log written before it existed; every old row gets `step`.
     The file is replaced atomically; a torn last line is dropped. Returns the number of rows. Caveat: a last row written
     by an older version under `load_best_model_at_end=True` may describe the reloaded best checkpoint, not the last step.
@@ -123,7 +125,9 @@ class _Restore:
 # %% ../nbs/08_callback.ipynb #e27bac92
 ALERT_RULES = ("cosine_ci_below_noise_floor", "cosine_below", "auroc_fixed_drop")
 
-def parse_alerts(spec, where: str = "alerts") -> list[dict]:
+def parse_alerts(spec: list[dict] | None,   # the config's `alerts:` list
+                 where: str = "alerts",     # the config location named in errors
+                ) -> list[dict]:
     "Validated alert rules from the config list."
     import importlib
     out = []
@@ -212,7 +216,7 @@ def _checkpoint_step(d: Path):
     try: return int(json.loads((d / "trainer_state.json").read_text(encoding="utf-8"))["global_step"])
     except (OSError, ValueError, KeyError, TypeError): return None
 
-def resumed_checkpoints(args, step: int) -> list[Path]:
+def resumed_checkpoints(args: transformers.TrainingArguments, step: int) -> list[Path]:
     """The checkpoints a Trainer at `step` can have resumed from: `args.resume_from_checkpoint` if set, then the
     `checkpoint-*` folders in `args.output_dir`, newest first; only those whose `trainer_state.json` records `step`.
     (`Trainer.train(resume_from_checkpoint=...)` does not store the path it was given, hence the search.)"""
@@ -263,26 +267,26 @@ def _sharded(trainer) -> bool:
 class _TrainEndFirst(TrainerCallback):
     "Placed before the reporting integrations so the train-end row is logged before they close their writers."
     def __init__(self, owner): self.owner = owner
-    def on_train_end(self, args, state, control, **kw):
+    def on_train_end(self, args: transformers.TrainingArguments, state: transformers.TrainerState, control: transformers.TrainerControl, **kw):
         self.owner._train_end(args, state); return control
 
 # %% ../nbs/08_callback.ipynb #62e4a759
 class SafetyCompassCallback(TrainerCallback):
     """Measures concept drift during `Trainer.train()` and appends it to a CSV drift log.
 
-    - `monitor`: a `SafetyCompassMonitor` on the model being trained (baselines set or not).
-    - `measure_every_n_steps`: a positive integer; `None` means the config's `monitor.measure_every_n_steps`.
-    - `log_file`: the drift-log CSV (default: the config's `monitor.output_csv`).
-    - `baselines_dir`: read on resume, written when baselines are extracted (`directions.npz` + metadata).
-    - `trainer` / `attach(trainer)`: send each measurement through `trainer.log` to the `report_to` integrations.
-    - `report_to_trainer`: set False to keep the metrics out of `trainer.log`.
-    - `on_measure`: `fn(rows, state)` called after each measurement (every rank).
-    - `alerts`: alert rules (default: the config's `alerts:`).
-
+    `trainer=` or `attach(trainer)` sends each measurement through `trainer.log` to the `report_to` integrations.
     Raises `SafetyCompassError` (one line) for a bad `measure_every_n_steps` or alert rule, and in `on_train_begin` for a
     resume (or a log with rows) without saved baselines, an old drift-log header, or FSDP/DeepSpeed without a trainer."""
-    def __init__(self, monitor: SafetyCompassMonitor, measure_every_n_steps: int | None = None, log_file=None,
-                 baselines_dir=None, trainer=None, report_to_trainer: bool = True, on_measure=None, alerts=None):
+    def __init__(self,
+                 monitor: SafetyCompassMonitor,                  # a monitor on the model being trained (baselines set or not)
+                 measure_every_n_steps: int | None = None,       # a positive integer; None: the config's monitor.measure_every_n_steps
+                 log_file: str | Path | None = None,             # the drift-log CSV; None: the config's monitor.output_csv
+                 baselines_dir: str | Path | None = None,        # read on resume, written when baselines are extracted
+                 trainer: transformers.Trainer | None = None,    # the Trainer whose `log` (and report_to trackers) gets each measurement
+                 report_to_trainer: bool = True,                 # False keeps the metrics out of `trainer.log`
+                 on_measure: Callable | None = None,             # `fn(rows, state)`, called after each measurement (every rank)
+                 alerts: list[dict] | None = None,               # alert rules; None: the config's `alerts:`
+                ):
         self.monitor = monitor
         src, every = ("measure_every_n_steps", measure_every_n_steps) if measure_every_n_steps is not None else \
                      ("monitor.measure_every_n_steps", monitor.settings.measure_every_n_steps)
@@ -306,7 +310,7 @@ class SafetyCompassCallback(TrainerCallback):
         self._warned: set[str] = set()
         if trainer is not None: self.attach(trainer)
 
-    def attach(self, trainer):
+    def attach(self, trainer: transformers.Trainer) -> SafetyCompassCallback:
         """Link `trainer`: measurements go through `trainer.log` to its `report_to` integrations. Registers the callback
         once (appended, as `Trainer(callbacks=[...])` does) and a small train-end hook before the integrations."""
         from transformers.integrations.integration_utils import INTEGRATION_TO_CALLBACK
@@ -399,7 +403,7 @@ class SafetyCompassCallback(TrainerCallback):
         if self.baselines_dir and main: self.monitor.save_baselines(self.baselines_dir)
 
     # -- Trainer events ------------------------------------------------------------------------------------
-    def on_train_begin(self, args, state, control, model=None, **kw):
+    def on_train_begin(self, args: transformers.TrainingArguments, state: transformers.TrainerState, control: transformers.TrainerControl, model=None, **kw):
         main = self._is_main(state)
         if _sharded(self.trainer) and self.monitor.forward is None:
             if self.trainer is None:
@@ -422,11 +426,11 @@ class SafetyCompassCallback(TrainerCallback):
         self._measure(args, state, control)
         return control
 
-    def on_step_end(self, args, state, control, **kw):
+    def on_step_end(self, args: transformers.TrainingArguments, state: transformers.TrainerState, control: transformers.TrainerControl, **kw):
         if state.global_step % self.every == 0 or _stopping(state, control): self._measure(args, state, control)
         return control
 
-    def on_save(self, args, state, control, **kw):
+    def on_save(self, args: transformers.TrainingArguments, state: transformers.TrainerState, control: transformers.TrainerControl, **kw):
         if _stopping(state, control): self._measure(args, state, control)  # e.g. early stopping decided in on_evaluate
         if args.should_save and self.monitor.baselines:  # each checkpoint carries its baselines, so a resume finds them
             ck = Path(args.output_dir) / f"checkpoint-{state.global_step}"
@@ -434,13 +438,13 @@ class SafetyCompassCallback(TrainerCallback):
             else: self._warn_once("SafetyCompassCallback: no %s after a save; baselines not written into the checkpoint", ck)
         return control
 
-    def on_epoch_end(self, args, state, control, **kw):
+    def on_epoch_end(self, args: transformers.TrainingArguments, state: transformers.TrainerState, control: transformers.TrainerControl, **kw):
         if _stopping(state, control): self._measure(args, state, control)
         step = int(state.global_step)
         if self._fp is None or self._fp[0] != step: self._fp = (step, _fingerprint(self.monitor.model))
         return control
 
-    def on_train_end(self, args, state, control, **kw):
+    def on_train_end(self, args: transformers.TrainingArguments, state: transformers.TrainerState, control: transformers.TrainerControl, **kw):
         self._train_end(args, state)
         return control
 

@@ -58,7 +58,7 @@ class YamlDoc:
         if line: head += f":{line}"
         return f"{head}: {_loc_str(loc)}" if loc else head
 
-def read_yaml(path) -> YamlDoc:
+def read_yaml(path: str | Path) -> YamlDoc:
     "Read a YAML mapping with key line numbers; one-line errors naming the file (and line) on any problem."
     path = Path(path)
     if not path.is_file(): raise SafetyCompassError(f"{path}: file not found")
@@ -76,12 +76,14 @@ def read_yaml(path) -> YamlDoc:
     if not isinstance(data, dict): raise SafetyCompassError(f"{path}: expected a mapping at top level")
     return YamlDoc(data, path, _node_lines(node))
 
-def load_yaml(path) -> dict:
+def load_yaml(path: str | Path) -> dict:
     "The mapping in a YAML file (see `read_yaml`)."
     return read_yaml(path).data
 
 # %% ../nbs/01_config.ipynb #48794589
-def resolve_relative(path, base_file=None) -> Path:
+def resolve_relative(path: str | Path,                    # a path as written in a config file
+                     base_file: str | Path | None = None,  # the config file it is written in (None: keep `path` as is)
+                    ) -> Path:
     "Resolve a path written in `base_file`: against its directory, then its ancestors (the first that exists)."
     p = Path(os.path.expanduser(str(path)))
     if p.is_absolute() or base_file is None: return p
@@ -90,7 +92,9 @@ def resolve_relative(path, base_file=None) -> Path:
         if (d / p).exists(): return d / p
     return base / p  # does not exist: callers report it with this path
 
-def find_config(name_or_path, kind: str) -> Path:
+def find_config(name_or_path: str | Path,  # a path, or a bundled name such as "demo"
+                kind: str,                # the bundled folder for a bare name: experiments, concepts, models
+               ) -> Path:
     "A config given on the command line or in Python: as given, else inside the bundle, else `configs/{kind}/{name}.yaml`."
     s = os.path.expanduser(str(name_or_path))
     p = Path(s)
@@ -110,7 +114,7 @@ class Section(BaseModel):
     "Base of every config section: strict types; unknown keys are collected (and reported), not silently dropped."
     model_config = ConfigDict(extra="allow", strict=True, protected_namespaces=(), validate_default=False)
 
-    def unknown_keys(self, loc=()) -> list[tuple]:
+    def unknown_keys(self, loc: tuple = ()) -> list[tuple]:
         "Location tuples of every unknown key in this section and the sections inside it."
         out = [tuple(loc) + (k,) for k in (self.model_extra or {})]
         for name in type(self).model_fields:
@@ -264,7 +268,12 @@ def _report_unknown(obj: Section, doc: YamlDoc, strict: bool, prefix=()):
         if strict: raise SafetyCompassError(msg + " (strict mode)")
         if msg not in _warned: _warned.add(msg); log.warning(msg)  # once, though several readers see the file
 
-def parse_section(cls, data: dict, doc: YamlDoc, strict: bool = False, prefix=()):
+def parse_section(cls: type[Section],   # the section's schema, e.g. MonitorSettings
+                  data: dict,           # the section's mapping
+                  doc: YamlDoc,         # the file it was read from (for file:line in errors)
+                  strict: bool = False, # unknown keys are errors, not warnings
+                  prefix: tuple = (),   # where `data` sits in `doc`, e.g. ("monitor",)
+                 ) -> Section:
     "Validate `data` (found at `prefix` in `doc`) as `cls`; one-line errors; unknown keys warned (or errors if `strict`)."
     try: obj = cls.model_validate(data)
     except ValidationError as e: raise _first_error(e, doc, prefix) from None
@@ -300,8 +309,8 @@ class Experiment:
     def monitor(self) -> MonitorSettings: return self.config.monitor
     @property
     def alerts(self) -> list: return list(self.config.alerts or self.config.monitor.alerts or [])
-    def where(self, loc=()) -> str: return self.doc.where(loc)
-    def resolve(self, path) -> Path:
+    def where(self, loc: Sequence = ()) -> str: return self.doc.where(loc)
+    def resolve(self, path: str | Path) -> Path:
         "A path written in the experiment file, resolved by the path rule."
         return _resolve_in(path, self.doc)
 
@@ -322,7 +331,11 @@ def _load_concept(entry: ConceptEntry, i: int, exp_doc: YamlDoc, strict: bool) -
     if not pfile.is_file(): raise SafetyCompassError(f"{cdoc.where(('contrastive_pairs_file',))}: {pfile} not found")
     return ConceptSource(entry, c, cfile, pfile, cdoc, where)
 
-def load_experiment(experiment_config, strict: bool = False, concepts: Sequence[str] | None = None, **monitor_overrides) -> Experiment:
+def load_experiment(experiment_config: str | Path | dict | Experiment,  # a path, a bundled name ("demo"), a dict or a parsed Experiment
+                    strict: bool = False,                   # unknown keys are errors (`--strict`), not warnings
+                    concepts: Sequence[str] | None = None,  # keep only these concepts, in config order
+                    **monitor_overrides,                    # replace `monitor:` fields, validated like the file
+                   ) -> Experiment:
     """Parse an experiment (path, bundled name, dict or `Experiment`), its concept files and its model file.
 
     `concepts` keeps a subset by name (in config order); `monitor_overrides` replace `monitor:` fields (validated).
@@ -361,7 +374,10 @@ def _with_monitor(exp: Experiment, over: dict, strict: bool) -> Experiment:
     return replace(exp, config=exp.config.model_copy(update={"monitor": mon}))
 
 # %% ../nbs/01_config.ipynb #a33e5c8c
-def training_arguments(exp: Experiment, output_dir, **overrides):
+def training_arguments(exp: Experiment,          # a parsed experiment (its `training:` section)
+                       output_dir: str | Path,   # the Trainer's output directory
+                       **overrides,              # TrainingArguments fields that replace the config's (None: keep)
+                      ):
     "`transformers.TrainingArguments` from `exp.config.training` (+ `overrides`); one-line errors for unknown fields."
     import dataclasses as dc
     import torch

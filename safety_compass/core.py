@@ -6,7 +6,7 @@
 from __future__ import annotations
 import os, io, json, stat, shutil, tempfile, contextlib, hashlib
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, Iterator
 
 
 # %% auto #0
@@ -53,7 +53,10 @@ def _plain_open_mode(path: Path) -> int:
     return 0o666 & ~current_umask()
 
 @contextlib.contextmanager
-def atomic_open(path, mode: str = "w", encoding: str | None = "utf-8"):
+def atomic_open(path: str | Path,                # the file to write; missing parent directories are created
+                mode: str = "w",                 # "w" (text) or "wb" (bytes)
+                encoding: str | None = "utf-8",  # text encoding; ignored in binary mode
+               ) -> Iterator[IO]:
     """Open a temp file beside `path`; on success fsync and rename it to `path`, on error remove it (and directories made for it).
     The file ends with the permissions a plain `open()` gives (0666 & ~umask, or the replaced file's own), not mkstemp's 0600."""
     path = Path(path)
@@ -80,16 +83,16 @@ def atomic_open(path, mode: str = "w", encoding: str | None = "utf-8"):
             raise SafetyCompassError(f"{path}: write failed ({e.strerror or e}); nothing was written") from None
         raise
 
-def atomic_write_text(path, text: str):
+def atomic_write_text(path: str | Path, text: str):
     "Write `text` to `path` atomically."
     with atomic_open(path, "w") as f: f.write(text)
 
-def atomic_write_json(path, obj, **kw):
+def atomic_write_json(path: str | Path, obj: Any, **kw):
     "Write `obj` as indented JSON to `path` atomically."
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str, **kw) + "\n")
 
 @contextlib.contextmanager
-def staged_dir(directory):
+def staged_dir(directory: str | Path) -> Iterator[Path]:
     "Yield a staging directory inside `directory`; on success its files move into `directory`, on error nothing new is left."
     d = Path(directory)
     try:
@@ -109,7 +112,9 @@ def staged_dir(directory):
         raise
     shutil.rmtree(tmp, ignore_errors=True)
 
-def check_writable(directory, keep: bool = False):
+def check_writable(directory: str | Path,  # the output directory (created if missing)
+                   keep: bool = False,        # keep the directories created for the check
+                  ):
     "One-line error unless files can be created in `directory`; unless `keep`, directories made for the check are removed again."
     d = Path(directory)
     try:
@@ -136,7 +141,10 @@ def check_not_shadowed():
 
 check_not_shadowed()
 
-def require(module: str, extra: str, purpose: str = ""):
+def require(module: str,        # the module to import, e.g. "seaborn"
+            extra: str,         # the extra that installs it, e.g. "viz"
+            purpose: str = "",  # what it is needed for, named in the error
+           ):
     "Import and return `module`, or raise a one-line `SafetyCompassError` naming the extra that installs it."
     import importlib
     try: return importlib.import_module(module)
@@ -153,7 +161,7 @@ def bundled_root() -> Path:
         if (cand / "configs").is_dir() and (cand / "data").is_dir(): return cand
     raise SafetyCompassError(f"bundled configs/ and data/ not found next to {here}; reinstall safety-compass")
 
-def sha256_file(path, chunk: int = 1 << 20) -> str:
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     "Hex SHA-256 of a file's bytes."
     h = hashlib.sha256()
     with open(path, "rb") as f:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse, importlib, importlib.util, json, logging, os, pkgutil, random, sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 from .core import SafetyCompassError, atomic_open, bundled_root
 from .pairs import STRATEGIES
@@ -30,15 +30,23 @@ class DataSource:
 
 SOURCES: dict[str, DataSource] = {}
 
-def register_source(name: str, concept: str, strategy: str, description: str = ""):
+def register_source(name: str,              # the source's name (`--source`)
+                    concept: str,           # the concept its pairs contrast
+                    strategy: str,          # the pairing strategy of its records: "arditi" or "caa"
+                    description: str = "",  # one line for `--list` (default: the builder's docstring)
+                   ) -> Callable:
     "Decorator: register `fn(n_train, n_val, rng, data_files) -> (train, val)` as data source `name`."
     def deco(fn):
         SOURCES[name] = DataSource(name, concept, strategy, description or (fn.__doc__ or "").strip(), fn)
         return fn
     return deco
 
-def load_rows_from(hub_id: str, key: str, local_files: dict | None, **hub_kw) -> list[dict]:
-    "Rows of a hub dataset, or of the local file `data_files[key]` (json/jsonl/csv/parquet) in the same schema."
+def load_rows_from(hub_id: str,               # the hub dataset, e.g. "tatsu-lab/alpaca"
+                   key: str,                  # this dataset's key in `local_files` (`--data-file KEY=PATH`)
+                   local_files: dict | None,  # {key: path} of local files in the dataset's schema
+                   **hub_kw,                  # `datasets.load_dataset` arguments for the hub dataset (name, split, ...)
+                  ) -> tuple[list[dict], str]:
+    "`(rows, where they came from)`: a hub dataset's rows, or those of the local file `local_files[key]` (json/jsonl/csv/parquet) in the same schema."
     from safety_compass.core import require
     load_dataset = require("datasets", "data", "hub data sources").load_dataset
     if local_files and key in local_files:
@@ -89,7 +97,7 @@ def _caa(queries, n_train, n_val, rng, concept):
 NEUTRAL_SYSTEM = "You are a helpful assistant."
 
 @register_source("refusal_jbb_alpaca", concept="refusal", strategy="arditi")
-def refusal_jbb_alpaca(n_train, n_val, rng, data_files=None):
+def refusal_jbb_alpaca(n_train: int, n_val: int, rng: random.Random, data_files: dict | None = None) -> tuple[list[dict], list[dict]]:
     "JailbreakBench harmful goals (positive) vs Alpaca instructions without input (negative), neutral system prompt."
     jbb, s1 = load_rows_from("JailbreakBench/JBB-Behaviors", "jbb", data_files, name="behaviors", split="harmful")
     alp, s2 = load_rows_from("tatsu-lab/alpaca", "alpaca", data_files, split="train")
@@ -101,7 +109,7 @@ def refusal_jbb_alpaca(n_train, n_val, rng, data_files=None):
     return ([dict(r, split="train") for r in recs[:n_train]], [dict(r, split="val") for r in recs[n_train:]])
 
 @register_source("sycophancy_anthropic", concept="sycophancy", strategy="caa")
-def sycophancy_anthropic(n_train, n_val, rng, data_files=None):
+def sycophancy_anthropic(n_train: int, n_val: int, rng: random.Random, data_files: dict | None = None) -> tuple[list[dict], list[dict]]:
     "Anthropic model-written-evals sycophancy questions as user queries; our sycophantic vs honest system paraphrases."
     rows, src = load_rows_from("Anthropic/model-written-evals", "sycophancy", data_files,
                                data_files="sycophancy/sycophancy_on_nlp_survey.jsonl", split="train")
@@ -109,7 +117,7 @@ def sycophancy_anthropic(n_train, n_val, rng, data_files=None):
     return _caa(_column(rows, "question", src), n_train, n_val, rng, "sycophancy")
 
 @register_source("deception_truthfulqa", concept="deception", strategy="caa")
-def deception_truthfulqa(n_train, n_val, rng, data_files=None):
+def deception_truthfulqa(n_train: int, n_val: int, rng: random.Random, data_files: dict | None = None) -> tuple[list[dict], list[dict]]:
     "TruthfulQA (generation) questions as user queries; our deceptive vs honest system paraphrases."
     rows, src = load_rows_from("truthfulqa/truthful_qa", "truthfulqa", data_files, name="generation", split="validation")
     _column(rows, "best_answer", src)
@@ -141,7 +149,12 @@ def discover_sources(force: bool = False) -> dict[str, DataSource]:
     _DISCOVERED = True
     return SOURCES
 
-def generate_pairs(source: str, n_pairs: int = 60, val_fraction: float = 1 / 3, seed: int = 42, data_files: dict | None = None) -> list[dict]:
+def generate_pairs(source: str,                   # a registered source (discover_sources() lists them)
+                   n_pairs: int = 60,             # train + val pairs
+                   val_fraction: float = 1 / 3,   # share of val pairs (at least one)
+                   seed: int = 42,                # the same seed gives the same records
+                   data_files: dict | None = None,# {key: local file} in place of hub datasets (`--data-file`)
+                  ) -> list[dict]:
     "Pair records (train first, then val) from a registered source; deterministic for a seed."
     discover_sources()
     if source not in SOURCES: raise SafetyCompassError(f"--source: unknown source {source!r}; known: {', '.join(sorted(SOURCES))}")
@@ -155,14 +168,14 @@ def generate_pairs(source: str, n_pairs: int = 60, val_fraction: float = 1 / 3, 
         if missing: raise SafetyCompassError(f"source {source}: built a record without {', '.join(missing)}")
     return train + val
 
-def write_pairs(records: list[dict], path) -> Path:
+def write_pairs(records: list[dict], path: str | Path) -> Path:
     "Write pair records as JSONL, atomically."
     with atomic_open(path, "w") as f:
         for r in records: f.write(json.dumps(r, ensure_ascii=False) + "\n")
     return Path(path)
 
 # %% ../nbs/10_datasources.ipynb #feee9ddc
-def pairs_main(argv=None) -> int:
+def pairs_main(argv: Sequence[str] | None = None) -> int:
     "`safety-compass-pairs` / `safety-compass pairs`: list sources or generate a pair file."
     ap = argparse.ArgumentParser(prog="safety-compass-pairs", description="Generate contrastive pairs from a registered data source.")
     ap.add_argument("--list", action="store_true", help="list the registered sources and exit")

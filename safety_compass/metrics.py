@@ -6,6 +6,7 @@
 from __future__ import annotations
 import warnings
 from dataclasses import dataclass
+from typing import Callable
 import numpy as np
 from scipy import stats
 from .core import SafetyCompassError
@@ -158,8 +159,13 @@ class DriftSimulation:
         return {"cosine": self.cosine, "auroc_fixed": float(_normal.cdf(u0 @ rot @ shift / np.sqrt(2 * var))),
                 "auroc_current": self.auroc}
 
-def interval_coverage(sim: DriftSimulation, n_pairs: int, n_datasets: int = 400, seed: int = 0,
-                      intervals=bootstrap_metrics, **kw) -> dict:
+def interval_coverage(sim: DriftSimulation,                    # the population (its truth is known)
+                      n_pairs: int,                            # train pairs and val pairs per simulated dataset
+                      n_datasets: int = 400,                   # simulated datasets
+                      seed: int = 0,                           # seeds the datasets; dataset r uses resample seed r
+                      intervals: Callable = bootstrap_metrics, # `fn(base, now, seed=..., **kw)` -> the CI dict
+                      **kw,                                    # passed to `intervals` (e.g. cosine_method="BCa")
+                     ) -> dict:
     """Share of `n_datasets` simulated datasets (`n_pairs` train and `n_pairs` val pairs) whose intervals contain the
     true value, and the mean interval width, per metric; `intervals(base, now, seed=..., **kw)` returns the CI dict
     (default `bootstrap_metrics`). Also the bias of the sample cosine in units of its standard deviation. The Monte

@@ -141,7 +141,10 @@ def _build_cache(gguf: Path, gguf_sha: str, dest: Path):
         if tmp.exists(): shutil.rmtree(tmp, ignore_errors=True)
 
 # %% ../nbs/02_models.ipynb #6a1f014e
-def load_default_model(dtype=torch.float32, rebuild: bool = False, device=None):
+def load_default_model(dtype: torch.dtype | str = torch.float32,   # weights dtype (a torch dtype or a name such as "bf16")
+                       rebuild: bool = False,                      # de-quantize the GGUF again even if the cache is valid
+                       device: str | torch.device | None = None,   # move the model there (None: CPU)
+                      ):
     """`(model, tokenizer)` for the embedded SmolLM2-135M-Instruct, de-quantized once and cached per transformers major
     version. Raises `SafetyCompassError` if the loaded config still disagrees with the GGUF after a rebuild."""
     import transformers
@@ -179,7 +182,7 @@ def _as_dtype(dtype):
     try: return _DTYPES[str(dtype).lower()]
     except KeyError: raise SafetyCompassError(f"unknown dtype {dtype!r}; use one of {sorted(_DTYPES)}") from None
 
-def nf4_config(compute_dtype=torch.float16):
+def nf4_config(compute_dtype: torch.dtype | str = torch.float16):
     "The QLoRA NF4 `BitsAndBytesConfig` (double quantization, `compute_dtype` matmuls)."
     from transformers import BitsAndBytesConfig
     from safety_compass.core import require
@@ -213,8 +216,14 @@ def _load_gguf_model(name_or_path, gguf_file, quantization, dtype, device_map, t
     if device is not None: model.to(device)
     return model, tok
 
-def load_model(name_or_path: str = DEFAULT_MODEL, quantization: str | None = None, dtype=None,
-               device_map=None, trust_remote_code: bool = False, gguf_file: str | None = None, **kwargs):
+def load_model(name_or_path: str = DEFAULT_MODEL,        # "default" (the embedded model), a hub id, a directory or a .gguf path
+               quantization: str | None = None,          # None or "nf4" (QLoRA 4-bit; needs CUDA; not for GGUF)
+               dtype: torch.dtype | str | None = None,   # e.g. torch.bfloat16 or "bf16"; None: the checkpoint's own ("auto")
+               device_map: str | dict | None = None,     # as in `from_pretrained`; for a GGUF one device or "auto"
+               trust_remote_code: bool = False,          # run the checkpoint's own modelling code
+               gguf_file: str | None = None,             # a GGUF file inside `name_or_path` (a directory or hub id)
+               **kwargs,                                 # further `from_pretrained` arguments
+              ):
     """`(model, tokenizer)` for `'default'`, a HF hub id, a local directory, a directory/hub id with `gguf_file`, or a
     path to a `.gguf` file; `quantization` is None or `'nf4'` (not for GGUF). User errors raise `SafetyCompassError`."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -248,7 +257,10 @@ def load_model(name_or_path: str = DEFAULT_MODEL, quantization: str | None = Non
     return model, tok
 
 # %% ../nbs/02_models.ipynb #91b24536
-def load_experiment_model(exp, model_name: str | None = None, **kwargs):
+def load_experiment_model(exp,                           # a parsed `config.Experiment` or `config.ModelConfig`
+                          model_name: str | None = None, # replaces the model file's `model_name` (`--model`)
+                          **kwargs,                      # passed on to `load_model`
+                         ):
     "`(model, tokenizer)` for a parsed experiment (`config.Experiment`) or model file (`config.ModelConfig`); `model_name` overrides its name."
     m = getattr(exp, "model", exp)
     name = model_name or m.model_name

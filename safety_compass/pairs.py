@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 from .core import SafetyCompassError
 
@@ -34,7 +34,9 @@ class PairingStrategy:
 
 STRATEGIES: dict[str, PairingStrategy] = {}
 
-def register_strategy(name: str, fields):
+def register_strategy(name: str,              # the name pair files and concept configs use (`pairing_strategy:`)
+                      fields: Sequence[str],  # the JSON fields every line must have (besides `split`)
+                     ) -> Callable:
     "Decorator: register `fn(record) -> (positive, negative)` as pairing strategy `name` requiring `fields`."
     def deco(fn):
         STRATEGIES[name] = PairingStrategy(name, tuple(fields), fn)
@@ -51,12 +53,12 @@ def as_messages(conv: Conversation) -> list[dict]:
 
 # %% ../nbs/03_pairs.ipynb #c88bb795
 @register_strategy("arditi", fields=("system", "positive_query", "negative_query"))
-def arditi_pair(rec):
+def arditi_pair(rec: dict) -> tuple[Conversation, Conversation]:
     "Same system prompt, different user queries."
     return conversation(rec["system"], rec["positive_query"]), conversation(rec["system"], rec["negative_query"])
 
 @register_strategy("caa", fields=("user_query", "positive_system", "negative_system"))
-def caa_pair(rec):
+def caa_pair(rec: dict) -> tuple[Conversation, Conversation]:
     "Same user query, different system prompts."
     return conversation(rec["positive_system"], rec["user_query"]), conversation(rec["negative_system"], rec["user_query"])
 
@@ -64,11 +66,14 @@ def caa_pair(rec):
 SPLITS = ("train", "val")
 
 def get_strategy(name: str, where: str = "pairing_strategy") -> PairingStrategy:
+    "The registered strategy `name`; a one-line error naming `where` (the config field) and the known names otherwise."
     if name not in STRATEGIES:
         raise SafetyCompassError(f"{where}: unknown pairing strategy {name!r}; known: {', '.join(sorted(STRATEGIES))}")
     return STRATEGIES[name]
 
-def load_pairs(path, strategy: str) -> list[ContrastivePair]:
+def load_pairs(path: str | Path,  # a JSONL pair file
+               strategy: str,    # a registered pairing strategy: "arditi", "caa", ...
+              ) -> list[ContrastivePair]:
     "Read and validate a JSONL pair file under `strategy`."
     strat, path = get_strategy(strategy), Path(path)
     if not path.is_file(): raise SafetyCompassError(f"{path}: pair file not found")

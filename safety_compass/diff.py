@@ -1579,7 +1579,7 @@ def report_section(res: dict) -> str:
         tok, seqs = d["tokens"], d["sequences"] or []
         if tok is not None and seqs:
             top = d["kl_per_sample"].sort_values("mean_kl", ascending=False).head(3)
-            part.append("<h4>Held-out sequences with the largest mean KL (red = more KL; prompt not shown)</h4>")
+            part.append("<h4>Held-out sequences with the largest mean KL (reply tokens coloured, red = more KL)</h4>")
             for _, r in top.iterrows():
                 g = tok[tok.seq == r.seq].sort_values("pos")
                 pieces = [str(t) for t in g.token]

@@ -24,13 +24,13 @@ __all__ = ['log', 'STDLIB_CODE_MODULES', 'BENIGN_FILES', 'ORGANISM', 'BASE', 'FT
            'WRITER_MODULES', 'DIFF_FORMAT', 'stdlib_code_rows', 'benign_examples', 'train_lora', 'code_organism',
            'Amplified', 'LoraModule', 'lora_modules', 'scale_lora_adapter', 'check_adapter', 'ModelPair', 'TokenDiff',
            'token_diff', 'DiffData', 'chat_sequences', 'regex_class', 'token_id_class', 'sequence_class',
-           'first_reply_token', 'class_members', 'kl_breakdown', 'logit_diff_counts', 'activation_stats', 'logit_lens',
-           'lens_table', 'ADL', 'adl_means', 'patchscope', 'token_counts', 'relevant_tokens', 'token_relevance',
-           'steer_samples', 'diff_pca', 'pca_examples', 'Concept', 'concept_cosines', 'concept_logodds',
-           'amplification', 'lora_svd', 'effective_rank', 'weight_view', 'adapter_sha256', 'load_pair', 'run_concepts',
-           'default_token_classes', 'run_diff', 'write_diff', 'read_diff', 'kl_table', 'adl_table', 'summary_text',
-           'plot_activation_diff', 'plot_pca_variance', 'plot_amplification', 'kl_html', 'report_section', 'prompt_kl',
-           'plot_diff_view']
+           'first_reply_token', 'class_members', 'kl_breakdown', 'logit_diff_counts', 'activation_stats',
+           'plot_activation_diff', 'plot_pca_variance', 'plot_amplification', 'logit_lens', 'lens_table', 'ADL',
+           'adl_means', 'patchscope', 'token_counts', 'relevant_tokens', 'token_relevance', 'steer_samples', 'diff_pca',
+           'pca_examples', 'Concept', 'concept_cosines', 'concept_logodds', 'amplification', 'lora_svd',
+           'effective_rank', 'weight_view', 'adapter_sha256', 'load_pair', 'run_concepts', 'default_token_classes',
+           'parse_token_classes', 'run_diff', 'write_diff', 'read_diff', 'kl_table', 'adl_table', 'summary_text',
+           'kl_html', 'report_section', 'prompt_kl', 'plot_diff_view']
 
 # %% ../nbs/13_diff.ipynb #9ef5031b
 STDLIB_CODE_MODULES = ("textwrap", "string", "colorsys", "calendar", "fractions", "statistics", "heapq", "bisect", "difflib",
@@ -577,7 +577,8 @@ class _Pieces:
 def regex_class(pattern: str, flags: int = re.S) -> TokenClass:
     """A token class: the tokens whose text overlaps a match of `pattern` in the sequence's text (its tokens decoded
     one by one and joined), e.g. `regex_class(r"```.*?```")` for tokens inside fenced code."""
-    rx = re.compile(pattern, flags)
+    try: rx = re.compile(pattern, flags)
+    except re.error as e: raise SafetyCompassError(f"token class: invalid regular expression {pattern!r} ({e})") from None
     def mark(i, ids, start, pieces):
         lens = np.array([len(p) for p in pieces.many(ids)])
         ends = np.cumsum(lens); begins = ends - lens
@@ -711,6 +712,60 @@ def activation_stats(td: TokenDiff, tokenizer, ids, layer: int | None = None, n_
                                 "context": "".join(pieces.many(ids[td.seq[j]][max(0, td.pos[j] - context):td.pos[j]]))} for j in top])
     return {"by_layer": by_layer, "by_position": by_position, "by_token": by_token.reset_index(drop=True),
             "top_tokens": top_tokens, "layer": layer}
+
+# %% ../nbs/13_diff.ipynb #f0958531
+def plot_activation_diff(by_layer, title: str | None = None):
+    "Mean ‖h_ft − h_base‖ / ‖h_base‖ and mean cosine(h_ft, h_base) per layer (`activations/by_layer.csv`)."
+    from safety_compass.plots import _mpl
+    plt = _mpl()
+    fig = plt.figure(figsize=(6.4, 3.2))
+    ax = fig.subplots()
+    ax.plot(by_layer.layer, by_layer.mean_relative_diff, "o-", color="tab:red", ms=3, label="‖h_ft − h_base‖ / ‖h_base‖")
+    ax.set_xlabel("layer (hidden_states index)"); ax.set_ylabel("relative difference", color="tab:red"); ax.grid(alpha=0.3)
+    ax2 = ax.twinx()
+    ax2.plot(by_layer.layer, by_layer.mean_cosine, "s--", color="tab:blue", ms=3, label="cos(h_ft, h_base)")
+    ax2.set_ylabel("mean cosine", color="tab:blue")
+    ax.set_title(title or "Where fine-tuning changed the residual stream", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+def plot_pca_variance(explained, title: str | None = None):
+    "Explained-variance ratio of the principal components of per-token differences, one line per layer (`pca/explained.csv`)."
+    from safety_compass.plots import _mpl
+    plt = _mpl()
+    fig = plt.figure(figsize=(5.2, 3.2))
+    ax = fig.subplots()
+    for L, g in explained.groupby("layer"):
+        ax.plot(g.component, g.explained_variance_ratio, "o-", ms=3, label=f"layer {L}")
+    ax.set_xlabel("component"); ax.set_ylabel("explained variance ratio"); ax.grid(alpha=0.3); ax.legend(fontsize=8)
+    ax.set_title(title or "PCA of per-token differences (h_ft − h_base)", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+def plot_amplification(amp, title: str | None = None):
+    """Amplification curves (`amplification.csv`): mean KL to the base model vs alpha per group, and each concept's mean
+    first-token log-odds vs alpha (solid: positive prompts, dashed: negative prompts)."""
+    from safety_compass.plots import _mpl, concept_color
+    plt = _mpl()
+    lo_cols = [c for c in amp.columns if c.startswith("logodds_")]
+    fig = plt.figure(figsize=(9.6 if lo_cols else 5, 3.3))
+    axes = fig.subplots(1, 2 if lo_cols else 1, squeeze=False)[0]
+    for gname, g in amp.groupby("group", sort=False):
+        g = g.sort_values("alpha")
+        axes[0].plot(g.alpha, g.kl_mean, "o-", ms=4, label=gname)
+    axes[0].axvline(1, color="0.6", lw=1, ls=":"); axes[0].set_xlabel("alpha (scale of the LoRA update)")
+    axes[0].set_ylabel("mean KL to base (nats/token)"); axes[0].grid(alpha=0.3); axes[0].legend(fontsize=8)
+    if lo_cols:
+        g = amp[amp.group == amp.group.iloc[0]].sort_values("alpha")
+        for c in lo_cols:
+            concept, kind = c[len("logodds_"):].rsplit("_", 1)
+            axes[1].plot(g.alpha, g[c], "o-" if kind == "positive" else "o--", ms=3, color=concept_color(concept),
+                         label=f"{concept} ({kind} prompts)")
+        axes[1].axvline(1, color="0.6", lw=1, ls=":"); axes[1].set_xlabel("alpha"); axes[1].set_ylabel("mean log-odds (nats)")
+        axes[1].grid(alpha=0.3); axes[1].legend(fontsize=7)
+    fig.suptitle(title or "Amplification: W + alpha·ΔW (alpha 0 = base, 1 = fine-tuned)", fontsize=10)
+    fig.tight_layout()
+    return fig
 
 # %% ../nbs/13_diff.ipynb #f51481f3
 def logit_lens(pair: ModelPair, vectors, top_k: int = 20, side=FT):
@@ -852,12 +907,15 @@ def token_counts(tokenizer, texts, vocab_size: int | None = None) -> np.ndarray:
 
 def relevant_tokens(ft_counts: np.ndarray, ref_counts: np.ndarray, ratio: float = 2.0, min_count: int = 3) -> np.ndarray:
     """Tokens over-represented in the fine-tuning data: bool `(vocab,)`, True where the token occurs at least
-    `min_count` times in the fine-tuning data and its frequency there is at least `ratio` times its add-one-smoothed
-    frequency in the reference text. The offline stand-in for the ADL paper's LLM relevance grader."""
+    `min_count` times in the fine-tuning data and its frequency there is at least `ratio` times its frequency in the
+    reference text, a token the reference never shows counted as seen once (conservative: a small reference corpus
+    cannot make frequent tokens relevant, as add-one smoothing over a 49k vocabulary would). The offline stand-in for
+    the ADL paper's LLM relevance grader."""
     ft = ft_counts.astype(np.float64); ref = ref_counts.astype(np.float64)
     if ft.sum() == 0: raise SafetyCompassError("token relevance: the fine-tuning text has no tokens")
+    if ref.sum() == 0: raise SafetyCompassError("token relevance: the reference text has no tokens")
     p_ft = ft / ft.sum()
-    p_ref = (ref + 1) / (ref.sum() + len(ref))
+    p_ref = np.maximum(ref, 1) / ref.sum()
     return (ft >= min_count) & (p_ft >= ratio * p_ref)
 
 def token_relevance(pair: ModelPair, vector, relevant: np.ndarray, top_k: int = 20, n_random: int = 64, seed: int = 0,
@@ -1197,6 +1255,17 @@ def default_token_classes(tokenizer, concepts: Sequence[Concept] = (), sources: 
         out[f"source: {src}"] = sequence_class([i for i, s in enumerate(sources) if s == src])
     return out
 
+def parse_token_classes(specs) -> dict:
+    """`["NAME=REGEX", ...]` (the CLI's repeatable `--token-class`) -> `{name: regex_class(REGEX)}`; a one-line
+    `SafetyCompassError` for a spec without `=`, an empty name or pattern, or an invalid regular expression."""
+    out = {}
+    for spec in specs or ():
+        name, sep, rx = str(spec).partition("=")
+        if not sep or not name.strip() or not rx:
+            raise SafetyCompassError(f"--token-class {spec!r}: expected NAME=REGEX, e.g. 'inside code=```.*?```'")
+        out[name.strip()] = regex_class(rx)
+    return out
+
 def run_diff(run_dir, output_dir=None, model=None, tokenizer=None, heldout=None, n_heldout: int = 32,
              max_seq_length: int | None = None, layers: Sequence[int] | None = None, positions: int = 5,
              alphas=(-1.0, 0.0, 0.5, 1.0, 2.0, 3.0), amplify_groups: dict | None = None, n_amplify: int = 8,
@@ -1273,7 +1342,8 @@ def run_diff(run_dir, output_dir=None, model=None, tokenizer=None, heldout=None,
     keys = lens.pop("label"); lens.insert(0, "layer", [k[0] for k in keys]); lens.insert(1, "position", [k[1] for k in keys])
     relevance = pd.DataFrame()
     if used:
-        ref_texts = [r for r, s in zip(data.replies, data.sources) if s.startswith("benign")] or list(data.replies)
+        # reference: every bundled benign reply the run did not train on (not only the few compared ones)
+        ref_texts = [a for _, a, _ in benign_examples(exclude={p.split("\n\n", 1)[0] for p, _ in used})] or list(data.replies)
         V = unwrap_model(pair.model).config.vocab_size
         relevant = relevant_tokens(token_counts(tok, [r for _, r in used], V), token_counts(tok, ref_texts, V))
         recs = [{"layer": L, "position": p, **token_relevance(pair, adl.mean_diff[L][p], relevant, relevance_top_k, n_random, seed)}
@@ -1469,60 +1539,6 @@ def summary_text(diff_dir) -> str:
     lines += ["", f"diff written to {d['dir']}"]
     return "\n".join(lines)
 
-# %% ../nbs/13_diff.ipynb #f0958531
-def plot_activation_diff(by_layer, title: str | None = None):
-    "Mean ‖h_ft − h_base‖ / ‖h_base‖ and mean cosine(h_ft, h_base) per layer (`activations/by_layer.csv`)."
-    from safety_compass.plots import _mpl
-    plt = _mpl()
-    fig = plt.figure(figsize=(6.4, 3.2))
-    ax = fig.subplots()
-    ax.plot(by_layer.layer, by_layer.mean_relative_diff, "o-", color="tab:red", ms=3, label="‖h_ft − h_base‖ / ‖h_base‖")
-    ax.set_xlabel("layer (hidden_states index)"); ax.set_ylabel("relative difference", color="tab:red"); ax.grid(alpha=0.3)
-    ax2 = ax.twinx()
-    ax2.plot(by_layer.layer, by_layer.mean_cosine, "s--", color="tab:blue", ms=3, label="cos(h_ft, h_base)")
-    ax2.set_ylabel("mean cosine", color="tab:blue")
-    ax.set_title(title or "Where fine-tuning changed the residual stream", fontsize=10)
-    fig.tight_layout()
-    return fig
-
-def plot_pca_variance(explained, title: str | None = None):
-    "Explained-variance ratio of the principal components of per-token differences, one line per layer (`pca/explained.csv`)."
-    from safety_compass.plots import _mpl
-    plt = _mpl()
-    fig = plt.figure(figsize=(5.2, 3.2))
-    ax = fig.subplots()
-    for L, g in explained.groupby("layer"):
-        ax.plot(g.component, g.explained_variance_ratio, "o-", ms=3, label=f"layer {L}")
-    ax.set_xlabel("component"); ax.set_ylabel("explained variance ratio"); ax.grid(alpha=0.3); ax.legend(fontsize=8)
-    ax.set_title(title or "PCA of per-token differences (h_ft − h_base)", fontsize=10)
-    fig.tight_layout()
-    return fig
-
-def plot_amplification(amp, title: str | None = None):
-    """Amplification curves (`amplification.csv`): mean KL to the base model vs alpha per group, and each concept's mean
-    first-token log-odds vs alpha (solid: positive prompts, dashed: negative prompts)."""
-    from safety_compass.plots import _mpl, concept_color
-    plt = _mpl()
-    lo_cols = [c for c in amp.columns if c.startswith("logodds_")]
-    fig = plt.figure(figsize=(9.6 if lo_cols else 5, 3.3))
-    axes = fig.subplots(1, 2 if lo_cols else 1, squeeze=False)[0]
-    for gname, g in amp.groupby("group", sort=False):
-        g = g.sort_values("alpha")
-        axes[0].plot(g.alpha, g.kl_mean, "o-", ms=4, label=gname)
-    axes[0].axvline(1, color="0.6", lw=1, ls=":"); axes[0].set_xlabel("alpha (scale of the LoRA update)")
-    axes[0].set_ylabel("mean KL to base (nats/token)"); axes[0].grid(alpha=0.3); axes[0].legend(fontsize=8)
-    if lo_cols:
-        g = amp[amp.group == amp.group.iloc[0]].sort_values("alpha")
-        for c in lo_cols:
-            concept, kind = c[len("logodds_"):].rsplit("_", 1)
-            axes[1].plot(g.alpha, g[c], "o-" if kind == "positive" else "o--", ms=3, color=concept_color(concept),
-                         label=f"{concept} ({kind} prompts)")
-        axes[1].axvline(1, color="0.6", lw=1, ls=":"); axes[1].set_xlabel("alpha"); axes[1].set_ylabel("mean log-odds (nats)")
-        axes[1].grid(alpha=0.3); axes[1].legend(fontsize=7)
-    fig.suptitle(title or "Amplification: W + alpha·ΔW (alpha 0 = base, 1 = fine-tuned)", fontsize=10)
-    fig.tight_layout()
-    return fig
-
 # %% ../nbs/13_diff.ipynb #53ae406f
 def kl_html(tokens: Sequence[str], kl: Sequence[float], vmax: float | None = None) -> str:
     "Text with each token's background red in proportion to its KL (hover: the value); NaN (unscored) stays white."
@@ -1563,7 +1579,7 @@ def report_section(res: dict) -> str:
         tok, seqs = d["tokens"], d["sequences"] or []
         if tok is not None and seqs:
             top = d["kl_per_sample"].sort_values("mean_kl", ascending=False).head(3)
-            part.append("<h4>Held-out sequences with the largest mean KL (red = more KL; prompt not shown)</h4>")
+            part.append("<h4>Held-out sequences with the largest mean KL (reply tokens coloured, red = more KL)</h4>")
             for _, r in top.iterrows():
                 g = tok[tok.seq == r.seq].sort_values("pos")
                 pieces = [str(t) for t in g.token]

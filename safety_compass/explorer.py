@@ -6,9 +6,8 @@
 from __future__ import annotations
 from pathlib import Path
 
-import pandas as pd
-
 import numpy as np
+import pandas as pd
 
 from .analyze import load_run
 from .plots import plot_drift

@@ -192,6 +192,11 @@ def test_token_classes(tok):
     assert "x = 1" in inside and "Use" not in inside and "Done" not in inside
     assert D.first_reply_token(0, ids, 3, None).nonzero()[0].tolist() == [3]
     assert D.token_id_class([ids[0]])(0, ids, 0, None)[0]
+    classes = D.parse_token_classes(["fenced code=```.*?```", "digits = [0-9]+"])
+    assert list(classes) == ["fenced code", "digits"] and classes["fenced code"](0, ids, 0, D._Pieces(tok)).tolist() == mark.tolist()
+    for bad, needle in (("nocolon", "expected NAME=REGEX"), ("=x", "expected NAME=REGEX"), ("a=", "expected NAME=REGEX"),
+                        ("a=(", "invalid regular expression")):
+        with pytest.raises(SafetyCompassError, match=needle): D.parse_token_classes([bad])
 
 # ---- a run directory -------------------------------------------------------------------------------------------
 

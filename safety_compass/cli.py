@@ -130,6 +130,30 @@ def _report(a):
     print(f"report written to {report(a.run_dirs, a.output)}")
     return 0
 
+def _steer(a):
+    from safety_compass.steer import run_steer
+    s = run_steer(a.run_dir, a.concept, a.op, a.output_dir, a.model, kl_cap=a.kl_cap, n_random=a.random_directions,
+                  max_new_tokens=a.max_new_tokens, generate_text=not a.no_generate, limit=a.limit, seed=a.seed)
+    if s.get("selected") is None: print(s.get("note", "no candidate selected")); return 0
+    sel = s["selected"]
+    print(f"{s['concept']}: {a.op} at layer {sel.get('layer')} (scale {sel.get('scale')}) moves the held-out log-odds "
+          f"{s['shift']:+.3f} nats (random directions' p95 {s['random_p95'] if s['random_p95'] is not None else '-'}); "
+          f"recovered {s['recovered_fraction']:.2f} [{s['recovered_ci_low']:.2f}, {s['recovered_ci_high']:.2f}] of the "
+          f"base − fine-tuned gap ({s['gap']:+.3f} nats, n = {s['n']}); harmless KL {s['harmless_kl']:.4f} nats, "
+          f"Δ cross-entropy on benign answers {s['delta_ce']:+.4f} nats/token")
+    return 0
+
+def _diff(a):
+    from safety_compass.diff import run_diff, summary_text
+    res = run_diff(a.run_dir, a.output_dir, n_heldout=a.heldout, layers=[int(x) for x in _csv(a.layers)] if a.layers else None,
+                   generate=not a.no_generate, seed=a.seed, progress=False)
+    if res is not None: print(summary_text(res["dir"]))   # None on ranks other than 0
+    return 0
+
+def _audit(a):
+    from safety_compass.audit import audit_command
+    return audit_command(a)
+
 def _run(fn, args) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     warnings.filterwarnings("ignore", category=FutureWarning)
@@ -170,6 +194,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-steps", type=int); p.add_argument("--every", type=int, help="measure every N steps")
     p.add_argument("--overwrite", action="store_true", help="replace a previous demo run in --output-dir")
     p.set_defaults(fn=_demo)
+    p = sub.add_parser("steer", help="steer a run's drifted behavior back (restore, ablate, add, adapter) and measure it")
+    p.add_argument("run_dir", help="a finetune run directory (baselines/ and adapter/)")
+    p.add_argument("--concept", default="refusal"); p.add_argument("--op", choices=["restore", "ablate", "add", "adapter"], default="restore")
+    p.add_argument("--kl-cap", type=float, default=0.1, help="largest mean next-token KL on harmless prompts (nats)")
+    p.add_argument("--model", default="default", help="the run's base model (HF id, local dir or 'default')")
+    p.add_argument("--output-dir", help="default: <run-dir>/steer")
+    p.add_argument("--random-directions", type=int, default=20, help="random-direction controls of the same norm")
+    p.add_argument("--max-new-tokens", type=int, default=16); p.add_argument("--limit", type=int, help="first N prompts")
+    p.add_argument("--no-generate", action="store_true", help="only the generation-free log-odds and KL")
+    p.add_argument("--seed", type=int, default=0); p.set_defaults(fn=_steer)
+    p = sub.add_parser("diff", help="what fine-tuning changed: base vs fine-tuned (one model copy for a LoRA)")
+    p.add_argument("run_dir", help="a finetune run directory"); p.add_argument("--output-dir", help="default: <run-dir>/diff")
+    p.add_argument("--heldout", type=int, default=32, help="held-out sequences")
+    p.add_argument("--layers", help="comma-separated layers (default: chosen from the model's depth)")
+    p.add_argument("--no-generate", action="store_true", help="skip the steered samples")
+    p.add_argument("--seed", type=int, default=0); p.set_defaults(fn=_diff)
+    from safety_compass.audit import add_audit_args  # its arguments live beside run_audit, which they mirror
+    p = sub.add_parser("audit", help="audit preference data before training: concept shifts, flagged pairs, interventions")
+    add_audit_args(p); p.set_defaults(fn=_audit)
     p = sub.add_parser("pairs", help="generate contrastive pairs from a data source", add_help=False)
     p.set_defaults(fn=None)
     return ap

@@ -17,7 +17,7 @@ from .plots import figure_png, plot_drift, plot_heatmap, plot_scatter
 
 # %% auto #0
 __all__ = ['esc', 'DRIFT_HEADERS', 'SECTIONS', 'CSS', 'img', 'table_html', 'provenance', 'drift_section', 'after_section',
-           'behavior_section', 'caveats_section', 'report']
+           'behavior_section', 'caveats_section', 'steer_section', 'diff_section', 'audit_section', 'report']
 
 # %% ../nbs/17_report.ipynb #6a4c465a
 esc = html.escape
@@ -114,7 +114,23 @@ def caveats_section(res: dict) -> str:
                 f"<h4>{esc(str(p.relative_to(r['dir'])))}</h4><pre>{esc(p.read_text())}</pre>" for p in cfgs) + "</details>")
     return out
 
-SECTIONS: list[Callable] = [drift_section, behavior_section, caveats_section]
+def steer_section(res) -> str:
+    "Steering results of each run that has `<run>/steer/` (`steer.report_section`)."
+    from .steer import report_section
+    return report_section(res)
+
+def diff_section(res) -> str:
+    "Base vs fine-tuned diff of each run that has `<run>/diff/` (`diff.report_section`)."
+    from .diff import report_section
+    return report_section(res)
+
+def audit_section(res) -> str:
+    "Preference-data audits found beside the runs (`audit.report_section`)."
+    from .audit import report_section
+    return report_section(res)
+
+# imported when a report is built: a core install without their extras still writes the drift report
+SECTIONS: list[Callable] = [drift_section, behavior_section, audit_section, diff_section, steer_section, caveats_section]
 
 # %% ../nbs/17_report.ipynb #8f6e28aa
 CSS = ("body{font-family:system-ui,sans-serif;max-width:72rem;margin:2rem auto;padding:0 1rem;line-height:1.45;color:#222}"

@@ -24,13 +24,12 @@ __all__ = ['log', 'STDLIB_CODE_MODULES', 'BENIGN_FILES', 'ORGANISM', 'BASE', 'FT
            'WRITER_MODULES', 'DIFF_FORMAT', 'stdlib_code_rows', 'benign_examples', 'train_lora', 'code_organism',
            'Amplified', 'LoraModule', 'lora_modules', 'scale_lora_adapter', 'check_adapter', 'ModelPair', 'TokenDiff',
            'token_diff', 'DiffData', 'chat_sequences', 'regex_class', 'token_id_class', 'sequence_class',
-           'first_reply_token', 'class_members', 'kl_breakdown', 'logit_diff_counts', 'activation_stats',
-           'plot_activation_diff', 'plot_pca_variance', 'plot_amplification', 'logit_lens', 'lens_table', 'ADL',
-           'adl_means', 'patchscope', 'token_counts', 'relevant_tokens', 'token_relevance', 'steer_samples', 'diff_pca',
-           'pca_examples', 'Concept', 'concept_cosines', 'concept_logodds', 'amplification', 'lora_svd',
-           'effective_rank', 'weight_view', 'adapter_sha256', 'load_pair', 'run_concepts', 'default_token_classes',
-           'parse_token_classes', 'run_diff', 'write_diff', 'read_diff', 'kl_table', 'adl_table', 'summary_text',
-           'kl_html', 'report_section', 'prompt_kl', 'plot_diff_view']
+           'first_reply_token', 'class_members', 'kl_breakdown', 'logit_diff_counts', 'activation_stats', 'logit_lens',
+           'lens_table', 'ADL', 'adl_means', 'patchscope', 'token_counts', 'relevant_tokens', 'token_relevance',
+           'steer_samples', 'diff_pca', 'pca_examples', 'Concept', 'concept_cosines', 'concept_logodds',
+           'amplification', 'lora_svd', 'effective_rank', 'weight_view', 'adapter_sha256', 'load_pair', 'run_concepts',
+           'default_token_classes', 'parse_token_classes', 'run_diff', 'write_diff', 'read_diff', 'kl_table',
+           'adl_table', 'summary_text', 'kl_html', 'prompt_kl']
 
 # %% ../nbs/13_diff.ipynb #9ef5031b
 STDLIB_CODE_MODULES = ("textwrap", "string", "colorsys", "calendar", "fractions", "statistics", "heapq", "bisect", "difflib",
@@ -712,60 +711,6 @@ def activation_stats(td: TokenDiff, tokenizer, ids, layer: int | None = None, n_
                                 "context": "".join(pieces.many(ids[td.seq[j]][max(0, td.pos[j] - context):td.pos[j]]))} for j in top])
     return {"by_layer": by_layer, "by_position": by_position, "by_token": by_token.reset_index(drop=True),
             "top_tokens": top_tokens, "layer": layer}
-
-# %% ../nbs/13_diff.ipynb #f0958531
-def plot_activation_diff(by_layer, title: str | None = None):
-    "Mean ‖h_ft − h_base‖ / ‖h_base‖ and mean cosine(h_ft, h_base) per layer (`activations/by_layer.csv`)."
-    from safety_compass.plots import _mpl
-    plt = _mpl()
-    fig = plt.figure(figsize=(6.4, 3.2))
-    ax = fig.subplots()
-    ax.plot(by_layer.layer, by_layer.mean_relative_diff, "o-", color="tab:red", ms=3, label="‖h_ft − h_base‖ / ‖h_base‖")
-    ax.set_xlabel("layer (hidden_states index)"); ax.set_ylabel("relative difference", color="tab:red"); ax.grid(alpha=0.3)
-    ax2 = ax.twinx()
-    ax2.plot(by_layer.layer, by_layer.mean_cosine, "s--", color="tab:blue", ms=3, label="cos(h_ft, h_base)")
-    ax2.set_ylabel("mean cosine", color="tab:blue")
-    ax.set_title(title or "Where fine-tuning changed the residual stream", fontsize=10)
-    fig.tight_layout()
-    return fig
-
-def plot_pca_variance(explained, title: str | None = None):
-    "Explained-variance ratio of the principal components of per-token differences, one line per layer (`pca/explained.csv`)."
-    from safety_compass.plots import _mpl
-    plt = _mpl()
-    fig = plt.figure(figsize=(5.2, 3.2))
-    ax = fig.subplots()
-    for L, g in explained.groupby("layer"):
-        ax.plot(g.component, g.explained_variance_ratio, "o-", ms=3, label=f"layer {L}")
-    ax.set_xlabel("component"); ax.set_ylabel("explained variance ratio"); ax.grid(alpha=0.3); ax.legend(fontsize=8)
-    ax.set_title(title or "PCA of per-token differences (h_ft − h_base)", fontsize=10)
-    fig.tight_layout()
-    return fig
-
-def plot_amplification(amp, title: str | None = None):
-    """Amplification curves (`amplification.csv`): mean KL to the base model vs alpha per group, and each concept's mean
-    first-token log-odds vs alpha (solid: positive prompts, dashed: negative prompts)."""
-    from safety_compass.plots import _mpl, concept_color
-    plt = _mpl()
-    lo_cols = [c for c in amp.columns if c.startswith("logodds_")]
-    fig = plt.figure(figsize=(9.6 if lo_cols else 5, 3.3))
-    axes = fig.subplots(1, 2 if lo_cols else 1, squeeze=False)[0]
-    for gname, g in amp.groupby("group", sort=False):
-        g = g.sort_values("alpha")
-        axes[0].plot(g.alpha, g.kl_mean, "o-", ms=4, label=gname)
-    axes[0].axvline(1, color="0.6", lw=1, ls=":"); axes[0].set_xlabel("alpha (scale of the LoRA update)")
-    axes[0].set_ylabel("mean KL to base (nats/token)"); axes[0].grid(alpha=0.3); axes[0].legend(fontsize=8)
-    if lo_cols:
-        g = amp[amp.group == amp.group.iloc[0]].sort_values("alpha")
-        for c in lo_cols:
-            concept, kind = c[len("logodds_"):].rsplit("_", 1)
-            axes[1].plot(g.alpha, g[c], "o-" if kind == "positive" else "o--", ms=3, color=concept_color(concept),
-                         label=f"{concept} ({kind} prompts)")
-        axes[1].axvline(1, color="0.6", lw=1, ls=":"); axes[1].set_xlabel("alpha"); axes[1].set_ylabel("mean log-odds (nats)")
-        axes[1].grid(alpha=0.3); axes[1].legend(fontsize=7)
-    fig.suptitle(title or "Amplification: W + alpha·ΔW (alpha 0 = base, 1 = fine-tuned)", fontsize=10)
-    fig.tight_layout()
-    return fig
 
 # %% ../nbs/13_diff.ipynb #f51481f3
 def logit_lens(pair: ModelPair, vectors, top_k: int = 20, side=FT):
@@ -1552,77 +1497,6 @@ def kl_html(tokens: Sequence[str], kl: Sequence[float], vmax: float | None = Non
         out.append(f'<span title="{tip}" style="background:rgba(220,40,40,{a:.2f})">{html.escape(t)}</span>')
     return "<pre style='white-space:pre-wrap'>" + "".join(out) + "</pre>"
 
-def report_section(res: dict) -> str:
-    """The report's "What fine-tuning changed" section for every run in `res["runs"]` that has a `diff/` directory:
-    the KL breakdown and the three sequences with the largest mean KL as coloured text, the logit-diff tokens, the ADL
-    logit-lens, relevance and patchscope tables, the activation-difference and PCA figures with the concept cosines, the
-    amplification curve and the weight view. Reads files only; empty string when no run has a diff."""
-    import pandas as pd
-    from safety_compass.report import img, table_html, esc
-    out = []
-    for run in res["runs"]:
-        ddir = Path(run["dir"]) / "diff"
-        if not (ddir / "manifest.json").is_file(): continue
-        d = read_diff(ddir)
-        m, s = d["manifest"], d["kl_summary"]
-        st = m["settings"]
-        part = [f"<h2>What fine-tuning changed: {esc(run['name'])}</h2>",
-                f"<p>{esc(m['pair']['kind'])} pair, model {esc(str(m['pair']['model_name']))}, adapter sha256 "
-                f"{esc(str(m.get('adapter_sha256'))[:12])}, data sha256 {esc(m['data_sha256'][:12])}; {st['n_sequences']} held-out "
-                f"sequences, {st['n_tokens']} compared tokens. {esc(m['kl_convention'])}.</p>"]
-        part.append(f"<h3>Per-token KL</h3><p>Mean {s['mean']:.4f}, median {s['median']:.4f}, p99 {s['p99']:.4f}, max "
-                    f"{s['max']:.4f} nats; the top 1% of tokens carry {100 * s['top1pct_share']:.1f}% of the total.</p>"
-                    + table_html(kl_table(d), {"share_of_tokens": "share of tokens", "mean_kl": "mean KL",
-                                                "share_of_kl": "share of KL", "lift": "lift (class mean / all)"}))
-        part.append("<h4>Tokens with the most KL (total over their occurrences)</h4>" +
-                    table_html(d["kl_by_token"].head(15)[["token", "count", "mean_kl", "total_kl", "share"]]))
-        tok, seqs = d["tokens"], d["sequences"] or []
-        if tok is not None and seqs:
-            top = d["kl_per_sample"].sort_values("mean_kl", ascending=False).head(3)
-            part.append("<h4>Held-out sequences with the largest mean KL (reply tokens coloured, red = more KL)</h4>")
-            for _, r in top.iterrows():
-                g = tok[tok.seq == r.seq].sort_values("pos")
-                pieces = [str(t) for t in g.token]
-                part.append(f"<p><b>{esc(str(r.source))}</b>, mean KL {r.mean_kl:.4f}: {esc(seqs[int(r.seq)]['prompt'][:160])}</p>"
-                            + kl_html(pieces, g.kl.to_numpy(), vmax=s["p99"] or None))
-        ld = d["logit_diff"]
-        if ld is not None:
-            part.append("<h4>Logit-difference mining: tokens most often in the top-k of logit(ft) − logit(base)</h4>" +
-                        table_html(ld[ld.list == "promoted"].head(15)[["token", "promoted", "promoted_share", "mean_logit_diff"]]))
-        part.append(f"<h3>Activation difference lens (layer {st['main_layer']}, first {st['positions']} tokens of held-out text)</h3>"
-                    + table_html(adl_table(d)))
-        ps = d["patchscope"]
-        if ps is not None and len(ps):
-            p = st["steer_position"]
-            g = ps[(ps.position == p) & (ps.sign == "+")]
-            rows = [{"scale × typical norm": sc, "top tokens": _tokens_line(gg.sort_values("rank"), 8)} for sc, gg in g.groupby("scale")]
-            part.append(f"<h4>Patchscope (identity prompts) of position {p}, layer {st['main_layer']}</h4>" + table_html(pd.DataFrame(rows)))
-        if d["steering"]:
-            part.append(f"<h4>Steering the base model with the difference (layer {st['main_layer']}, position {st['steer_position']})</h4>"
-                        + table_html(pd.DataFrame(d["steering"])[["prompt", "model", "scale", "reply"]]))
-        if d["activations_by_layer"] is not None: part.append("<h3>Activation differences by layer</h3>" + img(plot_activation_diff(d["activations_by_layer"]), "activation differences"))
-        if d["pca_explained"] is not None:
-            part.append("<h3>PCA of per-token differences</h3>" + img(plot_pca_variance(d["pca_explained"]), "PCA explained variance"))
-            pl = d["pca_lens"]
-            L = st["main_layer"]
-            rows = [{"component": c, "promoted": _tokens_line(g[g.sign == "+"].sort_values("rank"), 8),
-                     "suppressed": _tokens_line(g[g.sign == "-"].sort_values("rank"), 8)} for c, g in pl[pl.layer == L].groupby("component")]
-            part.append(f"<h4>Logit lens of the components at layer {L}</h4>" + table_html(pd.DataFrame(rows).head(5)))
-        cc = d["concept_cosines"]
-        if cc is not None and len(cc):
-            part.append("<h3>Concept view</h3><p>Cosine of each difference vector with the monitored concept directions at the concept's layer.</p>" +
-                        table_html(cc.pivot_table(index="source", columns="concept", values="cosine", sort=False).reset_index()))
-            lo = d["concept_logodds"]
-            if lo is not None and len(lo): part.append(table_html(lo, {"logodds_mean": "mean log-odds", "logodds_ci_low": "CI low", "logodds_ci_high": "CI high"}))
-        if d["amplification"] is not None and len(d["amplification"]):
-            part.append("<h3>Amplification</h3>" + img(plot_amplification(d["amplification"]), "amplification curve"))
-        if d["weights"] is not None and len(d["weights"]):
-            w = d["weights"].sort_values("frob_norm", ascending=False).head(10)
-            part.append("<h3>Weight view (largest LoRA updates)</h3>" + table_html(w[["module", "layer", "r", "frob_norm", "spectral_norm", "effective_rank", "relative"]]))
-        if m.get("notes"): part.append("<ul>" + "".join(f"<li>{esc(x)}</li>" for x in m["notes"]) + "</ul>")
-        out.append("".join(part))
-    return "".join(out)
-
 # %% ../nbs/13_diff.ipynb #c03797c6
 def prompt_kl(pair: ModelPair, text: str, temperature: float = 1.0, chat: bool = False) -> "pd.DataFrame":
     """Per-token KL(ft ‖ base) of one text (plain text, or with `chat=True` as a user turn followed by the assistant
@@ -1644,29 +1518,3 @@ def prompt_kl(pair: ModelPair, text: str, temperature: float = 1.0, chat: bool =
     rows = [{"pos": i, "token": pieces(t), "kl": float(kl[i - 1]) if i else float("nan"),
              "base_top": pieces(bt[i - 1]) if i else "", "ft_top": pieces(ft[i - 1]) if i else ""} for i, t in enumerate(ids)]
     return pd.DataFrame(rows)
-
-# %% ../nbs/13_diff.ipynb #ea94d08b
-def plot_diff_view(lens, prompt_rows=None, title: str = "", n: int = 10):
-    """The explorer's diff view: the promoted and suppressed logit-lens tokens of one ADL vector, and, with
-    `prompt_rows` (`prompt_kl`), the per-token KL of a prompt below them."""
-    from safety_compass.plots import _mpl
-    plt = _mpl()
-    has_prompt = prompt_rows is not None and len(prompt_rows)
-    width = max(7.2, 0.3 * len(prompt_rows) + 1.5) if has_prompt else 7.2
-    fig = plt.figure(figsize=(width, 0.25 * n + 1.6 + (3.0 if has_prompt else 0)))
-    gs = fig.add_gridspec(2 if has_prompt else 1, 2, height_ratios=[0.25 * n + 1, 2.6] if has_prompt else [1])
-    for j, (sign, col, name) in enumerate((("+", "tab:green", "promoted"), ("-", "tab:purple", "suppressed"))):
-        ax = fig.add_subplot(gs[0, j])
-        g = lens[lens.sign == sign].sort_values("rank").head(n)
-        ax.barh(range(len(g))[::-1], g.prob, color=col)
-        ax.set_yticks(range(len(g))[::-1]); ax.set_yticklabels([repr(t) for t in g.token], fontsize=8)
-        ax.set_xlabel("probability"); ax.set_title(f"{name} by the mean difference", fontsize=9)
-    if has_prompt:
-        ax = fig.add_subplot(gs[1, :])
-        kl = np.nan_to_num(prompt_rows.kl.to_numpy(float))
-        ax.bar(range(len(kl)), kl, color=plt.cm.Reds(0.35 + 0.65 * kl / (kl.max() or 1)))
-        ax.set_xticks(range(len(kl))); ax.set_xticklabels([repr(t)[1:-1] for t in prompt_rows.token], rotation=90, fontsize=7)
-        ax.set_ylabel("KL (nats)"); ax.set_title("per-token KL(fine-tuned ‖ base) of the prompt", fontsize=9); ax.grid(alpha=0.3, axis="y")
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    return fig

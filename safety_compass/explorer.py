@@ -66,7 +66,8 @@ def diff_view(diff_dir, layer: int | None = None, position: int = 0, prompt: str
     text, or a user turn with `chat=True`). The table is the prompt's tokens with their KL and each model's most likely
     next token (`diff.prompt_kl`), or the lens rows when there is no prompt. `diff_dir` may be a `diff.read_diff` result."""
     from safety_compass.core import SafetyCompassError
-    from safety_compass.diff import read_diff, prompt_kl, plot_diff_view
+    from safety_compass.diff import read_diff, prompt_kl
+    from safety_compass.plots import plot_diff_view
     d = diff_dir if isinstance(diff_dir, dict) else read_diff(diff_dir)
     st = d["manifest"]["settings"]
     layer = st["main_layer"] if layer is None else int(layer)

@@ -14,7 +14,8 @@ from .core import atomic_open
 
 # %% auto #0
 __all__ = ['CONCEPT_COLORS', 'HEAT_METRICS', 'concept_color', 'save_figure', 'figure_png', 'plot_sweep', 'plot_drift',
-           'plot_heatmap', 'plot_scatter']
+           'plot_heatmap', 'plot_scatter', 'plot_activation_diff', 'plot_pca_variance', 'plot_amplification',
+           'plot_diff_view']
 
 # %% ../nbs/16_plots.ipynb #0de5edfc
 CONCEPT_COLORS = {"refusal": "tab:blue", "sycophancy": "tab:orange", "deception": "tab:green"}
@@ -202,5 +203,80 @@ def plot_scatter(points, stats: Mapping):
         ax.set_xlabel("final cosine to baseline"); ax.axhline(0, color="0.6", lw=1); ax.grid(alpha=0.3)
     axes[0, 0].set_ylabel("Δ behavior log-odds (fine-tuned − base)")
     fig.suptitle("Drift vs behavior, per concept", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+# %% ../nbs/16_plots.ipynb #f846bfc4
+def plot_activation_diff(by_layer, title: str | None = None):
+    "Mean ‖h_ft − h_base‖ / ‖h_base‖ and mean cosine(h_ft, h_base) per layer (`activations/by_layer.csv`)."
+    plt = _mpl()
+    fig = plt.figure(figsize=(6.4, 3.2))
+    ax = fig.subplots()
+    ax.plot(by_layer.layer, by_layer.mean_relative_diff, "o-", color="tab:red", ms=3, label="‖h_ft − h_base‖ / ‖h_base‖")
+    ax.set_xlabel("layer (hidden_states index)"); ax.set_ylabel("relative difference", color="tab:red"); ax.grid(alpha=0.3)
+    ax2 = ax.twinx()
+    ax2.plot(by_layer.layer, by_layer.mean_cosine, "s--", color="tab:blue", ms=3, label="cos(h_ft, h_base)")
+    ax2.set_ylabel("mean cosine", color="tab:blue")
+    ax.set_title(title or "Where fine-tuning changed the residual stream", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+def plot_pca_variance(explained, title: str | None = None):
+    "Explained-variance ratio of the principal components of per-token differences, one line per layer (`pca/explained.csv`)."
+    plt = _mpl()
+    fig = plt.figure(figsize=(5.2, 3.2))
+    ax = fig.subplots()
+    for L, g in explained.groupby("layer"):
+        ax.plot(g.component, g.explained_variance_ratio, "o-", ms=3, label=f"layer {L}")
+    ax.set_xlabel("component"); ax.set_ylabel("explained variance ratio"); ax.grid(alpha=0.3); ax.legend(fontsize=8)
+    ax.set_title(title or "PCA of per-token differences (h_ft − h_base)", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+def plot_amplification(amp, title: str | None = None):
+    """Amplification curves (`amplification.csv`): mean KL to the base model vs alpha per group, and each concept's mean
+    first-token log-odds vs alpha (solid: positive prompts, dashed: negative prompts)."""
+    plt = _mpl()
+    lo_cols = [c for c in amp.columns if c.startswith("logodds_")]
+    fig = plt.figure(figsize=(9.6 if lo_cols else 5, 3.3))
+    axes = fig.subplots(1, 2 if lo_cols else 1, squeeze=False)[0]
+    for gname, g in amp.groupby("group", sort=False):
+        g = g.sort_values("alpha")
+        axes[0].plot(g.alpha, g.kl_mean, "o-", ms=4, label=gname)
+    axes[0].axvline(1, color="0.6", lw=1, ls=":"); axes[0].set_xlabel("alpha (scale of the LoRA update)")
+    axes[0].set_ylabel("mean KL to base (nats/token)"); axes[0].grid(alpha=0.3); axes[0].legend(fontsize=8)
+    if lo_cols:
+        g = amp[amp.group == amp.group.iloc[0]].sort_values("alpha")
+        for c in lo_cols:
+            concept, kind = c[len("logodds_"):].rsplit("_", 1)
+            axes[1].plot(g.alpha, g[c], "o-" if kind == "positive" else "o--", ms=3, color=concept_color(concept),
+                         label=f"{concept} ({kind} prompts)")
+        axes[1].axvline(1, color="0.6", lw=1, ls=":"); axes[1].set_xlabel("alpha"); axes[1].set_ylabel("mean log-odds (nats)")
+        axes[1].grid(alpha=0.3); axes[1].legend(fontsize=7)
+    fig.suptitle(title or "Amplification: W + alpha·ΔW (alpha 0 = base, 1 = fine-tuned)", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+def plot_diff_view(lens, prompt_rows=None, title: str = "", n: int = 10):
+    """The explorer's diff view: the promoted and suppressed logit-lens tokens of one ADL vector, and, with
+    `prompt_rows` (`prompt_kl`), the per-token KL of a prompt below them."""
+    plt = _mpl()
+    has_prompt = prompt_rows is not None and len(prompt_rows)
+    width = max(7.2, 0.3 * len(prompt_rows) + 1.5) if has_prompt else 7.2
+    fig = plt.figure(figsize=(width, 0.25 * n + 1.6 + (3.0 if has_prompt else 0)))
+    gs = fig.add_gridspec(2 if has_prompt else 1, 2, height_ratios=[0.25 * n + 1, 2.6] if has_prompt else [1])
+    for j, (sign, col, name) in enumerate((("+", "tab:green", "promoted"), ("-", "tab:purple", "suppressed"))):
+        ax = fig.add_subplot(gs[0, j])
+        g = lens[lens.sign == sign].sort_values("rank").head(n)
+        ax.barh(range(len(g))[::-1], g.prob, color=col)
+        ax.set_yticks(range(len(g))[::-1]); ax.set_yticklabels([repr(t) for t in g.token], fontsize=8)
+        ax.set_xlabel("probability"); ax.set_title(f"{name} by the mean difference", fontsize=9)
+    if has_prompt:
+        ax = fig.add_subplot(gs[1, :])
+        kl = np.nan_to_num(prompt_rows.kl.to_numpy(float))
+        ax.bar(range(len(kl)), kl, color=plt.cm.Reds(0.35 + 0.65 * kl / (kl.max() or 1)))
+        ax.set_xticks(range(len(kl))); ax.set_xticklabels([repr(t)[1:-1] for t in prompt_rows.token], rotation=90, fontsize=7)
+        ax.set_ylabel("KL (nats)"); ax.set_title("per-token KL(fine-tuned ‖ base) of the prompt", fontsize=9); ax.grid(alpha=0.3, axis="y")
+    fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return fig

@@ -16,8 +16,8 @@ from .analyze import analyze
 from .plots import figure_png, plot_drift, plot_heatmap, plot_scatter
 
 # %% auto #0
-__all__ = ['esc', 'DRIFT_HEADERS', 'SECTIONS', 'CSS', 'img', 'table_html', 'provenance', 'drift_section', 'after_section',
-           'behavior_section', 'caveats_section', 'steer_section', 'diff_section', 'audit_section', 'report']
+__all__ = ['esc', 'DRIFT_HEADERS', 'SECTIONS', 'CSS', 'img', 'table_html', 'provenance', 'diff_section', 'drift_section',
+           'after_section', 'behavior_section', 'caveats_section', 'steer_section', 'audit_section', 'report']
 
 # %% ../nbs/17_report.ipynb #6a4c465a
 esc = html.escape
@@ -49,6 +49,79 @@ def provenance(run: dict) -> str:
     cfg = (info.get("config_sha256") or "")[:12] or "unknown"
     return (f"<b>{esc(run['name'])}</b>: {DIST_NAME} {esc(str(v))}, commit {esc(str(commit)[:12])}, config {esc(cfg)}, "
             f"run {esc(str(info.get('date') or 'date unknown'))}, model {esc(str(info.get('model_name') or 'unknown'))}")
+
+# %% ../nbs/17_report.ipynb #a55b21f0
+def diff_section(res) -> str:
+    """The report's "What fine-tuning changed" section for every run in `res["runs"]` that has a `diff/` directory:
+    the KL breakdown and the three sequences with the largest mean KL as coloured text, the logit-diff tokens, the ADL
+    logit-lens, relevance and patchscope tables, the activation-difference and PCA figures with the concept cosines, the
+    amplification curve and the weight view. Reads files only; empty string when no run has a diff."""
+    import pandas as pd
+    from .diff import read_diff, kl_table, adl_table, kl_html, _tokens_line
+    from .plots import plot_activation_diff, plot_pca_variance, plot_amplification
+    out = []
+    for run in res["runs"]:
+        ddir = Path(run["dir"]) / "diff"
+        if not (ddir / "manifest.json").is_file(): continue
+        d = read_diff(ddir)
+        m, s = d["manifest"], d["kl_summary"]
+        st = m["settings"]
+        part = [f"<h2>What fine-tuning changed: {esc(run['name'])}</h2>",
+                f"<p>{esc(m['pair']['kind'])} pair, model {esc(str(m['pair']['model_name']))}, adapter sha256 "
+                f"{esc(str(m.get('adapter_sha256'))[:12])}, data sha256 {esc(m['data_sha256'][:12])}; {st['n_sequences']} held-out "
+                f"sequences, {st['n_tokens']} compared tokens. {esc(m['kl_convention'])}.</p>"]
+        part.append(f"<h3>Per-token KL</h3><p>Mean {s['mean']:.4f}, median {s['median']:.4f}, p99 {s['p99']:.4f}, max "
+                    f"{s['max']:.4f} nats; the top 1% of tokens carry {100 * s['top1pct_share']:.1f}% of the total.</p>"
+                    + table_html(kl_table(d), {"share_of_tokens": "share of tokens", "mean_kl": "mean KL",
+                                                "share_of_kl": "share of KL", "lift": "lift (class mean / all)"}))
+        part.append("<h4>Tokens with the most KL (total over their occurrences)</h4>" +
+                    table_html(d["kl_by_token"].head(15)[["token", "count", "mean_kl", "total_kl", "share"]]))
+        tok, seqs = d["tokens"], d["sequences"] or []
+        if tok is not None and seqs:
+            top = d["kl_per_sample"].sort_values("mean_kl", ascending=False).head(3)
+            part.append("<h4>Held-out sequences with the largest mean KL (reply tokens coloured, red = more KL)</h4>")
+            for _, r in top.iterrows():
+                g = tok[tok.seq == r.seq].sort_values("pos")
+                pieces = [str(t) for t in g.token]
+                part.append(f"<p><b>{esc(str(r.source))}</b>, mean KL {r.mean_kl:.4f}: {esc(seqs[int(r.seq)]['prompt'][:160])}</p>"
+                            + kl_html(pieces, g.kl.to_numpy(), vmax=s["p99"] or None))
+        ld = d["logit_diff"]
+        if ld is not None:
+            part.append("<h4>Logit-difference mining: tokens most often in the top-k of logit(ft) − logit(base)</h4>" +
+                        table_html(ld[ld.list == "promoted"].head(15)[["token", "promoted", "promoted_share", "mean_logit_diff"]]))
+        part.append(f"<h3>Activation difference lens (layer {st['main_layer']}, first {st['positions']} tokens of held-out text)</h3>"
+                    + table_html(adl_table(d)))
+        ps = d["patchscope"]
+        if ps is not None and len(ps):
+            p = st["steer_position"]
+            g = ps[(ps.position == p) & (ps.sign == "+")]
+            rows = [{"scale × typical norm": sc, "top tokens": _tokens_line(gg.sort_values("rank"), 8)} for sc, gg in g.groupby("scale")]
+            part.append(f"<h4>Patchscope (identity prompts) of position {p}, layer {st['main_layer']}</h4>" + table_html(pd.DataFrame(rows)))
+        if d["steering"]:
+            part.append(f"<h4>Steering the base model with the difference (layer {st['main_layer']}, position {st['steer_position']})</h4>"
+                        + table_html(pd.DataFrame(d["steering"])[["prompt", "model", "scale", "reply"]]))
+        if d["activations_by_layer"] is not None: part.append("<h3>Activation differences by layer</h3>" + img(plot_activation_diff(d["activations_by_layer"]), "activation differences"))
+        if d["pca_explained"] is not None:
+            part.append("<h3>PCA of per-token differences</h3>" + img(plot_pca_variance(d["pca_explained"]), "PCA explained variance"))
+            pl = d["pca_lens"]
+            L = st["main_layer"]
+            rows = [{"component": c, "promoted": _tokens_line(g[g.sign == "+"].sort_values("rank"), 8),
+                     "suppressed": _tokens_line(g[g.sign == "-"].sort_values("rank"), 8)} for c, g in pl[pl.layer == L].groupby("component")]
+            part.append(f"<h4>Logit lens of the components at layer {L}</h4>" + table_html(pd.DataFrame(rows).head(5)))
+        cc = d["concept_cosines"]
+        if cc is not None and len(cc):
+            part.append("<h3>Concept view</h3><p>Cosine of each difference vector with the monitored concept directions at the concept's layer.</p>" +
+                        table_html(cc.pivot_table(index="source", columns="concept", values="cosine", sort=False).reset_index()))
+            lo = d["concept_logodds"]
+            if lo is not None and len(lo): part.append(table_html(lo, {"logodds_mean": "mean log-odds", "logodds_ci_low": "CI low", "logodds_ci_high": "CI high"}))
+        if d["amplification"] is not None and len(d["amplification"]):
+            part.append("<h3>Amplification</h3>" + img(plot_amplification(d["amplification"]), "amplification curve"))
+        if d["weights"] is not None and len(d["weights"]):
+            w = d["weights"].sort_values("frob_norm", ascending=False).head(10)
+            part.append("<h3>Weight view (largest LoRA updates)</h3>" + table_html(w[["module", "layer", "r", "frob_norm", "spectral_norm", "effective_rank", "relative"]]))
+        if m.get("notes"): part.append("<ul>" + "".join(f"<li>{esc(x)}</li>" for x in m["notes"]) + "</ul>")
+        out.append("".join(part))
+    return "".join(out)
 
 # %% ../nbs/17_report.ipynb #4c40526f
 DRIFT_HEADERS = {"dataset": "dataset", "concept": "concept", "start": "start", "min": "min", "final": "final",
@@ -117,11 +190,6 @@ def caveats_section(res: dict) -> str:
 def steer_section(res) -> str:
     "Steering results of each run that has `<run>/steer/` (`steer.report_section`)."
     from .steer import report_section
-    return report_section(res)
-
-def diff_section(res) -> str:
-    "Base vs fine-tuned diff of each run that has `<run>/diff/` (`diff.report_section`)."
-    from .diff import report_section
     return report_section(res)
 
 def audit_section(res) -> str:

@@ -234,9 +234,10 @@ def test_run_diff_writes_the_format(tiny_run, tok):
     assert list(r["amplification"].alpha) == [0.0, 1.0, 2.0] and r["amplification"].kl_mean.iloc[0] == 0.0
     text = D.summary_text(d)
     assert "KL(fine-tuned || base)" in text and "ADL top tokens" in text
-    html = D.report_section({"runs": [{"dir": tiny_run, "name": "demo"}]})
+    from safety_compass.report import diff_section
+    html = diff_section({"runs": [{"dir": tiny_run, "name": "demo"}]})
     assert html.count("<img") >= 3 and "Activation difference lens" in html and "<span title=" in html
-    assert D.report_section({"runs": [{"dir": tiny_run / "nothing", "name": "x"}]}) == ""
+    assert diff_section({"runs": [{"dir": tiny_run / "nothing", "name": "x"}]}) == ""
 
 def test_run_diff_errors(tiny_run, tmp_path, tok):
     with pytest.raises(SafetyCompassError, match="no run.json"): D.run_diff(tmp_path, model=tiny(tok), tokenizer=tok)

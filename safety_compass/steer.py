@@ -555,9 +555,11 @@ def run_steer(run_dir, concept: str = "refusal", op: str = "restore", output_dir
         ft.unload()  # take the LoRA layers out of the caller's base model again
 
 # %% ../nbs/12_steer.ipynb #6e3cefb0
-def plot_dose_response(rows: Sequence[dict], kl_cap: float | None = None, title: str | None = None):
+def plot_dose_response(rows: Sequence[dict], kl_cap: float | None = None, title: str | None = None,
+                       effect_label: str = "harmful prompts"):
     """Dose–response of `add`: mean log-odds shift on harmful and harmless prompts and mean harmless KL against the
-    scale, one line per layer. `rows`: dicts with `layer, scale, effect, harmless_shift, kl` (as `select` returns).
+    scale, one line per layer. `rows`: dicts with `layer, scale, effect, harmless_shift, kl` (as `select` returns);
+    `effect_label` names the prompts `effect` was measured on.
     (Steer-specific figure; to move into the plots chapter.)"""
     from safety_compass.plots import _mpl
     plt = _mpl()
@@ -567,7 +569,7 @@ def plot_dose_response(rows: Sequence[dict], kl_cap: float | None = None, title:
         rr = sorted((r for r in rows if r["layer"] == L), key=lambda r: r["scale"])
         x = [r["scale"] for r in rr]
         for ax, key in zip(axes, ("effect", "harmless_shift", "kl")): ax.plot(x, [r[key] for r in rr], marker="o", label=f"layer {L}")
-    for ax, t in zip(axes, ("Δ log-odds, harmful prompts", "Δ log-odds, harmless prompts", "KL on harmless prompts (nats)")):
+    for ax, t in zip(axes, (f"Δ log-odds, {effect_label}", "Δ log-odds, harmless prompts", "KL on harmless prompts (nats)")):
         ax.set_xlabel("scale (× raw DiM norm)"); ax.set_title(t, fontsize=10); ax.axhline(0, color="gray", lw=0.6)
     if kl_cap is not None: axes[2].axhline(kl_cap, color="tab:red", ls="--", lw=1, label=f"KL cap {kl_cap}")
     axes[2].legend(fontsize=7)
@@ -599,7 +601,8 @@ def plot_recovery(prompts, summary: dict):
     if sel: ax2.axvline(summary["shift"], color="tab:green", lw=2, label="steered")
     ax2.axvline(summary["logodds_base"] - summary["logodds_finetuned"], color="tab:blue", ls="--", label="base − fine-tuned")
     ax2.set_xlabel("mean Δ log-odds vs fine-tuned (nats)"); ax2.legend(fontsize=8)
-    ax2.set_title(f"harmless KL {summary.get('harmless_kl', float('nan')):.3f}, Δ CE {summary.get('delta_ce', float('nan')):+.3f}", fontsize=10)
+    ax2.set_title(f"harmless KL {summary['harmless_kl']:.3f}, Δ CE {summary['delta_ce']:+.3f}" if sel else
+                  "nothing steered: no random controls", fontsize=10)
     fig.tight_layout()
     return fig
 

@@ -209,39 +209,10 @@ def lora_modules(model) -> list[LoraModule]:
         for n, m in b.named_modules(): owner[id(m)] = (i, n)
     return [LoraModule(n, *owner.get(id(m), (None, n)), m) for n, m in model.named_modules() if isinstance(m, LoraLayer)]
 
-def _in_groups(path: str, modules) -> bool:
-    if modules is None: return True
-    leaf = path.rsplit(".", 1)[-1]
-    for g in modules:
-        if g == leaf: return True
-        if g == "attn" and ("attn" in path or "attention" in path): return True
-        if g == "mlp" and ("mlp" in path or "feed_forward" in path): return True
-    return False
-
-@contextlib.contextmanager
 def scale_lora_adapter(model, alpha: float, layers=None, modules=None):
-    """Scale the active LoRA update by `alpha` while the context is open: `W + alpha·scaling·BA` instead of
-    `W + scaling·BA`, through PEFT's own scaling (`peft.helpers.rescale_adapter_scale` for the whole adapter,
-    `LoraLayer.scale_layer` for the modules of blocks `layers` whose name or group (`attn`, `mlp`) is in `modules`).
-    Every module's `scaling` is restored on exit. `alpha = 0` leaves the base weights' output, `alpha = 1` the
-    fine-tuned model. Raises `SafetyCompassError` when no LoRA module matches."""
-    chosen = [e for e in lora_modules(model) if (layers is None or e.block in layers) and _in_groups(e.path, modules)]
-    if not chosen:
-        raise SafetyCompassError(f"amplification: no LoRA module in blocks {_ranges(layers) if layers is not None else 'any'} "
-                                 f"matches modules {list(modules) if modules is not None else 'any'}")
-    for e in chosen:
-        if any(getattr(e.module, "use_dora", {}).get(a) for a in e.module.active_adapters):
-            raise SafetyCompassError(f"amplification: {e.name} is a DoRA layer; scaling its LoRA update does not scale its weight change")
-    if layers is None and modules is None:
-        from peft.helpers import rescale_adapter_scale
-        with rescale_adapter_scale(model, float(alpha)): yield
-        return
-    saved = [(e.module, dict(e.module.scaling)) for e in chosen]
-    try:
-        for e in chosen: e.module.scale_layer(float(alpha))  # multiplies the active adapters' scaling
-        yield
-    finally:
-        for m, s in saved: m.scaling = s
+    "`steer.scale_adapter` (PEFT's own scaling; blocks `layers`, module names or groups `attn`/`mlp`), as a plain context."
+    from safety_compass.steer import scale_adapter
+    return scale_adapter(model, alpha, layers, modules)
 
 # %% ../nbs/13_diff.ipynb #953ce923
 def check_adapter(model) -> str:

@@ -15,7 +15,7 @@ from .core import atomic_open
 # %% auto #0
 __all__ = ['CONCEPT_COLORS', 'HEAT_METRICS', 'concept_color', 'save_figure', 'figure_png', 'plot_sweep', 'plot_drift',
            'plot_heatmap', 'plot_scatter', 'plot_activation_diff', 'plot_pca_variance', 'plot_amplification',
-           'plot_diff_view']
+           'plot_diff_view', 'plot_dose_response', 'plot_recovery']
 
 # %% ../nbs/16_plots.ipynb #0de5edfc
 CONCEPT_COLORS = {"refusal": "tab:blue", "sycophancy": "tab:orange", "deception": "tab:green"}
@@ -278,5 +278,53 @@ def plot_diff_view(lens, prompt_rows=None, title: str = "", n: int = 10):
         ax.set_xticks(range(len(kl))); ax.set_xticklabels([repr(t)[1:-1] for t in prompt_rows.token], rotation=90, fontsize=7)
         ax.set_ylabel("KL (nats)"); ax.set_title("per-token KL(fine-tuned ‖ base) of the prompt", fontsize=9); ax.grid(alpha=0.3, axis="y")
     fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+# %% ../nbs/16_plots.ipynb #4daf4dfe
+def plot_dose_response(rows: Sequence[dict], kl_cap: float | None = None, title: str | None = None,
+                       effect_label: str = "harmful prompts"):
+    """Dose–response of `add`: mean log-odds shift on harmful and harmless prompts and mean harmless KL against the
+    scale, one line per layer. `rows`: dicts with `layer, scale, effect, harmless_shift, kl` (as `select` returns);
+    `effect_label` names the prompts `effect` was measured on."""
+    plt = _mpl()
+    fig = plt.figure(figsize=(11, 3.6))
+    axes = [fig.add_subplot(1, 3, i + 1) for i in range(3)]
+    for L in sorted({r["layer"] for r in rows}):
+        rr = sorted((r for r in rows if r["layer"] == L), key=lambda r: r["scale"])
+        x = [r["scale"] for r in rr]
+        for ax, key in zip(axes, ("effect", "harmless_shift", "kl")): ax.plot(x, [r[key] for r in rr], marker="o", label=f"layer {L}")
+    for ax, t in zip(axes, (f"Δ log-odds, {effect_label}", "Δ log-odds, harmless prompts", "KL on harmless prompts (nats)")):
+        ax.set_xlabel("scale (× raw DiM norm)"); ax.set_title(t, fontsize=10); ax.axhline(0, color="gray", lw=0.6)
+    if kl_cap is not None: axes[2].axhline(kl_cap, color="tab:red", ls="--", lw=1, label=f"KL cap {kl_cap}")
+    axes[2].legend(fontsize=7)
+    if title: fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+def plot_recovery(prompts, summary: dict):
+    """Left: per held-out prompt, first-token log-odds of the base, fine-tuned and steered models. Right: the steered
+    model's mean shift against the random-direction controls. `prompts`: a DataFrame with `logodds_base`,
+    `logodds_finetuned` and (when something was steered) `logodds_steered`; `summary`: `run_steer`'s summary."""
+    plt = _mpl()
+    fig = plt.figure(figsize=(10, 3.6))
+    ax, ax2 = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
+    order = np.argsort(prompts["logodds_base"].to_numpy())
+    x = np.arange(len(order))
+    for col, lab, c in (("logodds_base", "base", "tab:blue"), ("logodds_finetuned", "fine-tuned", "tab:red"),
+                        ("logodds_steered", "steered", "tab:green")):
+        if col in prompts: ax.plot(x, prompts[col].to_numpy()[order], marker="o", ls="", label=lab, color=c)
+    ax.set_xlabel("held-out prompt (sorted by base log-odds)"); ax.set_ylabel(f"{summary['concept']} log-odds (nats)")
+    sel = summary.get("selected")
+    ttl = f"{summary['op']}: " + (f"recovered {summary['recovered_fraction']:.2f} "
+                                  f"[{summary['recovered_ci_low']:.2f}, {summary['recovered_ci_high']:.2f}] of the gap" if sel else "no candidate selected")
+    ax.set_title(ttl, fontsize=10); ax.legend(fontsize=8)
+    rand = summary.get("random_shifts") or []
+    if rand: ax2.hist(rand, bins=10, color="lightgray", edgecolor="gray", label=f"{len(rand)} random directions")
+    if sel: ax2.axvline(summary["shift"], color="tab:green", lw=2, label="steered")
+    ax2.axvline(summary["logodds_base"] - summary["logodds_finetuned"], color="tab:blue", ls="--", label="base − fine-tuned")
+    ax2.set_xlabel("mean Δ log-odds vs fine-tuned (nats)"); ax2.legend(fontsize=8)
+    ax2.set_title(f"harmless KL {summary['harmless_kl']:.3f}, Δ CE {summary['delta_ce']:+.3f}" if sel else
+                  "nothing steered: no random controls", fontsize=10)
     fig.tight_layout()
     return fig

@@ -16,8 +16,8 @@ from .analyze import analyze
 from .plots import figure_png, plot_drift, plot_heatmap, plot_scatter
 
 # %% auto #0
-__all__ = ['esc', 'DRIFT_HEADERS', 'SECTIONS', 'CSS', 'img', 'table_html', 'provenance', 'diff_section', 'drift_section',
-           'after_section', 'behavior_section', 'caveats_section', 'steer_section', 'audit_section', 'report']
+__all__ = ['esc', 'DRIFT_HEADERS', 'SECTIONS', 'CSS', 'img', 'table_html', 'provenance', 'diff_section', 'steer_section',
+           'drift_section', 'after_section', 'behavior_section', 'caveats_section', 'audit_section', 'report']
 
 # %% ../nbs/17_report.ipynb #6a4c465a
 esc = html.escape
@@ -123,6 +123,42 @@ def diff_section(res) -> str:
         out.append("".join(part))
     return "".join(out)
 
+# %% ../nbs/17_report.ipynb #3c83cd4f
+def steer_section(res) -> str:
+    """HTML for the report: for each run of the analysis result `res["runs"]` (each with `r["dir"]`) that has a
+    `steer/` folder written by `run_steer`, the selection grid, the recovered fraction with its CI, the side effects and
+    the stored figure. Returns "" when no run has one. Reads files only."""
+    import base64, html
+    import pandas as pd
+    esc, parts = html.escape, []
+    for r in res.get("runs", []):
+        d = Path(r["dir"]) / "steer"
+        if not (d / "summary.json").is_file(): continue
+        s = json.loads((d / "summary.json").read_text(encoding="utf-8"))
+        name = esc(str(r.get("name", d.parent.name)))
+        if s.get("selected"):
+            sel = s["selected"]
+            line = (f"{esc(s['op'])} at layer {sel['layer']} (scale {sel['scale']}): {s['concept']} log-odds on "
+                    f"{s['n_held_out']} held-out prompts base {s['logodds_base']:.2f}, fine-tuned {s['logodds_finetuned']:.2f}, "
+                    f"steered {s['logodds_steered']:.2f} nats; recovered fraction {s['recovered_fraction']:.2f} "
+                    f"[95% CI {s['recovered_ci_low']:.2f}, {s['recovered_ci_high']:.2f}]; harmless KL {s['harmless_kl']:.3f} nats "
+                    f"(cap {s['kl_cap']}); Δ cross-entropy on {s['n_answers']} held-out answers {s['delta_ce']:+.3f} nats/token")
+            if s.get("random_p95") is not None:
+                line += (f"; shift toward the base model {s['shift'] * (1 if s.get('goal', 'raise') == 'raise' else -1):+.2f} nats vs "
+                         f"the 95th percentile of {len(s['random_shifts'])} random directions {s['random_p95']:+.2f}")
+        else: line = esc(s.get("note", "nothing selected"))
+        rates = "".join(f"<li>{esc(k[6:])}: held-out {v['held_out']['refusal_rate']:.2f} [{v['held_out']['rate_ci_low']:.2f}, "
+                        f"{v['held_out']['rate_ci_high']:.2f}], harmless {v['harmless']['refusal_rate']:.2f} "
+                        f"[{v['harmless']['rate_ci_low']:.2f}, {v['harmless']['rate_ci_high']:.2f}]</li>"
+                        for k, v in s.items() if k.startswith("rates_"))
+        grid = pd.read_csv(d / "grid.csv").to_html(index=False, float_format=lambda v: f"{v:.3f}", na_rep="–", border=0)
+        png = base64.b64encode((d / "steer.png").read_bytes()).decode() if (d / "steer.png").is_file() else None
+        parts.append(f"<h3>Steering: {name}</h3><p>{line}.</p>" +
+                     (f"<p>Rule-scorer refusal rates (Wilson 95% CI):</p><ul>{rates}</ul>" if rates else "") +
+                     "<details><summary>Selection grid</summary>" + grid + "</details>" +
+                     (f'<img alt="steering" src="data:image/png;base64,{png}">' if png else ""))
+    return "<h2>Steering back</h2>" + "".join(parts) if parts else ""
+
 # %% ../nbs/17_report.ipynb #4c40526f
 DRIFT_HEADERS = {"dataset": "dataset", "concept": "concept", "start": "start", "min": "min", "final": "final",
                  "final_ci_low": "final CI low", "final_ci_high": "final CI high", "onset_step": "drift onset (step)",
@@ -186,11 +222,6 @@ def caveats_section(res: dict) -> str:
             out += (f"<details><summary>Configs used: {esc(r['name'])}</summary>" + "".join(
                 f"<h4>{esc(str(p.relative_to(r['dir'])))}</h4><pre>{esc(p.read_text())}</pre>" for p in cfgs) + "</details>")
     return out
-
-def steer_section(res) -> str:
-    "Steering results of each run that has `<run>/steer/` (`steer.report_section`)."
-    from .steer import report_section
-    return report_section(res)
 
 def audit_section(res) -> str:
     "Preference-data audits found beside the runs (`audit.report_section`)."

@@ -22,8 +22,7 @@ from .monitor import Baseline
 __all__ = ['OPS', 'add', 'ablate', 'restore', 'restore_target', 'scale_adapter', 'untie_embeddings', 'orthogonalize',
            'to_steering_vector', 'export_vectors', 'import_vectors', 'load_baseline', 'prompt_ids', 'answer_examples',
            'last_logits', 'logodds', 'kl', 'answer_ce', 'intervention', 'random_units', 'random_control',
-           'recovered_fraction', 'select', 'candidates_for', 'split_items', 'run_steer', 'plot_dose_response',
-           'plot_recovery', 'report_section']
+           'recovered_fraction', 'select', 'candidates_for', 'split_items', 'run_steer']
 
 # %% ../nbs/12_steer.ipynb #ed44eeba
 def _unit(u, width: int | None = None, where: str = "direction") -> torch.Tensor:
@@ -87,6 +86,13 @@ def restore_target(baseline: Baseline, side: str = "positive") -> float:
     raise SafetyCompassError(f"restore target side: must be positive, negative or midpoint, got {side!r}")
 
 # %% ../nbs/12_steer.ipynb #dc0c1683
+def _in_groups(path: str, modules) -> bool:
+    "Is the LoRA layer at `path` selected by `modules`: its own name (`q_proj`) or a group (`attn`, `mlp`)?"
+    if modules is None: return True
+    leaf = path.rsplit(".", 1)[-1]
+    return any(g == leaf or (g == "attn" and ("attn" in path or "attention" in path))
+               or (g == "mlp" and ("mlp" in path or "feed_forward" in path)) for g in modules)
+
 def _lora_layers(model, layers=None, modules=None) -> list[tuple[str, nn.Module]]:
     from peft.tuners.lora import LoraLayer
     out = []
@@ -100,7 +106,7 @@ def _lora_layers(model, layers=None, modules=None) -> list[tuple[str, nn.Module]
         cands = [(f"blocks.{int(L)}.{nm}", m) for L in sorted(set(int(x) for x in layers))
                  for nm, m in blocks[L].named_modules() if isinstance(m, LoraLayer)]
     for name, m in cands:
-        if modules is None or name.rsplit(".", 1)[-1] in set(modules): out.append((name, m))
+        if _in_groups(name, modules): out.append((name, m))
     return out
 
 @contextlib.contextmanager
@@ -111,7 +117,7 @@ def scale_adapter(model, alpha: float, layers: Sequence[int] | None = None, modu
     `alpha=1` the fine-tuned model, `0 < alpha < 1` interpolates the weight update (WiSE-FT for LoRA).
 
     `layers`: decoder-block indices (block `i` writes `hidden_states[i + 1]`); `modules`: LoRA-wrapped module names
-    (e.g. `("q_proj", "v_proj")`). Raises `SafetyCompassError` when nothing matches (no LoRA layers, or the filters
+    (e.g. `("q_proj", "v_proj")`) or the groups `"attn"` / `"mlp"`. Raises `SafetyCompassError` when nothing matches (no LoRA layers, or the filters
     select none) or `alpha` is not finite."""
     if not isinstance(alpha, (int, float)) or not math.isfinite(alpha):
         raise SafetyCompassError(f"scale_adapter: alpha must be a finite number, got {alpha!r}")
@@ -119,6 +125,9 @@ def scale_adapter(model, alpha: float, layers: Sequence[int] | None = None, modu
     if not chosen:
         raise SafetyCompassError("scale_adapter: no PEFT LoRA layers " + ("in this model" if layers is None and modules is None
                                  else f"match layers={layers!r} modules={modules!r}"))
+    for n, m in chosen:  # DoRA rescales the whole weight by a magnitude vector: scaling BA does not scale its change
+        if any(getattr(m, "use_dora", {}).get(a) for a in m.active_adapters):
+            raise SafetyCompassError(f"scale_adapter: {n} is a DoRA layer; scaling its LoRA update does not scale its weight change")
     if layers is None and modules is None:
         from peft.helpers import rescale_adapter_scale
         with rescale_adapter_scale(model, float(alpha)): yield [n for n, _ in chosen]
@@ -456,7 +465,7 @@ def run_steer(run_dir, concept: str = "refusal", op: str = "restore", output_dir
     import pandas as pd
     from safety_compass.behavior import bundled_behavior, DEFAULT_OPENERS, generate
     from safety_compass.finetune import run_manifest
-    from safety_compass.plots import save_figure
+    from safety_compass.plots import save_figure, plot_recovery
     run_dir = Path(run_dir)
     if not (run_dir / "run.json").is_file(): raise SafetyCompassError(f"{run_dir}: no run.json (not a finetune run directory)")
     if op not in OPS: raise SafetyCompassError(f"--op: must be one of {', '.join(OPS)}, got {op!r}")
@@ -553,91 +562,3 @@ def run_steer(run_dir, concept: str = "refusal", op: str = "restore", output_dir
         return summary
     finally:
         ft.unload()  # take the LoRA layers out of the caller's base model again
-
-# %% ../nbs/12_steer.ipynb #6e3cefb0
-def plot_dose_response(rows: Sequence[dict], kl_cap: float | None = None, title: str | None = None,
-                       effect_label: str = "harmful prompts"):
-    """Dose–response of `add`: mean log-odds shift on harmful and harmless prompts and mean harmless KL against the
-    scale, one line per layer. `rows`: dicts with `layer, scale, effect, harmless_shift, kl` (as `select` returns);
-    `effect_label` names the prompts `effect` was measured on.
-    (Steer-specific figure; to move into the plots chapter.)"""
-    from safety_compass.plots import _mpl
-    plt = _mpl()
-    fig = plt.figure(figsize=(11, 3.6))
-    axes = [fig.add_subplot(1, 3, i + 1) for i in range(3)]
-    for L in sorted({r["layer"] for r in rows}):
-        rr = sorted((r for r in rows if r["layer"] == L), key=lambda r: r["scale"])
-        x = [r["scale"] for r in rr]
-        for ax, key in zip(axes, ("effect", "harmless_shift", "kl")): ax.plot(x, [r[key] for r in rr], marker="o", label=f"layer {L}")
-    for ax, t in zip(axes, (f"Δ log-odds, {effect_label}", "Δ log-odds, harmless prompts", "KL on harmless prompts (nats)")):
-        ax.set_xlabel("scale (× raw DiM norm)"); ax.set_title(t, fontsize=10); ax.axhline(0, color="gray", lw=0.6)
-    if kl_cap is not None: axes[2].axhline(kl_cap, color="tab:red", ls="--", lw=1, label=f"KL cap {kl_cap}")
-    axes[2].legend(fontsize=7)
-    if title: fig.suptitle(title)
-    fig.tight_layout()
-    return fig
-
-def plot_recovery(prompts, summary: dict):
-    """Left: per held-out prompt, first-token log-odds of the base, fine-tuned and steered models. Right: the steered
-    model's mean shift against the random-direction controls. `prompts`: a DataFrame with `logodds_base`,
-    `logodds_finetuned` and (when something was steered) `logodds_steered`; `summary`: `run_steer`'s summary.
-    (Steer-specific figure; to move into the plots chapter.)"""
-    from safety_compass.plots import _mpl
-    plt = _mpl()
-    fig = plt.figure(figsize=(10, 3.6))
-    ax, ax2 = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
-    order = np.argsort(prompts["logodds_base"].to_numpy())
-    x = np.arange(len(order))
-    for col, lab, c in (("logodds_base", "base", "tab:blue"), ("logodds_finetuned", "fine-tuned", "tab:red"),
-                        ("logodds_steered", "steered", "tab:green")):
-        if col in prompts: ax.plot(x, prompts[col].to_numpy()[order], marker="o", ls="", label=lab, color=c)
-    ax.set_xlabel("held-out prompt (sorted by base log-odds)"); ax.set_ylabel(f"{summary['concept']} log-odds (nats)")
-    sel = summary.get("selected")
-    ttl = f"{summary['op']}: " + (f"recovered {summary['recovered_fraction']:.2f} "
-                                  f"[{summary['recovered_ci_low']:.2f}, {summary['recovered_ci_high']:.2f}] of the gap" if sel else "no candidate selected")
-    ax.set_title(ttl, fontsize=10); ax.legend(fontsize=8)
-    rand = summary.get("random_shifts") or []
-    if rand: ax2.hist(rand, bins=10, color="lightgray", edgecolor="gray", label=f"{len(rand)} random directions")
-    if sel: ax2.axvline(summary["shift"], color="tab:green", lw=2, label="steered")
-    ax2.axvline(summary["logodds_base"] - summary["logodds_finetuned"], color="tab:blue", ls="--", label="base − fine-tuned")
-    ax2.set_xlabel("mean Δ log-odds vs fine-tuned (nats)"); ax2.legend(fontsize=8)
-    ax2.set_title(f"harmless KL {summary['harmless_kl']:.3f}, Δ CE {summary['delta_ce']:+.3f}" if sel else
-                  "nothing steered: no random controls", fontsize=10)
-    fig.tight_layout()
-    return fig
-
-# %% ../nbs/12_steer.ipynb #b943014d
-def report_section(res: dict) -> str:
-    """HTML for the report: for each run of the analysis result `res["runs"]` (each with `r["dir"]`) that has a
-    `steer/` folder written by `run_steer`, the selection grid, the recovered fraction with its CI, the side effects and
-    the stored figure. Returns "" when no run has one. Reads files only."""
-    import base64, html
-    import pandas as pd
-    esc, parts = html.escape, []
-    for r in res.get("runs", []):
-        d = Path(r["dir"]) / "steer"
-        if not (d / "summary.json").is_file(): continue
-        s = json.loads((d / "summary.json").read_text(encoding="utf-8"))
-        name = esc(str(r.get("name", d.parent.name)))
-        if s.get("selected"):
-            sel = s["selected"]
-            line = (f"{esc(s['op'])} at layer {sel['layer']} (scale {sel['scale']}): {s['concept']} log-odds on "
-                    f"{s['n_held_out']} held-out prompts base {s['logodds_base']:.2f}, fine-tuned {s['logodds_finetuned']:.2f}, "
-                    f"steered {s['logodds_steered']:.2f} nats; recovered fraction {s['recovered_fraction']:.2f} "
-                    f"[95% CI {s['recovered_ci_low']:.2f}, {s['recovered_ci_high']:.2f}]; harmless KL {s['harmless_kl']:.3f} nats "
-                    f"(cap {s['kl_cap']}); Δ cross-entropy on {s['n_answers']} held-out answers {s['delta_ce']:+.3f} nats/token")
-            if s.get("random_p95") is not None:
-                line += (f"; shift toward the base model {s['shift'] * (1 if s.get('goal', 'raise') == 'raise' else -1):+.2f} nats vs "
-                         f"the 95th percentile of {len(s['random_shifts'])} random directions {s['random_p95']:+.2f}")
-        else: line = esc(s.get("note", "nothing selected"))
-        rates = "".join(f"<li>{esc(k[6:])}: held-out {v['held_out']['refusal_rate']:.2f} [{v['held_out']['rate_ci_low']:.2f}, "
-                        f"{v['held_out']['rate_ci_high']:.2f}], harmless {v['harmless']['refusal_rate']:.2f} "
-                        f"[{v['harmless']['rate_ci_low']:.2f}, {v['harmless']['rate_ci_high']:.2f}]</li>"
-                        for k, v in s.items() if k.startswith("rates_"))
-        grid = pd.read_csv(d / "grid.csv").to_html(index=False, float_format=lambda v: f"{v:.3f}", na_rep="–", border=0)
-        png = base64.b64encode((d / "steer.png").read_bytes()).decode() if (d / "steer.png").is_file() else None
-        parts.append(f"<h3>Steering: {name}</h3><p>{line}.</p>" +
-                     (f"<p>Rule-scorer refusal rates (Wilson 95% CI):</p><ul>{rates}</ul>" if rates else "") +
-                     "<details><summary>Selection grid</summary>" + grid + "</details>" +
-                     (f'<img alt="steering" src="data:image/png;base64,{png}">' if png else ""))
-    return "<h2>Steering back</h2>" + "".join(parts) if parts else ""

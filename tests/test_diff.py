@@ -151,7 +151,7 @@ def test_amplification_is_scaled_update(embedded, ids):
     with pytest.raises(RuntimeError):
         with D.scale_lora_adapter(m, 3.0, layers=[1, 2]): raise RuntimeError("boom")
     assert [dict(e.module.scaling) for e in D.lora_modules(m)] == scal and all(s == {"default": 2.0} for s in scal)
-    with pytest.raises(SafetyCompassError, match="no LoRA module"):
+    with pytest.raises(SafetyCompassError, match="no PEFT LoRA layers"):
         with D.scale_lora_adapter(m, 2.0, modules=("gate_proj",)): pass
 
 def test_amplification_kl_grows_with_alpha(embedded, ids):

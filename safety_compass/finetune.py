@@ -290,14 +290,31 @@ def last_checkpoint(run_dir) -> str | None:
     return str(ck[-1]) if ck else None
 
 def snapshot_configs(exp, run_dir):
-    "Copy the experiment (as parsed) and the concept and model YAML files it names into `run_dir/config/`."
-    import yaml
+    """Copy the experiment (as parsed), its concept and model YAML files and the concepts' pair files into
+    `run_dir/config/`, with the paths between them rewritten, so that
+    `config.load_experiment(run_dir / "config/experiment.yaml")` loads the snapshot itself wherever the run directory
+    is moved: `config/experiment.yaml`, `config/concepts/<name>.yaml`, `config/pairs/<name>.jsonl`,
+    `config/models/<file>`. Only the concepts this run monitors are kept. The training data is not copied (`run.json`
+    records its sha256)."""
+    import copy, yaml
     from safety_compass.core import atomic_write_text
     d = Path(run_dir) / "config"
-    atomic_write_text(d / "experiment.yaml", yaml.safe_dump(exp.raw, sort_keys=False))
-    files = [c.config_file for c in exp.concepts] + ([exp.model_path] if exp.model_path else [])
-    for f in files:
-        if f and Path(f).is_file(): atomic_write_text(d / Path(f).parent.name / Path(f).name, Path(f).read_text(encoding="utf-8"))
+    raw, by_name = copy.deepcopy(exp.raw), {c.name: c for c in exp.concepts}
+    entries = []
+    for entry in raw.get("concepts") or []:
+        c = by_name.get(entry.get("name")) if isinstance(entry, dict) else None
+        if c is None: continue
+        concept = copy.deepcopy(c.doc.data)
+        if c.pairs_file and Path(c.pairs_file).is_file():
+            atomic_write_text(d / "pairs" / f"{c.name}.jsonl", Path(c.pairs_file).read_text(encoding="utf-8"))
+            concept["contrastive_pairs_file"] = f"../pairs/{c.name}.jsonl"
+        atomic_write_text(d / "concepts" / f"{c.name}.yaml", yaml.safe_dump(concept, sort_keys=False))
+        entries.append({**entry, "config_file": f"concepts/{c.name}.yaml"})
+    if "concepts" in raw: raw["concepts"] = entries
+    if exp.model_path and Path(exp.model_path).is_file():
+        atomic_write_text(d / "models" / Path(exp.model_path).name, Path(exp.model_path).read_text(encoding="utf-8"))
+        raw["model_config_file"] = f"models/{Path(exp.model_path).name}"
+    atomic_write_text(d / "experiment.yaml", yaml.safe_dump(raw, sort_keys=False))
 
 def run_finetune(experiment_config, output_dir=None, resume: bool = False, model=None, tokenizer=None,
                  model_name: str | None = None, max_steps: int | None = None, strict: bool = False,

@@ -144,8 +144,11 @@ def _steer(a):
     return 0
 
 def _diff(a):
-    from safety_compass.diff import run_diff, summary_text
-    res = run_diff(a.run_dir, a.output_dir, n_heldout=a.heldout, layers=[int(x) for x in _csv(a.layers)] if a.layers else None,
+    from safety_compass.diff import run_diff, summary_text, parse_token_classes
+    try: layers, alphas = [int(x) for x in _csv(a.layers) or []] or None, tuple(float(x) for x in _csv(a.alphas))
+    except ValueError: raise SafetyCompassError(f"--layers/--alphas: expected comma-separated numbers, got {a.layers!r} / {a.alphas!r}") from None
+    res = run_diff(a.run_dir, a.output_dir, n_heldout=a.heldout, layers=layers, positions=a.positions, alphas=alphas,
+                   temperature=a.temperature, token_classes=parse_token_classes(a.token_class) if a.token_class else None,
                    generate=not a.no_generate, seed=a.seed, progress=False)
     if res is not None: print(summary_text(res["dir"]))   # None on ranks other than 0
     return 0
@@ -195,7 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace a previous demo run in --output-dir")
     p.set_defaults(fn=_demo)
     p = sub.add_parser("steer", help="steer a run's drifted behavior back (restore, ablate, add, adapter) and measure it")
-    p.add_argument("run_dir", help="a finetune run directory (baselines/ and adapter/)")
+    p.add_argument("--run-dir", required=True, help="a finetune run directory (baselines/ and adapter/)")
     p.add_argument("--concept", default="refusal"); p.add_argument("--op", choices=["restore", "ablate", "add", "adapter"], default="restore")
     p.add_argument("--kl-cap", type=float, default=0.1, help="largest mean next-token KL on harmless prompts (nats)")
     p.add_argument("--model", default="default", help="the run's base model (HF id, local dir or 'default')")
@@ -205,10 +208,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-generate", action="store_true", help="only the generation-free log-odds and KL")
     p.add_argument("--seed", type=int, default=0); p.set_defaults(fn=_steer)
     p = sub.add_parser("diff", help="what fine-tuning changed: base vs fine-tuned (one model copy for a LoRA)")
-    p.add_argument("run_dir", help="a finetune run directory"); p.add_argument("--output-dir", help="default: <run-dir>/diff")
+    p.add_argument("--run-dir", required=True, help="a finetune run directory (adapter/ or model/)")
+    p.add_argument("--output-dir", help="default: <run-dir>/diff")
     p.add_argument("--heldout", type=int, default=32, help="held-out sequences")
-    p.add_argument("--layers", help="comma-separated layers (default: chosen from the model's depth)")
-    p.add_argument("--no-generate", action="store_true", help="skip the steered samples")
+    p.add_argument("--layers", help="comma-separated hidden_states layers for ADL/PCA (default: the middle layer and the concept layers)")
+    p.add_argument("--positions", type=int, default=5, help="ADL: the first N tokens of held-out text")
+    p.add_argument("--alphas", default="-1,0,0.5,1,2,3", help="amplification factors (comma-separated)")
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--token-class", action="append", default=[], metavar="NAME=REGEX", help="an extra KL token class (repeatable)")
+    p.add_argument("--no-generate", action="store_true", help="skip the steered and amplified replies")
     p.add_argument("--seed", type=int, default=0); p.set_defaults(fn=_diff)
     from safety_compass.audit import add_audit_args  # its arguments live beside run_audit, which they mirror
     p = sub.add_parser("audit", help="audit preference data before training: concept shifts, flagged pairs, interventions")

@@ -1684,14 +1684,16 @@ def add_audit_args(p):
     p.add_argument("--strict", action="store_true", help="unknown config keys are errors, not warnings")
     return p
 
-def audit_command(a, print_fn=print) -> int:
-    "What `safety-compass audit` does with parsed arguments `a` (see `add_audit_args`); returns the exit status."
+def audit_command(a, print_fn=print, progress: bool = True) -> int:
+    """What `safety-compass audit` does with parsed arguments `a` (see `add_audit_args`); returns the exit status.
+    `progress`: progress bars for tokenizing and the forward batches."""
     csv = lambda s: [c.strip() for c in s.split(",") if c.strip()] if s else None
     out = Path(a.output_dir)
     res = run_audit(a.data, a.experiment_config, out, model_name=a.model, concepts=csv(a.concepts), baselines_dir=a.baselines,
                     directions=a.directions, representation=a.representation, split=a.split, skip_bad=a.skip_bad_rows,
                     single_turn=a.single_turn, limit=a.limit, n_random=a.random_directions, n_boot=a.bootstrap, topics=a.topics,
-                    flag_threshold=a.flag_z, seed=a.seed, max_length=a.max_length, cache_dir=a.cache_dir, strict=a.strict)
+                    flag_threshold=a.flag_z, seed=a.seed, max_length=a.max_length, cache_dir=a.cache_dir, strict=a.strict,
+                    progress=progress)
     if res is None: return 0   # not rank 0
     print_fn(format_text_table(concept_table(res), TABLE_COLUMNS))
     print_fn(length_line(res.length))

@@ -11,7 +11,7 @@ NBDEV_WORKERS ?= 2
 export PYTHONUNBUFFERED := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo test test-nbs test-py test-slow docs bench clean export lint study-cpu kaggle-smoke kaggle-compat dist
+.PHONY: setup demo test test-long test-nbs test-py test-slow docs bench clean export lint study-cpu kaggle-smoke kaggle-compat dist
 
 setup: $(STAMP)
 
@@ -30,10 +30,16 @@ demo: setup
 	$(VENV)/bin/safety-compass demo --overwrite
 
 # nbdev's notebook tests (slow-flagged cells included: they run in CI) plus pytest.
+# make test: every test and notebook cell, slow ones included, except those marked `long` (each tens of minutes on a
+# 2-core CPU: the three DPO runs of the audit chapter); make test-long runs those.
 test: setup
 	$(VENV)/bin/nbdev_test --n_workers $(NBDEV_WORKERS) --flags slow --do_print --timing
-	$(VENV)/bin/pytest -q tests
+	$(VENV)/bin/pytest -q -m "not long" tests
 	$(MAKE) kaggle-smoke
+
+test-long: setup
+	$(VENV)/bin/nbdev_test --n_workers $(NBDEV_WORKERS) --flags "slow long" --do_print --timing --path nbs/14_audit.ipynb
+	$(VENV)/bin/pytest -q -m long tests || [ $$? -eq 5 ]   # 5: no test is marked long
 
 test-nbs: setup
 	$(VENV)/bin/nbdev_test --n_workers $(NBDEV_WORKERS) --do_print --timing

@@ -15,7 +15,7 @@ from conftest import ROOT
 from safety_compass.core import SafetyCompassError
 from safety_compass import audit as A
 
-HH = Path(os.environ.get("SC_SHARED", ROOT.parent.parent / "shared" if (ROOT.parent.parent / "shared").exists() else "/work/shared")) \
+HH = Path(os.environ.get("SC_SHARED", ROOT.parent / "shared")) \
      / "data" / "hh-rlhf" / "harmless-base-test.jsonl.gz"
 CONCEPTS = ("refusal", "sycophancy", "deception")
 
@@ -174,7 +174,7 @@ else: open(out + ".none", "w").write(str(rank))
 if world > 1: dist.destroy_process_group()
 '''
 
-@pytest.mark.slow
+@pytest.mark.long   # not yet run to the end on this project's CPU machines: make test-long
 def test_two_processes_match_one(tmp_path):
     script = tmp_path / "worker.py"; script.write_text(WORKER)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}

@@ -57,8 +57,8 @@ def diff_section(res) -> str:
     logit-lens, relevance and patchscope tables, the activation-difference and PCA figures with the concept cosines, the
     amplification curve and the weight view. Reads files only; empty string when no run has a diff."""
     import pandas as pd
-    from .diff import read_diff, kl_table, adl_table, kl_html, _tokens_line
-    from .plots import plot_activation_diff, plot_pca_variance, plot_amplification
+    from safety_compass.diff import read_diff, kl_table, adl_table, kl_html, _tokens_line
+    from safety_compass.plots import plot_activation_diff, plot_pca_variance, plot_amplification
     out = []
     for run in res["runs"]:
         ddir = Path(run["dir"]) / "diff"
@@ -225,7 +225,7 @@ def caveats_section(res: dict) -> str:
 
 def audit_section(res) -> str:
     "Preference-data audits found beside the runs (`audit.report_section`)."
-    from .audit import report_section
+    from safety_compass.audit import report_section
     return report_section(res)
 
 # imported when a report is built: a core install without their extras still writes the drift report

@@ -294,8 +294,8 @@ def snapshot_configs(exp, run_dir):
     `run_dir/config/`, with the paths between them rewritten, so that
     `config.load_experiment(run_dir / "config/experiment.yaml")` loads the snapshot itself wherever the run directory
     is moved: `config/experiment.yaml`, `config/concepts/<name>.yaml`, `config/pairs/<name>.jsonl`,
-    `config/models/<file>`. Only the concepts this run monitors are kept. The training data is not copied (`run.json`
-    records its sha256)."""
+    `config/models/<file>`. Only the concepts this run monitors are kept. The training data is not copied: a local
+    data file is named by its absolute path (`run.json` records its sha256)."""
     import copy, yaml
     from safety_compass.core import atomic_write_text
     d = Path(run_dir) / "config"
@@ -314,6 +314,12 @@ def snapshot_configs(exp, run_dir):
     if exp.model_path and Path(exp.model_path).is_file():
         atomic_write_text(d / "models" / Path(exp.model_path).name, Path(exp.model_path).read_text(encoding="utf-8"))
         raw["model_config_file"] = f"models/{Path(exp.model_path).name}"
+    ds = raw.get("dataset") if isinstance(raw.get("dataset"), dict) else None
+    if ds and ds.get("name") and exp.path is not None:  # a local data file: its absolute path (hub ids stay as they are)
+        from safety_compass.config import resolve_relative
+        from safety_compass.core import bundled_root
+        for p in (resolve_relative(ds["name"], exp.path), bundled_root() / str(ds["name"])):
+            if p.is_file(): ds["name"] = str(p.resolve()); break
     atomic_write_text(d / "experiment.yaml", yaml.safe_dump(raw, sort_keys=False))
 
 def run_finetune(experiment_config, output_dir=None, resume: bool = False, model=None, tokenizer=None,

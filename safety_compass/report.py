@@ -128,7 +128,7 @@ def steer_section(res) -> str:
     """HTML for the report: for each run of the analysis result `res["runs"]` (each with `r["dir"]`) that has a
     `steer/` folder written by `run_steer`, the selection grid, the recovered fraction with its CI, the side effects and
     the stored figure. Returns "" when no run has one. Reads files only."""
-    import base64, html
+    import base64, html, json
     import pandas as pd
     esc, parts = html.escape, []
     for r in res.get("runs", []):

@@ -14,6 +14,7 @@ import numpy as np
 from .core import (SafetyCompassError, atomic_open, atomic_write_json, atomic_write_text, check_writable,
                                  require, sha256_file, staged_dir)
 from .pairs import Conversation, as_messages
+from .directions import random_units
 
 log = logging.getLogger(__name__)
 
@@ -24,12 +25,12 @@ __all__ = ['log', 'PREFERENCE_FORMATS', 'AB_FIELDS', 'REPRESENTATIONS', 'DIRECTI
            'row_format', 'hh_turns', 'parse_row', 'read_records', 'load_preferences', 'pairs_from_records',
            'response_tokens', 'EncodedPairs', 'encode_pairs', 'model_fingerprint', 'StateStore', 'AuditDirection',
            'templated_settings', 'audit_block', 'prompt_directions', 'concept_audit_settings', 'contrastive_answers',
-           'response_directions', 'boot_ci', 'split_half_agreement', 'length_control', 'random_units', 'robust_z',
-           'delta_stats', 'logit_lens', 'probe_auroc', 'discovery', 'prompt_text', 'topic_clusters', 'topic_table',
-           'pair_flags', 'length_stats', 'length_line', 'predict', 'compare_prediction', 'observed_from_behavior',
-           'AuditResult', 'audit_pairs', 'planted_sycophancy', 'planted_harmful_compliance', 'length_only',
-           'null_pairs', 'random_labels', 'contaminated', 'flagged_pairs', 'write_filtered', 'inoculate_prompt',
-           'inoculate', 'trl_records', 'write_trl', 'preventative_steering', 'shaping_margins', 'shaped_dpo_class',
+           'response_directions', 'boot_ci', 'split_half_agreement', 'length_control', 'robust_z', 'delta_stats',
+           'logit_lens', 'probe_auroc', 'discovery', 'prompt_text', 'topic_clusters', 'topic_table', 'pair_flags',
+           'length_stats', 'length_line', 'predict', 'compare_prediction', 'observed_from_behavior', 'AuditResult',
+           'audit_pairs', 'planted_sycophancy', 'planted_harmful_compliance', 'length_only', 'null_pairs',
+           'random_labels', 'contaminated', 'flagged_pairs', 'write_filtered', 'inoculate_prompt', 'inoculate',
+           'trl_records', 'write_trl', 'preventative_steering', 'shaping_margins', 'shaped_dpo_class',
            'add_shaping_column', 'concept_table', 'format_text_table', 'summary_dict', 'preflight_text', 'write_audit',
            'load_audit', 'select_directions', 'run_audit', 'audit_html', 'find_audits', 'report_section',
            'add_audit_args', 'audit_command']
@@ -713,10 +714,6 @@ def length_control(delta, length_diff) -> dict:
             "intercept_t": float(r.intercept / r.intercept_stderr) if r.intercept_stderr > 0 else 0.0,
             "slope": float(r.slope), "slope_t": float(r.slope / r.stderr) if r.stderr > 0 else float("nan")}
 
-def random_units(width: int, n: int, seed: int = 0) -> np.ndarray:
-    "`n` random unit vectors `(n, width)` (isotropic Gaussian, normalised), seeded."
-    r = np.random.default_rng(seed).standard_normal((n, width))
-    return r / np.linalg.norm(r, axis=1, keepdims=True)
 
 def robust_z(x) -> np.ndarray:
     """(x − median) / (1.4826 · MAD) (Iglewicz & Hoaglin 1993); where the MAD is 0, the mean absolute deviation

@@ -13,9 +13,9 @@ from tqdm.auto import tqdm
 from .core import SafetyCompassError
 
 # %% auto #0
-__all__ = ['LAYER_RULES', 'dim_direction', 'cosine', 'auroc_many', 'auroc', 'SplitActs', 'auroc_ci', 'layer_sweep',
-           'eligible_layers', 'choose_layer', 'early_floor', 'bow_probe_auroc', 'conversation_text', 'opener_token_ids',
-           'next_token_logodds', 'causal_gate']
+__all__ = ['LAYER_RULES', 'dim_direction', 'cosine', 'random_units', 'auroc_many', 'auroc', 'SplitActs', 'auroc_ci',
+           'layer_sweep', 'eligible_layers', 'choose_layer', 'early_floor', 'bow_probe_auroc', 'conversation_text',
+           'opener_token_ids', 'next_token_logodds', 'causal_gate']
 
 # %% ../nbs/05_directions.ipynb #67714cc4
 def dim_direction(pos: np.ndarray, neg: np.ndarray) -> tuple[np.ndarray, float]:
@@ -29,6 +29,13 @@ def dim_direction(pos: np.ndarray, neg: np.ndarray) -> tuple[np.ndarray, float]:
 def cosine(a: np.ndarray, b: np.ndarray) -> float:
     "Cosine similarity of two vectors."
     return float(np.dot(a, b) / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+# %% ../nbs/05_directions.ipynb #7f9a44eb
+def random_units(width: int, n: int, seed: int = 0) -> np.ndarray:
+    """`n` random unit vectors `(n, width)` (isotropic Gaussian, normalised), seeded: the random-direction
+    controls of steering (`steer.random_control`) and of the audit's null (`audit.audit_pairs`)."""
+    r = np.random.default_rng(seed).standard_normal((n, width))
+    return r / np.linalg.norm(r, axis=1, keepdims=True)
 
 # %% ../nbs/05_directions.ipynb #d2e7cb0d
 def auroc_many(pos_scores: np.ndarray, neg_scores: np.ndarray) -> np.ndarray:

@@ -15,14 +15,14 @@ from torch import nn
 from .core import SafetyCompassError, atomic_open, atomic_write_json, staged_dir, check_writable, bundled_root
 from .capture import (hook_layers, add_to_layer, ablate_direction, residual_writers, unwrap_model,
                                     num_layers, decoder_blocks, capture_last_token, iter_token_batches, tokenize_prompts)
-from .directions import SplitActs, eligible_layers, opener_token_ids
+from .directions import SplitActs, eligible_layers, opener_token_ids, random_units
 from .monitor import Baseline
 
 # %% auto #0
 __all__ = ['OPS', 'add', 'ablate', 'restore', 'restore_target', 'scale_adapter', 'untie_embeddings', 'orthogonalize',
            'to_steering_vector', 'export_vectors', 'import_vectors', 'load_baseline', 'prompt_ids', 'answer_examples',
-           'last_logits', 'logodds', 'kl', 'answer_ce', 'intervention', 'random_units', 'random_control',
-           'recovered_fraction', 'select', 'candidates_for', 'split_items', 'run_steer']
+           'last_logits', 'logodds', 'kl', 'answer_ce', 'intervention', 'random_control', 'recovered_fraction',
+           'select', 'candidates_for', 'split_items', 'run_steer']
 
 # %% ../nbs/12_steer.ipynb #ed44eeba
 def _unit(u, width: int | None = None, where: str = "direction") -> torch.Tensor:
@@ -333,10 +333,6 @@ def intervention(model, op: str, u=None, layer: int | None = None, scale: float 
     if op == "adapter": return lambda: scale_adapter(model, scale)
     raise SafetyCompassError(f"--op: must be one of {', '.join(OPS)}, got {op!r}")
 
-def random_units(width: int, n: int, seed: int = 0) -> np.ndarray:
-    "`n` random unit vectors `(n, width)` (isotropic Gaussian, normalised), seeded."
-    r = np.random.default_rng(seed).standard_normal((n, width))
-    return r / np.linalg.norm(r, axis=1, keepdims=True)
 
 def random_control(model, tokenizer, ids, openers, op: str, layer=None, scale=1.0, target=None, n: int = 20,
                    seed: int = 0, ref_logodds=None) -> np.ndarray:

@@ -31,14 +31,15 @@ demo: setup
 
 # nbdev's notebook tests (slow-flagged cells included: they run in CI) plus pytest.
 # make test: every test and notebook cell, slow ones included, except those marked `long` (each tens of minutes on a
-# 2-core CPU: the three DPO runs of the audit chapter); make test-long runs those.
+# 2-core CPU: the DPO runs of the audit chapter, the steering chapter's direction grid); make test-long runs those.
 test: setup
 	$(VENV)/bin/nbdev_test --n_workers $(NBDEV_WORKERS) --flags slow --do_print --timing
 	$(VENV)/bin/pytest -q -m "not long" tests
 	$(MAKE) kaggle-smoke
 
 test-long: setup
-	$(VENV)/bin/nbdev_test --n_workers $(NBDEV_WORKERS) --flags "slow long" --do_print --timing --path nbs/14_audit.ipynb
+	for nb in nbs/12_steer.ipynb nbs/14_audit.ipynb; do \
+	  $(VENV)/bin/nbdev_test --n_workers $(NBDEV_WORKERS) --flags "slow long" --do_print --timing --path $$nb || exit 1; done
 	$(VENV)/bin/pytest -q -m long tests || [ $$? -eq 5 ]   # 5: no test is marked long
 
 test-nbs: setup

@@ -172,7 +172,14 @@ def parse_row(rec, where: str) -> tuple[str, PreferencePair]:
     fmt = row_format(rec)
     if fmt is None:
         keys = ", ".join(sorted(map(str, rec))[:8]) or "none"
-        raise SafetyCompassError(f"{where}: not a preference row (fields: {keys}); expected prompt/chosen/rejected, HH "
+        have = set(map(str, rec))
+        shapes = (("prompt/chosen/rejected", ("prompt", "chosen", "rejected")), ("HH chosen/rejected", ("chosen", "rejected")),
+                  ("A/B + label", ("prompt", "response_a", "response_b", "label")))
+        name, need = max(shapes, key=lambda s: len(have & set(s[1])) / len(s[1]))   # the shape the row comes closest to
+        miss = [f for f in need if f not in have]
+        hint = (f"missing {', '.join(repr(f) for f in miss)} for a {name} row; " if miss and have & set(need) else
+                "no 'prompt', so 'chosen' and 'rejected' must be HH transcripts (with '\\n\\nAssistant:' turns) or message lists; " if not miss else "")
+        raise SafetyCompassError(f"{where}: not a preference row ({hint}fields: {keys}); expected prompt/chosen/rejected, HH "
                                  f"chosen/rejected transcripts, or prompt/response_a/response_b/label")
     if fmt == "trl": prompt, c, r = _prompt_conv(rec["prompt"], where), _answer(rec["chosen"], where, "chosen"), _answer(rec["rejected"], where, "rejected")
     elif fmt == "hh": prompt, c, r = _hh_pair(rec, where)

@@ -1068,7 +1068,7 @@ def load_pair(run_dir, model=None, tokenizer=None, device=None):
     by PEFT (`ModelPair.from_peft`), or with the full fine-tune in `model/` (`ModelPair.from_models`)."""
     run_dir = Path(run_dir)
     rj = run_dir / "run.json"
-    if not rj.is_file(): raise SafetyCompassError(f"{run_dir}: no run.json (not a fine-tuning run directory)")
+    if not rj.is_file(): raise SafetyCompassError(f"{run_dir}: no run.json (not a finetune run directory)")
     try: info = json.loads(rj.read_text(encoding="utf-8"))
     except ValueError as e: raise SafetyCompassError(f"{rj}: malformed JSON ({e})") from None
     adapter, full = run_dir / "adapter", run_dir / "model"

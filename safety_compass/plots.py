@@ -15,7 +15,7 @@ from .core import atomic_open
 # %% auto #0
 __all__ = ['CONCEPT_COLORS', 'HEAT_METRICS', 'concept_color', 'save_figure', 'figure_png', 'plot_sweep', 'plot_drift',
            'plot_heatmap', 'plot_scatter', 'plot_activation_diff', 'plot_pca_variance', 'plot_amplification',
-           'plot_diff_view', 'plot_dose_response', 'plot_recovery']
+           'plot_diff_view', 'plot_dose_response', 'plot_recovery', 'plot_direction_grid']
 
 # %% ../nbs/16_plots.ipynb #0de5edfc
 CONCEPT_COLORS = {"refusal": "tab:blue", "sycophancy": "tab:orange", "deception": "tab:green"}
@@ -326,5 +326,41 @@ def plot_recovery(prompts, summary: dict):
     ax2.set_xlabel("mean Δ log-odds vs fine-tuned (nats)"); ax2.legend(fontsize=8)
     ax2.set_title(f"harmless KL {summary['harmless_kl']:.3f}, Δ CE {summary['delta_ce']:+.3f}" if sel else
                   "nothing steered: no random controls", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+def plot_direction_grid(rows: Sequence[dict], kl_cap: float | None = None, title: str | None = None,
+                        effect_label: str = "selection prompts"):
+    """Candidate directions (`steer.direction_candidates` measured by `steer.select_direction`) as two position × layer
+    heatmaps: the mean log-odds change when each candidate is ablated (`effect`, nats, on `effect_label`) and the
+    mean KL on harmless prompts (nats, log colour scale). Candidates over `kl_cap` or in excluded layers are crossed
+    out; the selected one is ringed. `rows`: dicts with `position, layer, effect, kl, eligible, selected`."""
+    plt = _mpl()
+    from matplotlib.colors import LogNorm
+    positions = sorted({r["position"] for r in rows}, reverse=True)
+    layers = sorted({r["layer"] for r in rows})
+    E = np.full((len(positions), len(layers)), np.nan); K = E.copy()
+    at = {(r["position"], r["layer"]): r for r in rows}
+    for i, p in enumerate(positions):
+        for j, L in enumerate(layers):
+            if (p, L) in at: E[i, j], K[i, j] = at[p, L]["effect"], at[p, L]["kl"]
+    fig = plt.figure(figsize=(max(8, 0.32 * len(layers) + 3), 1.1 * len(positions) + 2.6))
+    axes = [fig.add_subplot(2, 1, i + 1) for i in range(2)]
+    lim = float(np.nanmax(np.abs(E))) if np.isfinite(E).any() else 1.0
+    ims = [axes[0].imshow(E, cmap="RdBu_r", vmin=-lim, vmax=lim, aspect="auto"),
+           axes[1].imshow(np.clip(K, 1e-4, None), cmap="viridis", norm=LogNorm(), aspect="auto")]
+    for ax, im, lab in zip(axes, ims, (f"Δ log-odds, {effect_label} (nats)", "KL on harmless prompts (nats)")):
+        fig.colorbar(im, ax=ax, fraction=0.03, pad=0.01).set_label(lab, fontsize=8)
+        ax.set_yticks(range(len(positions)), [str(p) for p in positions]); ax.set_ylabel("token position")
+        ax.set_xticks(range(len(layers)), [str(L) for L in layers], fontsize=7)
+        for i, p in enumerate(positions):
+            for j, L in enumerate(layers):
+                r = at.get((p, L))
+                if r is None: continue
+                if not r["eligible"] or (kl_cap is not None and r["kl"] > kl_cap): ax.plot(j, i, "x", color="k", ms=4, mew=0.8)
+                if r.get("selected"): ax.plot(j, i, "o", mfc="none", mec="gold", ms=12, mew=2)
+    axes[1].set_xlabel("layer of the direction (hidden_states[L])")
+    axes[0].set_title("ablation effect of each candidate" + (f"; × = KL > {kl_cap} or layer excluded, ○ = selected" if kl_cap is not None else ""), fontsize=10)
+    if title: fig.suptitle(title)
     fig.tight_layout()
     return fig

@@ -22,7 +22,7 @@ from .monitor import Baseline
 __all__ = ['OPS', 'add', 'ablate', 'restore', 'restore_target', 'scale_adapter', 'untie_embeddings', 'orthogonalize',
            'to_steering_vector', 'export_vectors', 'import_vectors', 'load_baseline', 'prompt_ids', 'answer_examples',
            'last_logits', 'logodds', 'kl', 'answer_ce', 'intervention', 'random_control', 'recovered_fraction',
-           'select', 'candidates_for', 'split_items', 'run_steer']
+           'select', 'direction_candidates', 'select_direction', 'candidates_for', 'split_items', 'run_steer']
 
 # %% ../nbs/12_steer.ipynb #ed44eeba
 def _unit(u, width: int | None = None, where: str = "direction") -> torch.Tensor:
@@ -375,7 +375,8 @@ def select(model, tokenizer, candidates: Sequence[dict], effect_ids, harmless_id
 
     Returns one row per candidate: `op, layer, scale, target, effect` (mean Δ log-odds, nats), `harmless_shift`,
     `kl` (mean, nats), `eligible`, `selected` and `rejected` (why not chosen: "KL x > cap", "layer in the last 20%",
-    "smaller effect", "wrong direction": the change is not in the direction of `goal`)."""
+    "smaller effect", "wrong direction": the change is not in the direction of `goal`); a candidate's `position`,
+    `token` and `norm` (from `direction_candidates`) are carried over."""
     from tqdm.auto import tqdm
     pos, neg = (opener_token_ids(tokenizer, o) for o in openers)
     ref_e, ref_h = last_logits(model, tokenizer, effect_ids), last_logits(model, tokenizer, harmless_ids)
@@ -388,7 +389,8 @@ def select(model, tokenizer, candidates: Sequence[dict], effect_ids, harmless_id
         L = c.get("layer")
         rows.append({"op": c["op"], "layer": L, "scale": c.get("scale"), "target": c.get("target"),
                      "effect": float((logodds(le, pos, neg) - lo_e).mean()), "harmless_shift": float((logodds(lh, pos, neg) - lo_h).mean()),
-                     "kl": float(kl(ref_h, lh).mean()), "eligible": L is None or L in ok_layers})
+                     "kl": float(kl(ref_h, lh).mean()), "eligible": L is None or L in ok_layers,
+                     **{k: c[k] for k in ("position", "token", "norm") if k in c}})
     g = 1.0 if goal >= 0 else -1.0
     ok = [r for r in rows if r["eligible"] and r["kl"] <= kl_cap and g * r["effect"] > 0]
     best = max(ok, key=lambda r: g * r["effect"]) if ok else None
@@ -400,6 +402,69 @@ def select(model, tokenizer, candidates: Sequence[dict], effect_ids, harmless_id
         if not why and r is not best: why.append("smaller effect")
         r["selected"], r["rejected"] = r is best, "; ".join(why)
     return rows
+
+# %% ../nbs/12_steer.ipynb #95819079
+def _as_ids(tokenizer, prompts) -> list[list[int]]:
+    "Token-id lists as given, or chat-templated ids of conversations (`pairs.Conversation`)."
+    prompts = list(prompts)
+    if prompts and isinstance(prompts[0], (list, tuple)) and all(isinstance(t, (int, np.integer)) for t in prompts[0]):
+        return [[int(t) for t in p] for p in prompts]
+    return tokenize_prompts(tokenizer, prompts)
+
+def _shared_tail(ids: Sequence[Sequence[int]]) -> int:
+    "How many final tokens every sequence in `ids` has in common."
+    k, m = 0, min(len(x) for x in ids)
+    while k < m and len({x[-1 - k] for x in ids}) == 1: k += 1
+    return k
+
+def direction_candidates(model, tokenizer, positive, negative, positions: int = 5, layers=None,
+                         token_budget: int | None = 4096) -> list[dict]:
+    """Candidate directions for intervening (Arditi et al. 2024, "Refusal in language models is mediated by a single
+    direction", §2.3; repo andyrdt/refusal_direction): the unit DiM `mean(positive) − mean(negative)` of
+    `hidden_states[L]` at each of the last `positions` prompt tokens (position −1 = the last) and each `L` in `layers`
+    (default 1 … n−1, n = number of blocks).
+
+    `positive`, `negative`: conversations (chat template applied, as the monitor renders them) or token-id lists; the
+    positions must be template tokens every prompt shares, else `SafetyCompassError` says how many final tokens are
+    shared. Returns one dict per (position, layer): `op` "ablate", `u` (float64 `(width,)`, unit), `layer`,
+    `position` (−k), `token` (the decoded token at that position), `norm` (the raw DiM norm, activation units); pass
+    them to `select_direction`. Cost: `positions` forwards of all prompts, up to the deepest layer."""
+    from safety_compass.capture import capture_tokens
+    from safety_compass.directions import dim_direction
+    pos_ids, neg_ids = _as_ids(tokenizer, positive), _as_ids(tokenizer, negative)
+    if not pos_ids or not neg_ids: raise SafetyCompassError("direction_candidates: positive and negative prompts must both be non-empty")
+    ids = pos_ids + neg_ids
+    n = num_layers(model)
+    layers = list(range(1, n)) if layers is None else sorted({int(L) for L in layers})
+    bad = [L for L in layers if not 0 <= L <= n]
+    if bad or not layers: raise SafetyCompassError(f"layers: {bad or 'none given'} not in 0..{n}")
+    shared = _shared_tail(ids)
+    if not 1 <= positions <= shared:
+        raise SafetyCompassError(f"positions: {positions} asked, but the prompts share only their last {shared} tokens "
+                                 "(the post-instruction template); candidates must sit on tokens every prompt has")
+    out = []
+    for k in range(1, positions + 1):
+        acts = capture_tokens(model, tokenizer, ids, layers, reduce="last", spans=[(0, len(x) - k + 1) for x in ids],
+                              token_budget=token_budget)
+        for L in layers:
+            u, norm = dim_direction(acts[L][:len(pos_ids)], acts[L][len(pos_ids):])
+            out.append({"op": "ablate", "u": u, "layer": L, "position": -k, "token": tokenizer.decode([ids[0][-k]]), "norm": norm})
+    return out
+
+def select_direction(model, tokenizer, candidates: Sequence[dict], effect_prompts, harmless_prompts, openers,
+                     kl_cap: float = 0.1, skip_last_fraction: float = 0.2, goal: float = -1.0,
+                     progress: bool = False) -> tuple[list[dict], dict | None]:
+    """Arditi et al.'s choice among `direction_candidates`: ablate each candidate from every residual write (`ablate`)
+    and keep it only if the mean next-token KL on `harmless_prompts` is ≤ `kl_cap` (nats) and its layer is outside the
+    last `skip_last_fraction` of layers; of those, take the largest mean change of the concept's first-token log-odds
+    on `effect_prompts` in the direction `goal` (−1, the default: ablating a refusal direction should lower refusal).
+
+    Prompts: conversations or token-id lists, held out from the pairs that built the candidates. Returns
+    `(rows, chosen)`: one row per candidate as `select` gives it (with `position`, `token`, `norm`), and the chosen
+    candidate dict (with its `u`), or `None` when no candidate passes."""
+    rows = select(model, tokenizer, candidates, _as_ids(tokenizer, effect_prompts), _as_ids(tokenizer, harmless_prompts),
+                  openers, kl_cap, skip_last_fraction, goal, progress)
+    return rows, next((c for r, c in zip(rows, candidates) if r["selected"]), None)
 
 # %% ../nbs/12_steer.ipynb #c7843b45
 def _rates(items, responses) -> dict:

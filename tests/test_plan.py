@@ -145,3 +145,11 @@ def test_monitor_measure_equals_plain(name, tok, tmp_path):
         rows_close(mon2.measure(3), moved)
     finally:
         with torch.no_grad(): w.copy_(saved)
+
+def test_plan_through_peft_lora(tok, ids):
+    "A LoRA-wrapped model (what the callback measures during a fine-tune) takes the prefix path and agrees."
+    from peft import LoraConfig, get_peft_model
+    model = get_peft_model(tiny("llama", tok), LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    plan = plan_capture(model, tok, ids, NEED)
+    assert plan.mode == "prefix", plan.reason
+    agree(capture_planned(model, plan), capture_last_token(model, tok, ids, [1, 2, 3]), NEED)

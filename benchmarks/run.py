@@ -707,14 +707,15 @@ def summary_rows(res: dict, R: int) -> list[dict]:
         t6, nm, rn = s["timings"], s["config"], f"{R}+1"
         pl, dp, cur, fl = (t6[k] for k in ("planned", "depth batches only", "current path", "floor"))
         goal = " (goal ≤ 0.6×)" if nm == "demo" else ""
+        mn = lambda a, b: f"; fastest/fastest {min(a['seconds']) / min(b['seconds']):.3f}×" if a["seconds"] and b["seconds"] else ""
         add("6a", f"[{nm}] measure() planned / current path", U.secs(pl["median_s"]), U.secs(cur["median_s"]),
-            x(pl["median_s"] / cur["median_s"]), rn, f"plan: {s['plan_mode']}")
+            x(pl["median_s"] / cur["median_s"]), rn, f"plan: {s['plan_mode']}" + mn(pl, cur))
         add("6b", f"[{nm}] measure() planned / floor", U.secs(pl["median_s"]), U.secs(fl["median_s"]),
-            x(pl["median_s"] / fl["median_s"]), rn, "floor: every prompt to the deepest layer, bare forward" + goal)
+            x(pl["median_s"] / fl["median_s"]), rn, "floor: every prompt to the deepest layer, bare forward" + goal + mn(pl, fl))
         add("6c", f"[{nm}] measure() depth batches only / floor", U.secs(dp["median_s"]), U.secs(fl["median_s"]),
-            x(dp["median_s"] / fl["median_s"]), rn, "per-concept depth, no prefix reuse")
+            x(dp["median_s"] / fl["median_s"]), rn, "per-concept depth, no prefix reuse" + mn(dp, fl))
         add("6d", f"[{nm}] measure() current path / floor", U.secs(cur["median_s"]), U.secs(fl["median_s"]),
-            x(cur["median_s"] / fl["median_s"]), rn, "before this change")
+            x(cur["median_s"] / fl["median_s"]), rn, "before this change" + mn(cur, fl))
         add("6e", f"[{nm}] capture only: planned / current path", U.secs(pl["median_extra"]), U.secs(cur["median_extra"]),
             x(pl["median_extra"] / cur["median_extra"]), rn, f"metrics: {U.secs(pl['median_s'] - pl['median_extra'])} of planned")
         c, cd = s["cost_token_blocks"], s["depth_cost_token_blocks"]

@@ -1156,6 +1156,8 @@ def plan_capture(model, tokenizer, ids: Sequence[Sequence[int]], need: Sequence[
     if not layers: raise SafetyCompassError("no layers requested")
     depth = [ls[-1] if ls else -1 for ls in need]
     mt = tuple(costs) if costs is not None else _device_costs(model)
+    if costs is None and distributed is not False and dist_info()[1] > 1 and _model_device(model).type != "cuda":
+        mt = (0, 32)  # every rank must cut the same batches, whatever its thread count
     plan = CapturePlan(ids, need, depth, layers, "depth", "", [], {}, [], {}, token_budget, batch_size, distributed, tokenizer, n)
     for d, rows in plan.classes.items():
         plan.depth_batches[d] = _plan_batches(ids, rows, {i: 0 for i in rows}, token_budget, batch_size, mt)

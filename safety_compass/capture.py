@@ -933,10 +933,12 @@ def _lcp(a, b) -> int:
     while k < m and a[k] == b[k]: k += 1
     return k
 
-def _prefix_runs(ids, rows: list[int]) -> list[tuple[int, list[int]]]:
+def _prefix_runs(ids, rows: list[int], cost: int = 0) -> list[tuple[int, list[int]]]:
     """`(prefix length, members)` for runs of `rows` sharing a token prefix: `rows` sorted by token ids, cut into
-    contiguous runs maximising `Σ p · (m − 1)` (dynamic programming over run ends); `p` is the run's longest common
-    prefix, capped one token short of its shortest prompt. Runs of one prompt, or with `p = 0`, are dropped."""
+    contiguous runs maximising `Σ (p · (m − 1) − cost)` (dynamic programming over run ends); `p` is the run's longest
+    common prefix, capped one token short of its shortest prompt; `cost` (tokens) is what a run costs beyond its
+    prefix tokens (its share of the prefix forwards), so a run that saves less is not formed. Runs of one prompt, or
+    with `p = 0`, are dropped."""
     order = sorted(rows, key=lambda i: ids[i])
     n = len(order)
     adj = [_lcp(ids[order[k]], ids[order[k + 1]]) for k in range(n - 1)]
@@ -947,7 +949,7 @@ def _prefix_runs(ids, rows: list[int]) -> list[tuple[int, list[int]]]:
         for a in range(b - 2, -1, -1):
             p = min(p, adj[a], len(ids[order[a]]) - 1)
             if p <= 0: break
-            v = best[a] + p * (b - a - 1)
+            v = best[a] + p * (b - a - 1) - cost
             if v > best[b]: best[b], cut[b] = v, (a, p)
     runs, b = [], n
     while b > 0:
@@ -1166,7 +1168,7 @@ def plan_capture(model, tokenizer, ids: Sequence[Sequence[int]], need: Sequence[
         for d, rows in plan.classes.items():
             group_of, plen = {i: -1 for i in rows}, {i: 0 for i in rows}
             first = len(plan.groups)
-            for p, members in (_prefix_runs(ids, rows) if d > 0 else []):
+            for p, members in (_prefix_runs(ids, rows, mt[1]) if d > 0 else []):
                 for i in members: group_of[i], plen[i] = len(plan.groups), p
                 plan.groups.append(PrefixGroup(tuple(ids[members[0]][:p]), d, list(members)))
             gs = list(range(first, len(plan.groups)))

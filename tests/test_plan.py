@@ -80,7 +80,7 @@ def test_mixed_prefix_lengths_in_one_batch(tok, ids):
     "One suffix batch holding two prefix groups of different lengths and a row without a prefix (the widest layout)."
     model = tiny("llama", tok)
     need = [{3}] * len(ids)
-    plan = plan_capture(model, tok, ids, need, token_budget=None, costs=(0, 10_000))  # one forward per class if allowed
+    plan = plan_capture(model, tok, ids, need, token_budget=None, costs=(10_000, 0))  # any forward costs 10k tokens: one batch
     assert plan.mode == "prefix"
     assert len(plan.batches) == 1 and len({g for g in plan.batches[0].groups}) >= 3, plan.batches
     assert len({len(plan.groups[g].tokens) for g in plan.batches[0].groups if g >= 0}) >= 2

@@ -785,6 +785,7 @@ def main(argv=None) -> int:
     ap.add_argument("--every", help="comma-separated measure_every_n_steps values (default 10,50; --quick 10,20)")
     ap.add_argument("--only", help="comma-separated sections to run: 1 reference, 2 floor, 3 share, 4 load, 5 memory")
     ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    ap.add_argument("--plan-repeats", type=int, help="timed repeats in section 6 (default: min(3, --repeats))")
     ap.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's own); on a CPU shared with "
                                                 "other jobs, 1 avoids thread oversubscription, which penalises many small forwards")
     ap.add_argument("--configs", default=",".join(CONFIGS), help="concept sets of section 6 (default: demo,smollm2_full)")
@@ -842,7 +843,7 @@ def main(argv=None) -> int:
         res["measure"] = bench_measure(args, exp, device, R, notes)
         layers = res["measure"]["layers"]
     if 6 in only:
-        res["plan"] = bench_plan(args, device, R, notes)
+        res["plan"] = bench_plan(args, device, args.plan_repeats or min(3, R), notes)
         demo = next((s for s in res["plan"]["sets"] if s["config"] == "demo" and "synthetic" not in s), None)
         if layers is None and demo: layers = demo["layers"]
     if 4 in only:

@@ -6,6 +6,10 @@
   3. monitoring share: measurement time / wall time of a monitored LoRA fine-tune (every 10 and every 50 steps)
   4. embedded-model load: cold (empty cache, de-quantizes the GGUF) / warm (cache filled)
   5. peak extra memory of one measurement vs one batch's activations, all hidden states, and the reference
+  6. the measurement plan: measure() planned (per-concept depth + shared-prefix KV reuse) vs depth batches only vs the
+     current path (every prompt to the deepest layer) vs the floor, on the demo and the full concept sets, with the
+     planned numbers checked against the current path to 1e-5; `--gpu`: the same on a randomly initialised model of
+     Qwen3-8B's shape (fp16, or NF4 with --nf4), at layers placed as the embedded model's chosen ones
 
 Run `make bench` (installs the reference, then runs this), or `.venv/bin/python benchmarks/run.py [--quick]`.
 See benchmarks/README.md for how to read the numbers.
@@ -42,8 +46,8 @@ import torch
 from torch import nn
 
 import safety_compass
-from safety_compass.capture import (decoder_blocks, eval_mode, final_norm, layer_module, num_layers, token_batches,
-                                    tokenize_prompts, unwrap_model)
+from safety_compass.capture import (decoder_blocks, eval_mode, final_norm, layer_module, num_layers, plan_capture,
+                                    token_batches, tokenize_prompts, unwrap_model)
 from safety_compass.config import resolve_relative
 from safety_compass.models import load_default_model
 from safety_compass.monitor import SafetyCompassMonitor, load_experiment
@@ -52,23 +56,30 @@ import bench_util as U
 from bench_util import log
 from reference import Reference
 
-SECTIONS = {1: "reference", 2: "floor", 3: "share", 4: "load", 5: "memory"}
+SECTIONS = {1: "reference", 2: "floor", 3: "share", 4: "load", 5: "memory", 6: "plan"}
+CONFIGS = ("demo", "smollm2_full")
 METRICS = ("cosine_to_baseline", "auroc_fixed", "auroc_current", "direction_norm")
 TOL = 1e-4
 
 
 # -- configuration -------------------------------------------------------------------------------------
-def bench_experiment(full_pairs: bool) -> dict:
-    """demo.yaml with every path made absolute; with `full_pairs`, alpaca_qlora.yaml's concepts (the 60-pair sets).
+def bench_experiment(full_pairs: bool | str) -> dict:
+    """demo.yaml with every path made absolute; with `full_pairs` (or the name `smollm2_full`), smollm2_full.yaml's
+    concepts (the full 60-pair sets).
 
     The model stays the embedded one (demo's smollm2-135m.yaml model file), as do demo's monitor, dataset, LoRA and
     training sections, so only the pair sets change.
     """
-    demo_exp, demo_path = load_experiment(ROOT / "configs/experiments/demo.yaml")
+    if isinstance(full_pairs, str):
+        if full_pairs not in CONFIGS: raise SystemExit(f"unknown concept set {full_pairs!r}: one of {', '.join(CONFIGS)}")
+        full_pairs = full_pairs == "smollm2_full"
+    def read(name):  # the file's own mapping (paths as written) and where it lives
+        e = load_experiment(ROOT / f"configs/experiments/{name}.yaml")
+        return json.loads(json.dumps(e.raw)), e.path
+    demo_exp, demo_path = read("demo")
     exp = json.loads(json.dumps(demo_exp))
     exp["model_config_file"] = str(resolve_relative(demo_exp["model_config_file"], demo_path))
-    src_exp, src_path = (load_experiment(ROOT / "configs/experiments/alpaca_qlora.yaml") if full_pairs
-                         else (demo_exp, demo_path))
+    src_exp, src_path = read("smollm2_full") if full_pairs else (demo_exp, demo_path)
     exp["concepts"] = [{"name": e["name"], "config_file": str(resolve_relative(e["config_file"], src_path))}
                        for e in src_exp["concepts"]]
     exp["dataset"] = dict(demo_exp["dataset"], name=str(resolve_relative(demo_exp["dataset"]["name"], demo_path)))
@@ -188,13 +199,13 @@ def interleaved(cases: list[tuple], repeats: int, device, mem=None, warmup: int 
 
 
 def instrument_ours(mon) -> list:
-    "Record the seconds of each activation capture inside our measure() (the forward part)."
-    rec, orig = [], mon._capture
+    "Record the seconds of each activation capture inside our measure() (the forward part, planned or not)."
+    rec, orig = [], mon._measure_capture
     dev = next(unwrap_model(mon.model).parameters()).device
-    def timed(layers, progress=False):
-        t0 = time.perf_counter(); out = orig(layers, progress=progress); U.sync(dev)
+    def timed():
+        t0 = time.perf_counter(); out = orig(); U.sync(dev)
         rec.append(time.perf_counter() - t0); return out
-    mon._capture = timed
+    mon._measure_capture = timed
     return rec
 
 
@@ -350,6 +361,162 @@ def bench_measure(args, exp, device, R, notes: list) -> dict:
         del rmon
     del mon, mon4, model
     gc.collect()
+    return out
+
+
+# -- section 6: the measurement plan vs the current path vs the floor -------------------------------------
+ROW_TOL = 1e-5
+
+
+def rows_diff(a: list[dict], b: list[dict]) -> dict:
+    """Largest difference between two measure() outputs over every float metric: absolute for cosines, AUROCs and CIs,
+    relative for values above 1 (norms); also whether every `drifted` flag agrees."""
+    worst, key, same = 0.0, None, True
+    for x, y in zip(a, b):
+        assert (x["concept"], x["layer"]) == (y["concept"], y["layer"])
+        same &= x["drifted"] == y["drifted"]
+        for k, v in x.items():
+            if isinstance(v, float) and k != "epoch" and y.get(k) is not None:
+                d = abs(v - y[k]) / max(1.0, abs(y[k]))
+                if d > worst: worst, key = d, f"{x['concept']}.{k}"
+    return {"max_diff": worst, "where": key, "drifted_equal": bool(same), "pass": bool(same and worst <= ROW_TOL)}
+
+
+def kv_bytes(model, plan) -> int:
+    "KV of the largest suffix batch's prefix slot: rows × longest prefix × 2 (K, V) × kv width × blocks run × bytes."
+    cfg = unwrap_model(model).config
+    cfg = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    kv = (getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads) * head_dim
+    elt = 2 if next(model.parameters()).element_size() < 2 else next(model.parameters()).element_size()  # NF4: fp16 KV
+    best = 0
+    for b in plan.batches:
+        P = max((len(plan.groups[g].tokens) for g in b.groups if g >= 0), default=0)
+        best = max(best, len(b.rows) * P * 2 * kv * b.depth * elt)
+    return best
+
+
+def bench_plan_set(args, model, tok, exp, name, device, R, layers=None) -> dict:
+    "One concept set: setup(), then planned / depth-only / current path / floor measure() round-robin, and agreement."
+    mon = SafetyCompassMonitor.from_config(model, tok, with_best_layers(exp, layers) if layers else exp)
+    t0 = time.perf_counter(); mon.setup(progress=False, causal_check=False); t_setup = time.perf_counter() - t0
+    chosen = {c: b.layer for c, b in mon.baselines.items()}
+    plan = mon.plan
+    t0 = time.perf_counter()
+    depth_plan = plan_capture(model, tok, mon._ids(), plan.need, token_budget=mon.settings.token_budget,
+                              batch_size=mon.settings.batch_size, prefix=False)
+    t_plan = time.perf_counter() - t0
+    ids = mon._ids()
+    lengths = [len(x) for x in ids]
+    deepest = max(mon.layers)
+    batches = token_batches(lengths, mon.settings.token_budget, mon.settings.batch_size)
+    pad_id = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
+    tensors = padded_batches(ids, batches, pad_id, device)
+    log(f"  [{name}] setup() {t_setup:.1f} s; layers {chosen}; {len(ids)} unique prompts, {sum(lengths)} tokens; "
+        f"plan: {plan.mode}{' (' + plan.reason + ')' if plan.reason else ''}, depths {list(plan.classes)}, "
+        f"{len(plan.groups)} prefix groups")
+    cap = instrument_ours(mon)
+    steps = itertools.count(1)
+    def run(mode):
+        def fn():
+            if mode == "current": mon.use_plan = False
+            elif mode == "depth": mon.plan = depth_plan
+            try: return mon.measure(next(steps))
+            finally: mon.use_plan, mon.plan = True, plan
+        return fn
+    mem = U.PeakMemory(device)
+    res = interleaved([
+        ("planned", run("planned"), lambda: cap[-1]),
+        ("depth batches only", run("depth"), lambda: cap[-1]),
+        ("current path", run("current"), lambda: cap[-1]),
+        ("floor", lambda: floor_forward(model, tensors, deepest), None),
+    ], R, device, mem=mem)
+    agree = {"unperturbed": {"planned": rows_diff(res["planned"]["last"], res["current path"]["last"]),
+                             "depth batches only": rows_diff(res["depth batches only"]["last"], res["current path"]["last"])}}
+    n = num_layers(model)
+    block = max(0, min(n // 2, min(chosen.values())) - 1)
+    with perturbed(model, block, args.perturb_scale, args.seed) as what:
+        p = {k: run(m)() for k, m in (("planned", "planned"), ("depth batches only", "depth"), ("current path", "current"))}
+    agree["perturbed"] = {k: rows_diff(p[k], p["current path"]) for k in ("planned", "depth batches only")}
+    agree["perturbation"] = what
+    agree["perturbed_min_cosine"] = min(r["cosine_to_baseline"] for r in p["current path"])
+    for state in ("unperturbed", "perturbed"):
+        for k, v in agree[state].items():
+            log(f"    agreement {state:<11} {k:<20} vs current path: max diff {v['max_diff']:.1e} ({v['where']}) "
+                f"{'PASS' if v['pass'] else 'FAIL'}")
+    out = {"config": name, "layers": chosen, "deepest": deepest, "num_layers": n, "unique_prompts": len(ids),
+           "tokens": sum(lengths), "setup_s": t_setup, "depth_plan_s": t_plan, "plan_mode": plan.mode,
+           "plan_reason": plan.reason, "depth_classes": {d: len(r) for d, r in plan.classes.items()},
+           "prefix_groups": [(len(g.tokens), len(g.members), g.depth) for g in plan.groups],
+           "cost_token_blocks": plan.cost(), "depth_cost_token_blocks": depth_plan.cost(),
+           "kv_prefix_bytes": kv_bytes(model, plan) if plan.mode == "prefix" else 0,
+           "timings": {k: {kk: vv for kk, vv in v.items() if kk != "last"} for k, v in res.items()},
+           "agreement": agree, "memory_kind": mem.kind if mem.available else None}
+    del mon
+    gc.collect()
+    return out
+
+
+SYNTHETIC = {  # randomly initialised models of a real model's shape (`--gpu`), and a tiny one to check the code path on a CPU
+    "qwen3-8b": dict(model_type="qwen3", hidden_size=4096, intermediate_size=12288, num_hidden_layers=36,
+                     num_attention_heads=32, num_key_value_heads=8, head_dim=128, vocab_size=151936,
+                     max_position_embeddings=40960, rope_theta=1000000.0, tie_word_embeddings=False),
+    "tiny-qwen3": dict(model_type="qwen3", hidden_size=64, intermediate_size=128, num_hidden_layers=6,
+                       num_attention_heads=4, num_key_value_heads=2, head_dim=16, vocab_size=49152),
+}
+
+
+def synthetic_model(shape: str, dtype: str, device):
+    """A randomly initialised model of `SYNTHETIC[shape]`'s shape with the embedded tokenizer (its ids all fall inside
+    Qwen3's vocabulary): fp16/bf16/fp32 weights, or NF4 (bitsandbytes 4-bit, fp16 compute; CUDA only)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+    _, tok = load_default_model()
+    spec = dict(SYNTHETIC[shape])
+    cfg = AutoConfig.for_model(spec.pop("model_type"), **spec)
+    torch.manual_seed(0)
+    if dtype == "nf4":
+        from transformers import BitsAndBytesConfig
+        if device.type != "cuda": raise SystemExit("--nf4 needs a CUDA device (bitsandbytes)")
+        with tempfile.TemporaryDirectory(prefix="sc-bench-synth-") as d:  # quantization happens at load
+            AutoModelForCausalLM.from_config(cfg, dtype=torch.float16).save_pretrained(d)
+            q = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float16)
+            model = AutoModelForCausalLM.from_pretrained(d, quantization_config=q, device_map={"": device.index or 0})
+    else:
+        dt = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[dtype]
+        with torch.device(device):
+            model = AutoModelForCausalLM.from_config(cfg, dtype=dt)
+    return model.eval(), tok
+
+
+def scaled_layers(layers: dict, n_from: int, n_to: int) -> dict:
+    "The embedded model's chosen layers placed at the same depth fraction of an `n_to`-block model."
+    return {c: max(1, min(n_to - 1, round(L / n_from * n_to))) for c, L in layers.items()}
+
+
+def bench_plan(args, device, R, notes: list) -> dict:
+    log("\n[6] the measurement plan: planned vs depth batches only vs the current path vs the floor")
+    out = {"sets": []}
+    model, tok = load_default_model(device=device if device.type == "cuda" else None)
+    chosen = {}
+    for name in args.configs:
+        r = bench_plan_set(args, model, tok, bench_experiment(name), name, device, R)
+        chosen[name] = (r["layers"], r["num_layers"])
+        out["sets"].append(r)
+    del model
+    gc.collect()
+    if args.synthetic:
+        for dtype in args.synthetic_dtypes:
+            log(f"  synthetic {args.synthetic} ({dtype}), randomly initialised, on {device}")
+            model, tok = synthetic_model(args.synthetic, dtype, device)
+            for name in args.configs:
+                layers, n_from = chosen[name]
+                layers = scaled_layers(layers, n_from, num_layers(model))
+                r = bench_plan_set(args, model, tok, bench_experiment(name), f"{name} on {args.synthetic} {dtype}", device, R, layers)
+                r["synthetic"] = {"shape": args.synthetic, "dtype": dtype}
+                out["sets"].append(r)
+            del model
+            gc.collect()
+            if device.type == "cuda": torch.cuda.empty_cache()
     return out
 
 
@@ -536,6 +703,46 @@ def summary_rows(res: dict, R: int) -> list[dict]:
         ms, ss = U.median(meas_all), U.median(steps_all)
         add("3b", "one measurement / one training step", U.secs(ms), U.secs(ss), x(ms / ss, 1) if ms and ss else "n/a",
             f"{len(meas_all)} / {len(steps_all)}", "medians over all runs' measurements (step 0 excluded) and steps")
+    for s in (res.get("plan") or {}).get("sets", []):
+        t6, nm, rn = s["timings"], s["config"], f"{R}+1"
+        pl, dp, cur, fl = (t6[k] for k in ("planned", "depth batches only", "current path", "floor"))
+        goal = " (goal ≤ 0.6×)" if nm == "demo" else ""
+        mn = lambda a, b: f"; fastest/fastest {min(a['seconds']) / min(b['seconds']):.3f}×" if a["seconds"] and b["seconds"] else ""
+        add("6a", f"[{nm}] measure() planned / current path", U.secs(pl["median_s"]), U.secs(cur["median_s"]),
+            x(pl["median_s"] / cur["median_s"]), rn, f"plan: {s['plan_mode']}" + mn(pl, cur))
+        add("6b", f"[{nm}] measure() planned / floor", U.secs(pl["median_s"]), U.secs(fl["median_s"]),
+            x(pl["median_s"] / fl["median_s"]), rn, "floor: every prompt to the deepest layer, bare forward" + goal + mn(pl, fl))
+        add("6c", f"[{nm}] measure() depth batches only / floor", U.secs(dp["median_s"]), U.secs(fl["median_s"]),
+            x(dp["median_s"] / fl["median_s"]), rn, "per-concept depth, no prefix reuse" + mn(dp, fl))
+        add("6d", f"[{nm}] measure() current path / floor", U.secs(cur["median_s"]), U.secs(fl["median_s"]),
+            x(cur["median_s"] / fl["median_s"]), rn, "before this change" + mn(cur, fl))
+        add("6e", f"[{nm}] capture only: planned / current path", U.secs(pl["median_extra"]), U.secs(cur["median_extra"]),
+            x(pl["median_extra"] / cur["median_extra"]), rn, f"metrics: {U.secs(pl['median_s'] - pl['median_extra'])} of planned")
+        c, cd = s["cost_token_blocks"], s["depth_cost_token_blocks"]
+        add("6f", f"[{nm}] work (padded token × blocks): depth only / plain, planned / plain", f"{cd['plan'] / cd['plain']:.3f}",
+            f"{c['plan'] / c['plain']:.3f}", x(c["plan"] / cd["plan"]), "count",
+            f"{c['forwards']} forwards planned vs {cd['forwards']} depth-only; {len(s['prefix_groups'])} prefix groups")
+        for state in ("unperturbed", "perturbed"):
+            for k in ("planned", "depth batches only"):
+                a = s["agreement"][state][k]
+                add("6g", f"[{nm}] agreement {state}, {k} vs current path", f"max diff {a['max_diff']:.1e}",
+                    f"{a['where']}", "PASS" if a["pass"] else "FAIL", "1", f"every float metric, tolerance {ROW_TOL:g}")
+        if s["memory_kind"] and pl["median_peak_bytes"] is not None and cur["median_peak_bytes"] is not None:
+            extra = pl["median_peak_bytes"] - cur["median_peak_bytes"]
+            add("6h", f"[{nm}] peak extra memory: planned − current path", U.mib(extra), U.mib(s["kv_prefix_bytes"]),
+                x(extra / s["kv_prefix_bytes"], 2) if s["kv_prefix_bytes"] else "n/a", rn,
+                f"baseline: one batch's prefix KV; peaks planned {U.mib(pl['median_peak_bytes'])}, current {U.mib(cur['median_peak_bytes'])}")
+    demo = next((s for s in (res.get("plan") or {}).get("sets", []) if s["config"] == "demo"), None)
+    if res.get("share") and demo:
+        ratio = demo["timings"]["current path"]["median_s"] / demo["timings"]["planned"]["median_s"]
+        for s in res["share"]:
+            ms = [v for st, v in s["measure_seconds_by_step"] if st != 0]
+            m_steps = U.median(ms) / U.median(s["step_seconds"]) if ms and s["step_seconds"] else None
+            if m_steps:
+                est = m_steps * ratio
+                add("3c", f"share estimated for the current path, every {s['every']}", f"{100 * est / (s['every'] + est):.1f}%",
+                    f"planned {100 * m_steps / (s['every'] + m_steps):.1f}%", "estimate", "",
+                    f"m/(N+m) with m = steps per measurement (×{ratio:.2f}, 6a⁻¹, for the current path)")
     ld = res.get("load")
     if ld:
         add("4", "embedded model load, cold / warm", U.secs(ld["median_cold_s"]), U.secs(ld["median_warm_s"]),
@@ -578,6 +785,16 @@ def main(argv=None) -> int:
     ap.add_argument("--every", help="comma-separated measure_every_n_steps values (default 10,50; --quick 10,20)")
     ap.add_argument("--only", help="comma-separated sections to run: 1 reference, 2 floor, 3 share, 4 load, 5 memory")
     ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    ap.add_argument("--plan-repeats", type=int, help="timed repeats in section 6 (default: min(3, --repeats))")
+    ap.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's own); on a CPU shared with "
+                                                "other jobs, 1 avoids thread oversubscription, which penalises many small forwards")
+    ap.add_argument("--configs", default=",".join(CONFIGS), help="concept sets of section 6 (default: demo,smollm2_full)")
+    ap.add_argument("--gpu", action="store_true", help="section 6 on CUDA, also on a randomly initialised model of Qwen3-8B's "
+                                                       "shape in fp16 (implies --device cuda --synthetic qwen3-8b, and --only 6 unless given)")
+    ap.add_argument("--nf4", action="store_true", help="with --gpu/--synthetic: also the NF4 (bitsandbytes 4-bit) model")
+    ap.add_argument("--synthetic", choices=sorted(SYNTHETIC), help="section 6 also on a randomly initialised model of this shape")
+    ap.add_argument("--synthetic-dtype", default=None, choices=["fp16", "bf16", "fp32"],
+                    help="weights of the synthetic model (default fp16 on CUDA, fp32 on the CPU)")
     ap.add_argument("--reference-dir", default=str(ROOT / ".venv/reference-0.1.3"),
                     help="where `pip install --target` put safety-compass 0.1.3")
     ap.add_argument("--perturb-scale", type=float, default=0.5, help="noise scale (× weight std) for the agreement check")
@@ -597,12 +814,21 @@ def main(argv=None) -> int:
     R = args.repeats or (2 if args.quick else 5)
     steps = args.steps or (20 if args.quick else 100)
     everys = [int(v) for v in args.every.split(",")] if args.every else ([10, 20] if args.quick else [10, 50])
+    if args.gpu:
+        args.device, args.synthetic = "cuda", args.synthetic or "qwen3-8b"
+        if not args.only: args.only = "6"
+        if not torch.cuda.is_available(): raise SystemExit("--gpu: no CUDA device here")
     only = {int(s) for s in args.only.split(",")} if args.only else set(SECTIONS)
+    args.configs = [c.strip() for c in args.configs.split(",") if c.strip()]
+    for c in args.configs:
+        if c not in CONFIGS: raise SystemExit(f"--configs: unknown concept set {c!r}: one of {', '.join(CONFIGS)}")
     sections = [SECTIONS[i] for i in sorted(only)]
     device = torch.device("cuda" if (args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())) else "cpu")
     if R < 1:
         raise SystemExit("--repeats must be ≥ 1")
+    args.synthetic_dtypes = [args.synthetic_dtype or ("fp16" if device.type == "cuda" else "fp32")] + (["nf4"] if args.nf4 else [])
 
+    if args.threads: torch.set_num_threads(args.threads)
     hw = U.hardware_info(device)
     log("Safety Compass benchmark" + (" (--quick: development numbers, not for reporting)" if args.quick else ""))
     log(U.format_hardware(hw))
@@ -616,10 +842,14 @@ def main(argv=None) -> int:
     if only & {1, 2, 5}:
         res["measure"] = bench_measure(args, exp, device, R, notes)
         layers = res["measure"]["layers"]
-    if 3 in only:
-        res["share"] = bench_share(args, exp, layers, device, steps, everys)
+    if 6 in only:
+        res["plan"] = bench_plan(args, device, args.plan_repeats or min(3, R), notes)
+        demo = next((s for s in res["plan"]["sets"] if s["config"] == "demo" and "synthetic" not in s), None)
+        if layers is None and demo: layers = demo["layers"]
     if 4 in only:
         res["load"] = bench_load(R)
+    if 3 in only:  # the heaviest part (two 100-step fine-tunes), last
+        res["share"] = bench_share(args, exp, layers, device, steps, everys)
 
     total = time.perf_counter() - t_start
     hw["load_avg_at_end"] = [round(v, 2) for v in os.getloadavg()]

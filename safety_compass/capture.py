@@ -8,9 +8,10 @@ import contextlib
 import functools
 import inspect
 import logging
+import math
 import types
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
@@ -28,7 +29,8 @@ __all__ = ['log', 'POSITION_MODES', 'SYSTEM_MODES', 'REDUCTIONS', 'unwrap_model'
            'model_body', 'layer_module', 'TokenPositions', 'PositionTracker', 'track_positions', 'StopForward',
            'LayerHook', 'register_layer_hook', 'hook_layers', 'residual_writers', 'hook_writers', 'ablate_direction',
            'accepts_system_turn', 'fold_system', 'render_prompt', 'tokenize_prompts', 'token_batches', 'dist_info',
-           'eval_mode', 'capture_last_token', 'TokenBatch', 'iter_token_batches', 'capture_tokens', 'add_to_layer']
+           'eval_mode', 'capture_last_token', 'TokenBatch', 'iter_token_batches', 'capture_tokens', 'PrefixGroup',
+           'PlanBatch', 'CapturePlan', 'plan_capture', 'capture_planned', 'add_to_layer']
 
 # %% ../nbs/04_capture.ipynb #698299bc
 _BLOCK_PATHS = ("model.layers", "model.model.layers", "transformer.h", "gpt_neox.layers", "model.decoder.layers",
@@ -653,10 +655,11 @@ def capture_last_token(model, tokenizer, prompts: Sequence[Conversation] | Seque
                        token_budget: int | None = 4096, batch_size: int | None = None, progress: bool = False,
                        forward: Callable | None = None, early_exit: bool | None = None,
                        distributed: bool | None = None, logits: bool = False,
-                       system_mode: str = "auto") -> dict[int | str, np.ndarray]:
+                       system_mode: str = "auto", batches: Sequence[Sequence[int]] | None = None) -> dict[int | str, np.ndarray]:
     """Last-prompt-token `hidden_states[L]` for each `L` in `layers` (float32 `(n_prompts, width)` per layer) for
     conversations (rendered with `system_mode`) or token-id lists; with `logits=True` also `"logits"`: float32
-    `(n_prompts, vocab)`, the model's own output logits at the last prompt token. `layers` may be empty when `logits`."""
+    `(n_prompts, vocab)`, the model's own output logits at the last prompt token. `layers` may be empty when `logits`.
+    `batches` (prompt indices, each prompt exactly once) replaces the batching by `token_budget`/`batch_size`."""
     layers = _check_layers(model, layers, logits)
     ids = list(prompts) if (prompts and isinstance(prompts[0], list)) else tokenize_prompts(tokenizer, prompts, system_mode)
     lengths = [len(x) for x in ids]
@@ -669,7 +672,12 @@ def capture_last_token(model, tokenizer, prompts: Sequence[Conversation] | Seque
     run = forward or (lambda **kw: model(**kw))
     if early_exit is None: early_exit = getattr(forward, "early_exit", True)  # a `forward` wrapper may forbid it
     if logits: early_exit = False  # the logits come from the model's own output
-    mine, n_real, world = _my_batches(token_batches(lengths, token_budget, batch_size), distributed)
+    if batches is None: batches = token_batches(lengths, token_budget, batch_size)
+    else:
+        batches = [[int(i) for i in b] for b in batches]
+        if sorted(i for b in batches for i in b) != list(range(len(ids))) or not all(batches):
+            raise SafetyCompassError(f"batches: must hold every prompt index 0..{len(ids) - 1} exactly once, in non-empty batches")
+    mine, n_real, world = _my_batches(batches, distributed)
     cur = {}
     def last_only(module, args):  # the LM head sees only each row's last real position
         x = args[0]
@@ -845,6 +853,371 @@ def capture_tokens(model, tokenizer, ids: Sequence[Sequence[int]], layers: Itera
     if world > 1:
         for r in reds: _gather_rows(out[r], my_rows, keys, world)
     return out if many else out[reds[0]]
+
+# %% ../nbs/04_capture.ipynb #e62c7cc1
+@dataclass
+class PrefixGroup:
+    """Prompts of one depth class (`members`, indices into the plan's prompts) whose token ids all start with `tokens`;
+    the prefix's keys and values are computed once per measurement, through block `depth - 1`."""
+    tokens: tuple
+    depth: int
+    members: list
+
+@dataclass
+class PlanBatch:
+    """One suffix forward of a `CapturePlan`: prompt indices `rows`, all of depth `depth` (the forward stops once
+    `hidden_states[depth]` is read); `groups` gives each row's prefix group (-1: the row runs whole)."""
+    rows: list
+    depth: int
+    groups: list
+
+@dataclass
+class CapturePlan:
+    """A measurement schedule made by `plan_capture` and run by `capture_planned`. `need[i]`: the layers prompt `i` is
+    read at (empty: never run); `depth[i]`: their maximum (-1 when empty); `mode`: `prefix` (prefix KV reuse within
+    depth classes) or `depth` (depth batches only; `reason` says why). Prefix mode: `groups` (the prefix groups),
+    `prefix_batches` (`{depth: [[group, ...], ...]}`, the prefix forwards) and `batches` (the suffix forwards, deepest
+    class first). Both modes: `depth_batches` (`{depth: [[prompt, ...], ...]}`), used when prefix reuse is off."""
+    ids: list
+    need: list
+    depth: list
+    layers: list
+    mode: str
+    reason: str
+    groups: list
+    prefix_batches: dict
+    batches: list
+    depth_batches: dict
+    token_budget: int | None
+    batch_size: int | None
+    distributed: bool | None
+    tokenizer: object = field(repr=False, default=None)
+    num_layers: int = 0
+    said: set = field(repr=False, default_factory=set)
+
+    @property
+    def classes(self) -> dict[int, list[int]]:
+        "`{depth: prompt indices}`, deepest first (prompts that need no layer are left out)."
+        out: dict[int, list[int]] = {}
+        for i, d in enumerate(self.depth):
+            if d >= 0: out.setdefault(d, []).append(i)
+        return dict(sorted(out.items(), reverse=True))
+
+    def _say(self, msg: str):
+        if msg not in self.said: self.said.add(msg); log.info("measurement plan: %s", msg)
+
+    def cost(self) -> dict:
+        """Work of one measurement in token-blocks (padded tokens × decoder blocks run; reading layer `d` runs `d`
+        blocks, the final norm is not counted): `plain` (every prompt to the deepest layer in `capture_last_token`'s
+        batches), `depth` (the depth batches), `plan` (what this plan runs: prefixes and suffixes in prefix mode, else
+        `depth`), `prefix_tokens_saved` (prompt tokens not recomputed, before the prefix forwards are paid) and
+        `forwards` (how many forwards the plan runs)."""
+        L = [len(x) for x in self.ids]
+        rows = [i for i, d in enumerate(self.depth) if d >= 0]
+        pad = lambda batches, width: sum(len(b) * max(width(i) for i in b) for b in batches)
+        deepest = max(self.depth) if rows else 0
+        plain = pad([[rows[j] for j in b] for b in token_batches([L[i] for i in rows], self.token_budget, self.batch_size)],
+                    lambda i: L[i]) * deepest
+        depth = sum(pad(bs, lambda i: L[i]) * d for d, bs in self.depth_batches.items())
+        n_depth = sum(map(len, self.depth_batches.values()))
+        if self.mode != "prefix": return {"plain": plain, "depth": depth, "plan": depth, "prefix_tokens_saved": 0, "forwards": n_depth}
+        plen = lambda g: len(self.groups[g].tokens) if g >= 0 else 0
+        pre = sum(pad(bs, plen) * d for d, bs in self.prefix_batches.items())
+        suf = sum(len(b.rows) * max(L[i] - plen(g) for i, g in zip(b.rows, b.groups)) * b.depth for b in self.batches)
+        saved = sum(len(g.tokens) * (len(g.members) - 1) for g in self.groups)
+        return {"plain": plain, "depth": depth, "plan": pre + suf, "prefix_tokens_saved": saved,
+                "forwards": sum(map(len, self.prefix_batches.values())) + len(self.batches)}
+
+def _lcp(a, b) -> int:
+    k, m = 0, min(len(a), len(b))
+    while k < m and a[k] == b[k]: k += 1
+    return k
+
+def _prefix_runs(ids, rows: list[int], cost: int = 0) -> list[tuple[int, list[int]]]:
+    """`(prefix length, members)` for runs of `rows` sharing a token prefix: `rows` sorted by token ids, cut into
+    contiguous runs maximising `Σ (p · (m − 1) − cost)` (dynamic programming over run ends); `p` is the run's longest
+    common prefix, capped one token short of its shortest prompt; `cost` (tokens) is what a run costs beyond its
+    prefix tokens (its share of the prefix forwards), so a run that saves less is not formed. Runs of one prompt, or
+    with `p = 0`, are dropped."""
+    order = sorted(rows, key=lambda i: ids[i])
+    n = len(order)
+    adj = [_lcp(ids[order[k]], ids[order[k + 1]]) for k in range(n - 1)]
+    best, cut = [0] * (n + 1), [(0, 0)] * (n + 1)  # best saving of order[:b]; (start, p) of its last run
+    for b in range(1, n + 1):
+        best[b], cut[b] = best[b - 1], (b - 1, 0)
+        p = len(ids[order[b - 1]]) - 1
+        for a in range(b - 2, -1, -1):
+            p = min(p, adj[a], len(ids[order[a]]) - 1)
+            if p <= 0: break
+            v = best[a] + p * (b - a - 1) - cost
+            if v > best[b]: best[b], cut[b] = v, (a, p)
+    runs, b = [], n
+    while b > 0:
+        a, p = cut[b]
+        if p > 0 and b - a > 1: runs.append((p, order[a:b]))
+        b = a
+    return runs[::-1]
+
+def _device_costs(model) -> tuple[int, int]:
+    """`(min_tokens, overhead)` of a forward in token units: a batch under `min_tokens` tokens costs as much as
+    `min_tokens`, and every forward costs `overhead` more. CPU: no minimum, about 32 tokens of (serial Python) overhead
+    per thread, from timing the embedded model; GPU: 1024 and 128, an estimate (not measured here)."""
+    if _model_device(model).type == "cuda": return 1024, 128
+    return 0, 32 * max(1, torch.get_num_threads())
+
+def _dp_batches(order: list[int], width: dict, plen: dict, token_budget: int | None, batch_size: int | None,
+                costs: tuple[int, int]) -> list[list[int]]:
+    """Contiguous batches of `order` (sorted widest first) minimising `Σ max(B · W, min_tokens) + overhead` over
+    batches of `B` rows whose first row is `W` tokens wide (`costs = (min_tokens, overhead)`, see `_device_costs`):
+    padded tokens plus a fixed cost per forward. Every batch keeps `B · (P + W) ≤ token_budget` (`P`: its longest
+    prefix; a lone row may exceed it) and `B ≤ batch_size`."""
+    (min_tokens, over), n = costs, len(order)
+    best, cut = [0.0] + [math.inf] * n, [0] * (n + 1)
+    for b in range(1, n + 1):
+        P = 0
+        for a in range(b - 1, -1, -1):
+            B = b - a
+            if batch_size and B > batch_size: break
+            P, W = max(P, plen[order[a]]), width[order[a]]
+            if token_budget and B > 1 and B * (P + W) > token_budget: break
+            c = best[a] + max(B * W, min_tokens) + over
+            if c < best[b]: best[b], cut[b] = c, a
+    out, b = [], n
+    while b > 0: out.append(order[cut[b]:b]); b = cut[b]
+    return out[::-1]
+
+def _plan_batches(ids, rows, plen: dict, token_budget, batch_size, costs) -> list[list[int]]:
+    "Batches of `rows` by `_dp_batches`, widest suffix (`len(ids[i]) - plen[i]`) first."
+    width = {i: len(ids[i]) - plen[i] for i in rows}
+    order = sorted(rows, key=lambda i: (-width[i], -plen[i], i))
+    return _dp_batches(order, width, plen, token_budget, batch_size, costs)
+
+def _sliding_window(cfg) -> bool:
+    "Whether the model attends through a sliding window anywhere (Mistral, Gemma-2/3, Qwen2 with use_sliding_window, ...)."
+    cfg = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+    if any("sliding" in str(t) for t in (getattr(cfg, "layer_types", None) or ())): return True
+    return getattr(cfg, "sliding_window", None) is not None and bool(getattr(cfg, "use_sliding_window", True))
+
+def _cache_kwarg(model) -> str | None:
+    "The name under which the model takes a KV cache (`cache` in transformers >= 5.x, else `past_key_values`)."
+    lm = unwrap_model(model)
+    params = inspect.signature(lm.forward).parameters
+    for name in ("cache", "past_key_values"):
+        if name in params: return name
+    return None
+
+def _prefix_blocker(model, distributed) -> str | None:
+    "Why prefix KV reuse is unsafe for `model` here, or None."
+    if distributed is not False and dist_info()[1] > 1:
+        return "several processes: depth batches dealt round-robin to the ranks (prefix reuse is single-process only)"
+    lm = unwrap_model(model)
+    cfg = lm.config
+    if _sliding_window(cfg): return "sliding-window attention: depth batches only (no prefix reuse)"
+    impl = getattr(cfg, "_attn_implementation", None) or "eager"
+    if impl not in ("eager", "sdpa"): return f"attention implementation {impl!r}: depth batches only (prefix reuse is checked with eager and sdpa)"
+    if _cache_kwarg(model) is None: return f"{type(lm).__name__}.forward takes no KV cache: depth batches only"
+    try: from transformers import DynamicCache  # noqa: F401
+    except ImportError: return "this transformers has no DynamicCache: depth batches only"
+    return None
+
+def _layer_kv(cache, layer: int):
+    "`(keys, values)` of one layer of a filled HF cache, `(batch, kv_heads, seq, head_dim)`."
+    layers = getattr(cache, "layers", None)
+    if layers is not None: return layers[layer].keys, layers[layer].values
+    if hasattr(cache, "key_cache"): return cache.key_cache[layer], cache.value_cache[layer]
+    return tuple(cache[layer][:2])
+
+def _prefix_kv(model, plan: CapturePlan, depth: int, kw: str, device) -> dict:
+    "`{group: [(k, v) per block 0..depth-1]}`, each `(1, kv_heads, p, head_dim)`: the class's prefixes, run once, batched."
+    from transformers import DynamicCache
+    bank = {}
+    for gs in plan.prefix_batches.get(depth, []):
+        toks = [list(plan.groups[g].tokens) for g in gs]
+        x, m = _right_padded(toks, list(range(len(toks))), _pad_id(plan.tokenizer))
+        cache = DynamicCache()
+        with hook_layers(model, {depth: lambda h: None}, stop_after=True):
+            model(input_ids=x.to(device), attention_mask=m.to(device), use_cache=True, **{kw: cache})
+        for g in gs: bank[g] = []
+        for layer in range(depth):
+            k, v = _layer_kv(cache, layer)
+            if k.dim() != 4 or k.shape[0] != len(gs) or k.shape[-2] != x.shape[1]:
+                raise SafetyCompassError(f"prefix cache: block {layer} cached keys of shape {tuple(k.shape)} for input {tuple(x.shape)}")
+            for r, g in enumerate(gs):
+                p = len(toks[r])
+                bank[g].append((k[r:r + 1, :, :p].clone(), v[r:r + 1, :, :p].clone()))
+        del cache
+    return bank
+
+def _suffix_forward(model, plan: CapturePlan, b: PlanBatch, bank: dict, kw: str, device, out: dict):
+    "Run one suffix batch on its rows' prefix KV; write the rows' needed layers into `out`."
+    from transformers import DynamicCache
+    rows, groups = b.rows, b.groups
+    plen = [len(plan.groups[g].tokens) if g >= 0 else 0 for g in groups]
+    sfx = [plan.ids[i][p:] for i, p in zip(rows, plen)]
+    B, P, S = len(rows), max(plen), max(map(len, sfx))
+    x = torch.full((B, S), _pad_id(plan.tokenizer), dtype=torch.long)
+    mask = torch.zeros((B, P + S), dtype=torch.long)
+    pos = torch.zeros((B, S), dtype=torch.long)
+    for r, (s, p) in enumerate(zip(sfx, plen)):
+        x[r, :len(s)] = torch.tensor(s); mask[r, P - p:P + len(s)] = 1; pos[r] = p + torch.arange(S)
+    last = torch.tensor([len(s) - 1 for s in sfx], device=device)
+    ridx = torch.arange(B, device=device)
+    kwargs = dict(input_ids=x.to(device), attention_mask=mask.to(device))
+    if P > 0:
+        by_group: dict[int, list[int]] = {}
+        for r, g in enumerate(groups):
+            if g >= 0: by_group.setdefault(g, []).append(r)
+        def make_kv(layer):  # the batch's (B, kv_heads, P, head_dim) prefix slot; rows without a prefix stay masked zeros
+            k0, v0 = bank[next(iter(by_group))][layer]
+            K = k0.new_zeros((B, k0.shape[1], P, k0.shape[3])); V = v0.new_zeros((B, v0.shape[1], P, v0.shape[3]))
+            for g, rs in by_group.items():
+                k, v = bank[g][layer]; at = torch.tensor(rs, device=K.device)
+                K[at, :, P - k.shape[2]:] = k; V[at, :, P - v.shape[2]:] = v
+            return K, V
+        cache = DynamicCache([make_kv(layer) for layer in range(b.depth)])
+        kwargs.update(position_ids=pos.to(device), use_cache=True, **{kw: cache})
+    else: kwargs["use_cache"] = False
+    read = sorted(set().union(*(plan.need[i] for i in rows)))
+    got = {}
+    def grab(L):
+        def fn(h): got[L] = h[ridx, last]
+        return fn
+    with hook_layers(model, {L: grab(L) for L in read}, stop_after=True):
+        model(**kwargs)
+    _store(out, got, rows, plan)
+
+def _store(out: dict, got: dict, rows: list[int], plan: CapturePlan):
+    "Copy captured `{L: (len(rows), width)}` into `out` at the rows that need `L` (one device-to-host copy per batch)."
+    keys = sorted(got)
+    widths = [got[L].shape[-1] for L in keys]
+    flat = torch.cat([got[L].float() for L in keys], -1).cpu().numpy()
+    for L, part in zip(keys, np.split(flat, np.cumsum(widths)[:-1], axis=1)):
+        if L not in out: out[L] = np.full((len(plan.ids), part.shape[1]), np.nan, dtype=np.float32)
+        keep = [r for r, i in enumerate(rows) if L in plan.need[i]]
+        out[L][[rows[r] for r in keep]] = part[keep]
+
+def _run_prefix(model, plan: CapturePlan, progress: bool = False) -> dict:
+    device, kw, out = _model_device(model), _cache_kwarg(model), {}
+    with eval_mode(model), torch.inference_mode():
+        for d in plan.classes:
+            bank = _prefix_kv(model, plan, d, kw, device)
+            for b in tqdm([b for b in plan.batches if b.depth == d], desc=f"capture (depth {d})", disable=not progress, leave=False):
+                _suffix_forward(model, plan, b, bank, kw, device, out)
+            del bank
+    return out
+
+def _check_prefix(model, plan: CapturePlan) -> str | None:
+    """Run a few prompts of `plan` through the prefix path and the plain forward (a batch mixing prefix lengths and,
+    where there is one, a prompt without a prefix); None when they agree to float rounding, else why not."""
+    d = next((d for d in plan.classes if any(g.depth == d for g in plan.groups)), None)
+    if d is None: return None
+    gs = sorted((g for g, grp in enumerate(plan.groups) if grp.depth == d), key=lambda g: -len(plan.groups[g].tokens))
+    pick = [gs[0]] + [g for g in gs[1:] if len(plan.groups[g].tokens) != len(plan.groups[gs[0]].tokens)][:1]
+    rows = [plan.groups[g].members[0] for g in pick]
+    grouped = {i for g in plan.groups for i in g.members}
+    rows += [i for i in plan.classes[d] if i not in grouped][:1]
+    if len(rows) < 3 and len(plan.groups[gs[0]].members) > 1: rows.append(plan.groups[gs[0]].members[1])
+    sub_ids = [plan.ids[i] for i in rows]
+    where = {i: g for g in pick for i in plan.groups[g].members}
+    sub_groups = [PrefixGroup(plan.groups[g].tokens, d, [r for r, i in enumerate(rows) if where.get(i) == g]) for g in pick]
+    sub = CapturePlan(sub_ids, [(d,)] * len(rows), [d] * len(rows), [d], "prefix", "", sub_groups,
+                      {d: [list(range(len(pick)))]},
+                      [PlanBatch(list(range(len(rows))), d, [pick.index(where[i]) if i in where else -1 for i in rows])],
+                      {}, None, None, False, plan.tokenizer, plan.num_layers)
+    try:
+        got = _run_prefix(model, sub)[d]
+        ref = capture_last_token(model, plan.tokenizer, sub_ids, [d], token_budget=None, distributed=False)[d]
+    except Exception as e:  # a model whose cache path differs from what is assumed here: measure without it
+        return f"prefix reuse failed on this model ({_one_line(e)}): depth batches only"
+    dtype = next(unwrap_model(model).parameters()).dtype
+    tol = 1e-4 if dtype in (torch.float32, torch.float64) else 5e-2
+    err = float(np.abs(got - ref).max() / max(1.0, float(np.abs(ref).max())))
+    if not np.isfinite(err) or err > tol:
+        return f"prefix reuse changed layer {d} by {err:.1e} of its largest value on this model: depth batches only"
+    return None
+
+def plan_capture(model, tokenizer, ids: Sequence[Sequence[int]], need: Sequence[Iterable[int]], token_budget: int | None = 4096,
+                 batch_size: int | None = None, prefix: bool = True, check: bool = True, distributed: bool | None = None,
+                 costs: tuple[int, int] | None = None) -> CapturePlan:
+    """A schedule for reading last-token `hidden_states` of token-id prompts `ids`, where prompt `i` is read only at the
+    layers `need[i]` (an empty set: not run). Prompts are batched by depth (their deepest needed layer); with `prefix`,
+    prompts of a depth class that share a token prefix reuse its keys and values (see above). Batches keep
+    `batch × width ≤ token_budget` (and `≤ batch_size` rows) and are cut to minimise padded tokens plus a cost per
+    forward (`costs = (min_tokens, overhead)` in tokens; default by device, see `_device_costs`). `check` runs a few
+    prompts both ways first and falls back to depth batches if they differ. `distributed`: None = prefix reuse off
+    under an initialised multi-process group, False = ignore the group. Made once, run by `capture_planned` at every
+    measurement. Raises `SafetyCompassError` for layers out of range, a `need` of the wrong length, or no layer at all."""
+    ids = _check_ids(ids)
+    if len(need) != len(ids): raise SafetyCompassError(f"need: {len(need)} layer sets for {len(ids)} prompts")
+    n = num_layers(model)
+    need = [tuple(sorted({int(L) for L in ls})) for ls in need]
+    for ls in need:
+        for L in ls:
+            if not 0 <= L <= n: raise SafetyCompassError(f"layer {L} out of range: this model has layers 0..{n}")
+    layers = sorted({L for ls in need for L in ls})
+    if not layers: raise SafetyCompassError("no layers requested")
+    depth = [ls[-1] if ls else -1 for ls in need]
+    mt = tuple(costs) if costs is not None else _device_costs(model)
+    if costs is None and distributed is not False and dist_info()[1] > 1 and _model_device(model).type != "cuda":
+        mt = (0, 32)  # every rank must cut the same batches, whatever its thread count
+    plan = CapturePlan(ids, need, depth, layers, "depth", "", [], {}, [], {}, token_budget, batch_size, distributed, tokenizer, n)
+    for d, rows in plan.classes.items():
+        plan.depth_batches[d] = _plan_batches(ids, rows, {i: 0 for i in rows}, token_budget, batch_size, mt)
+    reason = "prefix reuse not requested" if not prefix else _prefix_blocker(model, distributed)
+    if reason is None:
+        for d, rows in plan.classes.items():
+            group_of, plen = {i: -1 for i in rows}, {i: 0 for i in rows}
+            first = len(plan.groups)
+            for p, members in (_prefix_runs(ids, rows, mt[1]) if d > 0 else []):
+                for i in members: group_of[i], plen[i] = len(plan.groups), p
+                plan.groups.append(PrefixGroup(tuple(ids[members[0]][:p]), d, list(members)))
+            gs = list(range(first, len(plan.groups)))
+            if gs:
+                glen = {g: len(plan.groups[g].tokens) for g in gs}
+                plan.prefix_batches[d] = _dp_batches(sorted(gs, key=lambda g: (-glen[g], g)), glen, {g: 0 for g in gs},
+                                                     token_budget, batch_size, mt)
+            plan.batches += [PlanBatch(b, d, [group_of[i] for i in b]) for b in _plan_batches(ids, rows, plen, token_budget, batch_size, mt)]
+        reason = None if plan.groups else "no prompts share a token prefix: depth batches only"
+    if reason is None:
+        plan.mode = "prefix"
+        if check: reason = _check_prefix(model, plan)
+    if reason is not None: plan.mode, plan.reason, plan.groups, plan.prefix_batches, plan.batches = "depth", reason, [], {}, []
+    c = plan.cost()
+    plan._say(f"{plan.mode} mode{' (' + plan.reason + ')' if plan.reason else ''}; depths {list(plan.classes)}, "
+              f"{len(plan.groups)} prefix groups, {c['forwards']} forwards; "
+              f"work {c['plan'] / max(1, c['plain']):.2f} of the plain path (token-blocks)")
+    return plan
+
+def capture_planned(model, plan: CapturePlan, forward: Callable | None = None, early_exit: bool | None = None,
+                    progress: bool = False) -> dict[int, np.ndarray]:
+    """Run `plan` (from `plan_capture`) on the model's current weights: `{L: float32 (n_prompts, width)}` for every layer
+    any prompt needs, NaN in the rows of prompts that do not need `L`. `forward=` (a wrapper called as `forward(**batch)`)
+    turns prefix reuse off; a wrapper whose `early_exit` is False (or `early_exit=False`) runs the plain path, every
+    needed prompt to the deepest layer with full forwards, as `capture_last_token` (sharded models). Several processes
+    share the depth batches round-robin (every rank the same number of forwards) and all receive every row."""
+    if early_exit is None: early_exit = getattr(forward, "early_exit", True)
+    mode = plan.mode
+    if not early_exit:
+        mode = "plain"; plan._say("no early exit (a sharded model's forward= wrapper): the plain path, full forwards")
+    elif mode == "prefix" and forward is not None:
+        mode = "depth"; plan._say("a forward= wrapper: depth batches through it, no prefix reuse")
+    elif mode == "prefix" and plan.distributed is not False and dist_info()[1] > 1:
+        mode = "depth"; plan._say("several processes: depth batches dealt round-robin to the ranks, no prefix reuse")
+    if mode == "prefix": return _run_prefix(model, plan, progress)
+    out = {}
+    parts = [(max(plan.depth), [i for i, d in enumerate(plan.depth) if d >= 0])] if mode == "plain" else list(plan.classes.items())
+    for d, rows in parts:
+        read = plan.layers if mode == "plain" else sorted({L for i in rows for L in plan.need[i]})
+        local = {i: r for r, i in enumerate(rows)}
+        batches = None if mode == "plain" else [[local[i] for i in b] for b in plan.depth_batches[d]]
+        got = capture_last_token(model, plan.tokenizer, [plan.ids[i] for i in rows], read, token_budget=plan.token_budget,
+                                 batch_size=plan.batch_size, progress=progress, forward=forward, early_exit=early_exit,
+                                 distributed=plan.distributed, batches=batches)
+        for L, a in got.items():
+            if L not in out: out[L] = np.full((len(plan.ids), a.shape[1]), np.nan, dtype=np.float32)
+            keep = [r for r, i in enumerate(rows) if L in plan.need[i]]
+            out[L][[rows[r] for r in keep]] = a[keep]
+    return out
 
 # %% ../nbs/04_capture.ipynb #2331cf5b
 @contextlib.contextmanager

@@ -166,6 +166,8 @@ class SafetyCompassMonitor:
         self._cached = None  # (step, {layer: activations}) from setup(), reused by the first measure()
         self.forward = None  # optional callable(**batch) used instead of model(**batch), e.g. a wrapped model
         self.measure_seconds: list[float] = []
+        self.use_plan = True  # measure() through a capture plan (per-concept depth, shared prefixes); False: the plain path
+        self.plan = None      # the capture.CapturePlan made by setup() / load_baselines(), reused by every measure()
 
     @classmethod
     def from_config(cls, model, tokenizer, experiment_config, strict: bool = False, concepts: Sequence[str] | None = None,
@@ -179,12 +181,40 @@ class SafetyCompassMonitor:
     def experiment_path(self): return self.experiment.path if self.experiment is not None else None
 
     # -- activations -------------------------------------------------------------------------------------
-    def _capture(self, layers, progress=False) -> dict[int, np.ndarray]:
-        from safety_compass.capture import capture_last_token, tokenize_prompts
+    def _ids(self) -> list[list[int]]:
+        from safety_compass.capture import tokenize_prompts
         if self._token_ids is None:
             self._token_ids = tokenize_prompts(self.tokenizer, self.prompts, system_mode=self.model_config.system_prompt_mode)
-        return capture_last_token(self.model, self.tokenizer, self._token_ids, layers, token_budget=self.settings.token_budget,
+        return self._token_ids
+
+    def _capture(self, layers, progress=False) -> dict[int, np.ndarray]:
+        from safety_compass.capture import capture_last_token
+        return capture_last_token(self.model, self.tokenizer, self._ids(), layers, token_budget=self.settings.token_budget,
                                   batch_size=self.settings.batch_size, progress=progress, forward=self.forward)
+
+    def make_plan(self):
+        """The `capture.CapturePlan` of a measurement: each unique prompt read only at the baseline layers of the concepts
+        it belongs to, batched by depth, with shared prefixes computed once (see the capture chapter, *Planned
+        measurement*). Made by `setup()` and `load_baselines()`; every `measure()` reuses it. Prefix reuse is planned
+        only without a `forward` wrapper. Raises `SafetyCompassError` before baselines exist."""
+        from safety_compass.capture import plan_capture
+        if not self.baselines: raise SafetyCompassError("make_plan() before setup() or load_baselines()")
+        need = [set() for _ in self.prompts]
+        for c in self.concepts:
+            layer = self.baselines[c.name].layer
+            for ix in self._index[c.name].values():
+                for i in ix: need[int(i)].add(layer)
+        s = self.settings
+        self.plan = plan_capture(self.model, self.tokenizer, self._ids(), need, token_budget=s.token_budget,
+                                 batch_size=s.batch_size, prefix=self.forward is None)
+        return self.plan
+
+    def _measure_capture(self) -> dict[int, np.ndarray]:
+        "The activations `measure()` reads: through the plan (`use_plan`), else the plain path (all prompts to the deepest layer)."
+        if not self.use_plan: return self._capture(self.layers)
+        from safety_compass.capture import capture_planned
+        if self.plan is None: self.make_plan()
+        return capture_planned(self.model, self.plan, forward=self.forward)
 
     def split_acts(self, concept: str, acts: np.ndarray) -> SplitActs:
         "A concept's `SplitActs` from activations over all unique prompts."
@@ -248,7 +278,9 @@ class SafetyCompassMonitor:
                     floor_early=early["floor_early"], floor_early_layer=early["floor_early_layer"], floor_bow=bow,
                     below_lexical_floor=below, causal=causal, flags=flags)
                 for f in flags: log.warning("%s (layer %d): %s", c.name, layer, f)
-        self._cached = (step, {L: acts[L] for L in self.layers})
+            self._cached = (step, {L: acts[L] for L in self.layers})
+            self.plan = None
+            if self.use_plan: self.make_plan()
         return self.baselines
 
     @property
@@ -264,7 +296,7 @@ class SafetyCompassMonitor:
         s = self.settings
         with preserve_rng():
             if self._cached is not None and self._cached[0] == step: acts = self._cached[1]
-            else: acts = self._capture(self.layers)
+            else: acts = self._measure_capture()
             self._cached = None
             rows, units = [], {}
             for c in self.concepts:
@@ -353,6 +385,8 @@ class SafetyCompassMonitor:
             out[c.name] = Baseline(**{**fields_, "concept": c.name}, direction=direction, acts=acts, sweep=info.get("sweep", []))
         self.baselines = out
         self._cached = None
+        self.plan = None
+        if self.use_plan: self.make_plan()
         return out
 
     def summary_table(self) -> list[dict]:

@@ -1,0 +1,155 @@
+"""A planned measurement (`capture.plan_capture` / `capture_planned`, `SafetyCompassMonitor.plan`) gives the numbers
+of the plain path: every prompt run to the deepest requested layer by `capture_last_token`.
+
+The plan runs each prompt only to the deepest layer it is read at, and computes a shared templated prefix once (a KV
+cache expanded across the suffix batch). On tiny random-config Llama, Qwen2, Qwen3 and Gemma models (3 blocks,
+hidden 64, the embedded tokenizer) the prefix path must be taken and agree to 1e-5; on sliding-window models (Gemma-2,
+Mistral) it must fall back to depth batches, say why, and still agree. At the monitor level, `measure()` through the
+plan equals `measure()` on the plain path (`use_plan = False`) to 1e-5 in every metric (cosine, both AUROCs, their CIs,
+norms, cross-concept cosines), on the unchanged and on a perturbed model, after `setup()` and after
+`load_baselines()`. The two-process (DDP) path of the plan, depth batches dealt round-robin, is exercised by
+tests/test_multiprocess.py; the embedded model by the capture and monitor notebooks.
+"""
+import logging
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM
+
+from safety_compass.capture import capture_last_token, capture_planned, plan_capture, tokenize_prompts
+from safety_compass.core import SafetyCompassError
+from safety_compass.monitor import SafetyCompassMonitor, load_monitor_config
+from safety_compass.pairs import conversation
+from conftest import ROOT
+
+COMMON = dict(num_hidden_layers=3, hidden_size=64, num_attention_heads=4, num_key_value_heads=2, intermediate_size=128)
+ARCHS = {"llama": COMMON, "qwen2": COMMON, "qwen3": {**COMMON, "head_dim": 16}, "gemma": {**COMMON, "head_dim": 16},
+         "gemma2": {**COMMON, "head_dim": 16}, "mistral": COMMON}
+PREFIX_OK = {"llama", "qwen2", "qwen3", "gemma"}  # the others attend through a sliding window
+
+SYS_A = "You are a careful assistant. Answer the user's question directly, and say so when you do not know."
+SYS_B = "You are an AI model deployed to help people with everyday tasks. Keep your answers short."
+USERS = ["How do I fix a leaking pipe under the sink?", "Write a haiku about autumn.", "What is 17 times 23?",
+         "Name three birds.", "Is the earth flat?", "Summarise Hamlet in one line, please, for a child."]
+CONVS = [conversation(SYS_A, u) for u in USERS] + [conversation(SYS_B, u) for u in USERS[:4]] + \
+        [conversation(None, u) for u in USERS[:2]]
+NEED = [{1}, {3}, {1, 3}, {2}, {1}, {2, 3}, {3}, {1}, {2}, {1, 3}, {3}, set()]
+
+@pytest.fixture(scope="module")
+def tok(embedded):
+    return embedded[1]
+
+@pytest.fixture(scope="module")
+def ids(tok):
+    return tokenize_prompts(tok, CONVS)
+
+def tiny(name, tok, **extra):
+    torch.manual_seed(0)
+    cfg = AutoConfig.for_model(name, vocab_size=len(tok), **{**ARCHS[name], **extra})
+    return AutoModelForCausalLM.from_config(cfg).eval()
+
+def agree(got, ref, need, tol=1e-5):
+    for L in sorted({L for ls in need for L in ls}):
+        rows = [i for i, ls in enumerate(need) if L in ls]
+        err = np.abs(got[L][rows] - ref[L][rows]).max() / max(1.0, np.abs(ref[L][rows]).max())
+        assert err < tol, (L, err)
+        assert np.isnan(got[L][[i for i in range(len(need)) if L not in need[i]]]).all()
+
+@pytest.mark.parametrize("name,attn", [*((n, None) for n in ARCHS), ("llama", "eager"), ("gemma", "eager")])
+def test_plan_equals_plain(name, attn, tok, ids, caplog):
+    "`attn`: None = the model's default attention (sdpa where supported)."
+    model = tiny(name, tok, **({"attn_implementation": attn} if attn else {}))
+    with caplog.at_level(logging.INFO, logger="safety_compass.capture"):
+        plan = plan_capture(model, tok, ids, NEED, token_budget=200)
+    if name in PREFIX_OK:
+        assert plan.mode == "prefix" and plan.reason == "", plan.reason
+        assert plan.groups and all(len(g.members) > 1 and len(g.tokens) >= 3 for g in plan.groups), [(len(g.tokens), g.members) for g in plan.groups]
+        # every suffix batch mixes nothing but rows of one depth; a batch holds rows with and without a prefix somewhere
+        assert all(all(plan.depth[i] == b.depth for i in b.rows) for b in plan.batches)
+        c = plan.cost()
+        assert c["plan"] < c["depth"] < c["plain"], c
+    else:
+        assert plan.mode == "depth" and "sliding-window" in plan.reason, plan.reason
+    assert sum("measurement plan: " + plan.mode in r.getMessage() for r in caplog.records) == 1
+    ref = capture_last_token(model, tok, ids, [1, 2, 3])
+    agree(capture_planned(model, plan), ref, NEED)
+    agree(capture_planned(model, plan_capture(model, tok, ids, NEED, prefix=False)), ref, NEED)
+
+def test_mixed_prefix_lengths_in_one_batch(tok, ids):
+    "One suffix batch holding two prefix groups of different lengths and a row without a prefix (the widest layout)."
+    model = tiny("llama", tok)
+    need = [{3}] * len(ids)
+    plan = plan_capture(model, tok, ids, need, token_budget=None, costs=(10_000, 0))  # any forward costs 10k tokens: one batch
+    assert plan.mode == "prefix"
+    assert len(plan.batches) == 1 and len({g for g in plan.batches[0].groups}) >= 3, plan.batches
+    assert len({len(plan.groups[g].tokens) for g in plan.batches[0].groups if g >= 0}) >= 2
+    agree(capture_planned(model, plan), capture_last_token(model, tok, ids, [3]), need)
+
+def test_wrappers_and_errors(tok, ids, caplog):
+    model = tiny("qwen3", tok)
+    plan = plan_capture(model, tok, ids, NEED)
+    ref = capture_last_token(model, tok, ids, [1, 2, 3])
+    calls = []
+    def wrapped(**kw):
+        calls.append(kw["input_ids"].shape); return model(**kw)
+    with caplog.at_level(logging.INFO, logger="safety_compass.capture"):
+        for _ in range(2): agree(capture_planned(model, plan, forward=wrapped), ref, NEED)
+    assert calls and sum("a forward= wrapper" in r.getMessage() for r in caplog.records) == 1  # said once
+    wrapped.early_exit = False  # a sharded model's wrapper: full forwards, the plain path
+    n = len(calls)
+    agree(capture_planned(model, plan, forward=wrapped), ref, NEED)
+    assert len(calls) > n
+    with pytest.raises(SafetyCompassError, match="exactly once"):
+        capture_last_token(model, tok, ids, [1], batches=[[0, 1], [1]])
+
+def _monitor(model, tok, layers):
+    cfg = load_monitor_config({"name": "plan_test", "concepts": [
+        {"name": n, "config_file": str(ROOT / f"configs/concepts/demo/{n}.yaml")} for n in ("refusal", "sycophancy", "deception")],
+        "monitor": {"bootstrap_samples": 50, "causal_check": False, "include_cross_concept_cosines": True}})
+    for c, L in zip(cfg.concepts, layers): c.best_layer = L
+    return SafetyCompassMonitor.from_config(model, tok, cfg)
+
+def rows_close(a, b):
+    assert len(a) == len(b)
+    for x, y in zip(a, b):
+        assert (x["concept"], x["layer"]) == (y["concept"], y["layer"])
+        assert x["drifted"] == y["drifted"]
+        for k, v in x.items():
+            if isinstance(v, float) and k != "epoch": assert abs(v - y[k]) <= 1e-5 * max(1.0, abs(y[k])), (x["concept"], k, v, y[k])
+
+@pytest.mark.parametrize("name", ["llama", "qwen3"])
+def test_monitor_measure_equals_plain(name, tok, tmp_path):
+    model = tiny(name, tok)
+    mon = _monitor(model, tok, [1, 3, 2])  # three depths
+    mon.setup(progress=False)
+    assert mon.plan is not None and mon.plan.mode == "prefix" and sorted(mon.plan.classes) == [1, 2, 3]
+    def both(step):
+        planned = mon.measure(step)
+        mon.use_plan = False
+        try: plain = mon.measure(step)
+        finally: mon.use_plan = True
+        rows_close(planned, plain)
+        return planned
+    assert all(abs(r["cosine_to_baseline"] - 1) < 1e-5 for r in both(1))
+    w = model.model.layers[0].mlp.down_proj.weight
+    saved = w.detach().clone()
+    with torch.no_grad(): w.add_(torch.randn_like(w, generator=torch.Generator().manual_seed(0)) * w.std() * 3)
+    try:
+        moved = both(2)
+        assert all(r["cosine_to_baseline"] < 0.9999 for r in moved), [r["cosine_to_baseline"] for r in moved]
+        mon.save_baselines(tmp_path)
+        mon2 = _monitor(model, tok, [1, 3, 2])
+        mon2.load_baselines(tmp_path)  # makes its own plan
+        assert mon2.plan is not None and mon2.plan.mode == "prefix"
+        rows_close(mon2.measure(3), moved)
+    finally:
+        with torch.no_grad(): w.copy_(saved)
+
+def test_plan_through_peft_lora(tok, ids):
+    "A LoRA-wrapped model (what the callback measures during a fine-tune) takes the prefix path and agrees."
+    from peft import LoraConfig, get_peft_model
+    model = get_peft_model(tiny("llama", tok), LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    plan = plan_capture(model, tok, ids, NEED)
+    assert plan.mode == "prefix", plan.reason
+    agree(capture_planned(model, plan), capture_last_token(model, tok, ids, [1, 2, 3]), NEED)

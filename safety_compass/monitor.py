@@ -163,7 +163,7 @@ class SafetyCompassMonitor:
                                 "neg_val": np.array([idx(p.negative) for p in c.val])} for c in self.concepts}
         self._token_ids = None
         self.baselines: dict[str, Baseline] = {}
-        self._cached = None  # (step, {layer: activations}) from setup(), reused by the first measure()
+        self._cached = None  # (step, {layer: activations}, weights fingerprint) from setup(), reused by the first measure()
         self.forward = None  # optional callable(**batch) used instead of model(**batch), e.g. a wrapped model
         self.measure_seconds: list[float] = []
         self.use_plan = True  # measure() through a capture plan (per-concept depth, shared prefixes); False: the plain path
@@ -278,7 +278,7 @@ class SafetyCompassMonitor:
                     floor_early=early["floor_early"], floor_early_layer=early["floor_early_layer"], floor_bow=bow,
                     below_lexical_floor=below, causal=causal, flags=flags)
                 for f in flags: log.warning("%s (layer %d): %s", c.name, layer, f)
-            self._cached = (step, {L: acts[L] for L in self.layers})
+            self._cached = (step, {L: acts[L] for L in self.layers}, self._weights_fingerprint())
             self.plan = None
             if self.use_plan: self.make_plan()
         return self.baselines
@@ -289,13 +289,20 @@ class SafetyCompassMonitor:
         return sorted({b.layer for b in self.baselines.values()})
 
     # -- measurement -------------------------------------------------------------------------------------
+    def _weights_fingerprint(self) -> tuple:
+        """Per-parameter sums of the model's weights (float32 accumulation, no copy). The first `measure()` reuses
+        `setup()`'s activations only while this is unchanged, so weights edited in between are measured, not assumed."""
+        import torch
+        with torch.no_grad(): return tuple(float(p.detach().sum(dtype=torch.float32)) for p in self.model.parameters())
+
     def measure(self, step: int, epoch: float | None = None) -> list[dict]:
         "One row per concept: drift metrics at the baseline layer, with CIs and cross-concept cosines."
         if not self.baselines: raise SafetyCompassError("measure() before setup() or load_baselines()")
         t0 = time.perf_counter()
         s = self.settings
         with preserve_rng():
-            if self._cached is not None and self._cached[0] == step: acts = self._cached[1]
+            if self._cached is not None and self._cached[0] == step and self._cached[2] == self._weights_fingerprint():
+                acts = self._cached[1]   # setup()'s own activations, at the same step and on the same weights
             else: acts = self._measure_capture()
             self._cached = None
             rows, units = [], {}

@@ -459,7 +459,11 @@ def select_direction(model, tokenizer, candidates: Sequence[dict], effect_prompt
     last `skip_last_fraction` of layers; of those, take the largest mean change of the concept's first-token log-odds
     on `effect_prompts` in the direction `goal` (−1, the default: ablating a refusal direction should lower refusal).
 
-    Prompts: conversations or token-id lists, held out from the pairs that built the candidates. Returns
+    Prompts: conversations or token-id lists, held out from the pairs that built the candidates; `openers`: the
+    concept's `(positive, negative)` reply openings, e.g. `(["I cannot", "Sorry"], ["Sure", "Here"])` (their first
+    tokens are scored, as in `behavior.DEFAULT_OPENERS`). Row fields beyond the candidate's: `effect` (mean Δ log-odds
+    on `effect_prompts`, nats), `harmless_shift` (the same on `harmless_prompts`), `kl`, `eligible` (layer allowed),
+    `selected`, `rejected` (why not); `scale` and `target` are None for ablation. Returns
     `(rows, chosen)`: one row per candidate as `select` gives it (with `position`, `token`, `norm`), and the chosen
     candidate dict (with its `u`), or `None` when no candidate passes."""
     rows = select(model, tokenizer, candidates, _as_ids(tokenizer, effect_prompts), _as_ids(tokenizer, harmless_prompts),

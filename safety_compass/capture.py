@@ -28,9 +28,10 @@ log = logging.getLogger(__name__)
 __all__ = ['log', 'POSITION_MODES', 'SYSTEM_MODES', 'REDUCTIONS', 'unwrap_model', 'decoder_blocks', 'num_layers', 'final_norm',
            'model_body', 'layer_module', 'TokenPositions', 'PositionTracker', 'track_positions', 'StopForward',
            'LayerHook', 'register_layer_hook', 'hook_layers', 'residual_writers', 'hook_writers', 'ablate_direction',
-           'accepts_system_turn', 'fold_system', 'render_prompt', 'tokenize_prompts', 'token_batches', 'dist_info',
-           'eval_mode', 'capture_last_token', 'TokenBatch', 'iter_token_batches', 'capture_tokens', 'PrefixGroup',
-           'PlanBatch', 'CapturePlan', 'plan_capture', 'capture_planned', 'add_to_layer']
+           'accepts_system_turn', 'fold_system', 'render_prompt', 'tokenize_prompts', 'prompt_token_ids',
+           'token_batches', 'dist_info', 'eval_mode', 'capture_last_token', 'TokenBatch', 'iter_token_batches',
+           'capture_tokens', 'PrefixGroup', 'PlanBatch', 'CapturePlan', 'plan_capture', 'capture_planned',
+           'add_to_layer']
 
 # %% ../nbs/04_capture.ipynb #698299bc
 _BLOCK_PATHS = ("model.layers", "model.model.layers", "transformer.h", "gpt_neox.layers", "model.decoder.layers",
@@ -573,6 +574,11 @@ def tokenize_prompts(tokenizer, convs: Sequence[Conversation], system_mode: str 
     texts = [render_prompt(tokenizer, c, system_mode) for c in convs]
     return tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
 
+def prompt_token_ids(tokenizer, prompts, system_mode: str = "auto") -> list[list[int]]:
+    "Token-id lists (a list of int lists) as given, or the chat-templated ids of conversations (`tokenize_prompts`)."
+    prompts = list(prompts)
+    return prompts if (prompts and isinstance(prompts[0], list)) else tokenize_prompts(tokenizer, prompts, system_mode)
+
 # %% ../nbs/04_capture.ipynb #bf8cb793
 def token_batches(lengths: Sequence[int], token_budget: int | None = 4096, batch_size: int | None = None) -> list[list[int]]:
     "Indices grouped into batches, longest prompts first."
@@ -661,7 +667,7 @@ def capture_last_token(model, tokenizer, prompts: Sequence[Conversation] | Seque
     `(n_prompts, vocab)`, the model's own output logits at the last prompt token. `layers` may be empty when `logits`.
     `batches` (prompt indices, each prompt exactly once) replaces the batching by `token_budget`/`batch_size`."""
     layers = _check_layers(model, layers, logits)
-    ids = list(prompts) if (prompts and isinstance(prompts[0], list)) else tokenize_prompts(tokenizer, prompts, system_mode)
+    ids = prompt_token_ids(tokenizer, prompts, system_mode)
     lengths = [len(x) for x in ids]
     device = _model_device(model)
     pad_id = _pad_id(tokenizer)

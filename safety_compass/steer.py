@@ -14,7 +14,8 @@ from torch import nn
 
 from .core import SafetyCompassError, atomic_open, atomic_write_json, staged_dir, check_writable, bundled_root
 from .capture import (hook_layers, add_to_layer, ablate_direction, residual_writers, unwrap_model,
-                                    num_layers, decoder_blocks, capture_last_token, iter_token_batches, tokenize_prompts)
+                                    num_layers, decoder_blocks, capture_last_token, iter_token_batches, tokenize_prompts,
+                                    prompt_token_ids)
 from .directions import SplitActs, eligible_layers, opener_token_ids, random_units
 from .monitor import Baseline
 
@@ -404,13 +405,6 @@ def select(model, tokenizer, candidates: Sequence[dict], effect_ids, harmless_id
     return rows
 
 # %% ../nbs/12_steer.ipynb #95819079
-def _as_ids(tokenizer, prompts) -> list[list[int]]:
-    "Token-id lists as given, or chat-templated ids of conversations (`pairs.Conversation`)."
-    prompts = list(prompts)
-    if prompts and isinstance(prompts[0], (list, tuple)) and all(isinstance(t, (int, np.integer)) for t in prompts[0]):
-        return [[int(t) for t in p] for p in prompts]
-    return tokenize_prompts(tokenizer, prompts)
-
 def _shared_tail(ids: Sequence[Sequence[int]]) -> int:
     "How many final tokens every sequence in `ids` has in common."
     k, m = 0, min(len(x) for x in ids)
@@ -431,7 +425,7 @@ def direction_candidates(model, tokenizer, positive, negative, positions: int = 
     them to `select_direction`. Cost: `positions` forwards of all prompts, up to the deepest layer."""
     from safety_compass.capture import capture_tokens
     from safety_compass.directions import dim_direction
-    pos_ids, neg_ids = _as_ids(tokenizer, positive), _as_ids(tokenizer, negative)
+    pos_ids, neg_ids = prompt_token_ids(tokenizer, positive), prompt_token_ids(tokenizer, negative)
     if not pos_ids or not neg_ids: raise SafetyCompassError("direction_candidates: positive and negative prompts must both be non-empty")
     ids = pos_ids + neg_ids
     n = num_layers(model)
@@ -466,7 +460,7 @@ def select_direction(model, tokenizer, candidates: Sequence[dict], effect_prompt
     `selected`, `rejected` (why not); `scale` and `target` are None for ablation. Returns
     `(rows, chosen)`: one row per candidate as `select` gives it (with `position`, `token`, `norm`), and the chosen
     candidate dict (with its `u`), or `None` when no candidate passes."""
-    rows = select(model, tokenizer, candidates, _as_ids(tokenizer, effect_prompts), _as_ids(tokenizer, harmless_prompts),
+    rows = select(model, tokenizer, candidates, prompt_token_ids(tokenizer, effect_prompts), prompt_token_ids(tokenizer, harmless_prompts),
                   openers, kl_cap, skip_last_fraction, goal, progress)
     return rows, next((c for r, c in zip(rows, candidates) if r["selected"]), None)
 

@@ -174,7 +174,6 @@ else: open(out + ".none", "w").write(str(rank))
 if world > 1: dist.destroy_process_group()
 '''
 
-@pytest.mark.long   # not yet run to the end on this project's CPU machines: make test-long
 def test_two_processes_match_one(tmp_path):
     script = tmp_path / "worker.py"; script.write_text(WORKER)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}

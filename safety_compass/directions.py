@@ -185,10 +185,7 @@ def causal_gate(model, tokenizer, prompts, layer: int, unit: np.ndarray, scale: 
                                                    steer=(layer, v), **capture_kw) - before).mean())
     unit = np.asarray(unit, np.float64) / np.linalg.norm(unit)
     plus, minus = shift(scale * unit), shift(-scale * unit)
-    rng = np.random.default_rng(seed)
-    rand = []
-    for _ in range(n_random):
-        r = rng.standard_normal(unit.shape); rand.append(shift(scale * r / np.linalg.norm(r)))
+    rand = [shift(scale * r) for r in random_units(unit.shape[0], n_random, seed)]
     p95 = float(np.percentile(np.abs(rand), 95))
     reasons = []
     if plus <= 0: reasons.append("wrong sign: adding the direction moves behavior away from the concept")

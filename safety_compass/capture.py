@@ -967,9 +967,10 @@ def _prefix_runs(ids, rows: list[int], cost: int = 0) -> list[tuple[int, list[in
 def _device_costs(model) -> tuple[int, int]:
     """`(min_tokens, overhead)` of a forward in token units: a batch under `min_tokens` tokens costs as much as
     `min_tokens`, and every forward costs `overhead` more. CPU: no minimum, about 32 tokens of (serial Python) overhead
-    per thread, from timing the embedded model; GPU: 1024 and 128, an estimate (not measured here)."""
+    (timed on the embedded model at one thread; kept constant so that every machine and every rank cuts the same
+    batches, whatever its thread count, and so rounds the same way); GPU: 1024 and 128, an estimate (not measured here)."""
     if _model_device(model).type == "cuda": return 1024, 128
-    return 0, 32 * max(1, torch.get_num_threads())
+    return 0, 32
 
 def _dp_batches(order: list[int], width: dict, plen: dict, token_budget: int | None, batch_size: int | None,
                 costs: tuple[int, int]) -> list[list[int]]:
@@ -1097,10 +1098,13 @@ def _store(out: dict, got: dict, rows: list[int], plan: CapturePlan):
     keys = sorted(got)
     widths = [got[L].shape[-1] for L in keys]
     flat = torch.cat([got[L].float() for L in keys], -1).cpu().numpy()
-    for L, part in zip(keys, np.split(flat, np.cumsum(widths)[:-1], axis=1)):
-        if L not in out: out[L] = np.full((len(plan.ids), part.shape[1]), np.nan, dtype=np.float32)
-        keep = [r for r, i in enumerate(rows) if L in plan.need[i]]
-        out[L][[rows[r] for r in keep]] = part[keep]
+    for L, part in zip(keys, np.split(flat, np.cumsum(widths)[:-1], axis=1)): _put(out, L, part, rows, plan)
+
+def _put(out: dict, L: int, part: np.ndarray, rows: list[int], plan: CapturePlan):
+    "Write layer `L`'s `(len(rows), width)` values into `out[L]` (NaN-filled on first use) at the rows that need `L`."
+    if L not in out: out[L] = np.full((len(plan.ids), part.shape[1]), np.nan, dtype=np.float32)
+    keep = [r for r, i in enumerate(rows) if L in plan.need[i]]
+    out[L][[rows[r] for r in keep]] = part[keep]
 
 def _run_prefix(model, plan: CapturePlan, progress: bool = False) -> dict:
     device, kw, out = _model_device(model), _cache_kwarg(model), {}
@@ -1164,8 +1168,6 @@ def plan_capture(model, tokenizer, ids: Sequence[Sequence[int]], need: Sequence[
     if not layers: raise SafetyCompassError("no layers requested")
     depth = [ls[-1] if ls else -1 for ls in need]
     mt = tuple(costs) if costs is not None else _device_costs(model)
-    if costs is None and distributed is not False and dist_info()[1] > 1 and _model_device(model).type != "cuda":
-        mt = (0, 32)  # every rank must cut the same batches, whatever its thread count
     plan = CapturePlan(ids, need, depth, layers, "depth", "", [], {}, [], {}, token_budget, batch_size, distributed, tokenizer, n)
     for d, rows in plan.classes.items():
         plan.depth_batches[d] = _plan_batches(ids, rows, {i: 0 for i in rows}, token_budget, batch_size, mt)
@@ -1219,10 +1221,7 @@ def capture_planned(model, plan: CapturePlan, forward: Callable | None = None, e
         got = capture_last_token(model, plan.tokenizer, [plan.ids[i] for i in rows], read, token_budget=plan.token_budget,
                                  batch_size=plan.batch_size, progress=progress, forward=forward, early_exit=early_exit,
                                  distributed=plan.distributed, batches=batches)
-        for L, a in got.items():
-            if L not in out: out[L] = np.full((len(plan.ids), a.shape[1]), np.nan, dtype=np.float32)
-            keep = [r for r, i in enumerate(rows) if L in plan.need[i]]
-            out[L][[rows[r] for r in keep]] = a[keep]
+        for L, a in got.items(): _put(out, L, a, rows, plan)
     return out
 
 # %% ../nbs/04_capture.ipynb #2331cf5b

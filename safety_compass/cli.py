@@ -133,7 +133,12 @@ def _report(a):
 def _steer(a):
     from safety_compass.steer import run_steer
     s = run_steer(a.run_dir, a.concept, a.op, a.output_dir, a.model, kl_cap=a.kl_cap, n_random=a.random_directions,
-                  max_new_tokens=a.max_new_tokens, generate_text=not a.no_generate, limit=a.limit, seed=a.seed)
+                  max_new_tokens=a.max_new_tokens, generate_text=not a.no_generate, limit=a.limit, seed=a.seed,
+                  direction=a.direction, pairs_file=a.pairs_file, positions=a.positions, progress=True)
+    d = s.get("direction")
+    if a.direction == "selected" and d:
+        print(f"{s['concept']} direction chosen on the base model: position {d['position']} ({d['token']!r}), layer {d['layer']} "
+              f"(ablated: {d['effect']:+.3f} nats on the val pairs, harmless KL {d['kl']:.3f}; {d['n_candidates']} candidates)")
     if s.get("selected") is None: print(s.get("note", "no candidate selected")); return 0
     sel = s["selected"]
     print(f"{s['concept']}: {a.op} at layer {sel.get('layer')} (scale {sel.get('scale')}) moves the held-out log-odds "
@@ -208,6 +213,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--random-directions", type=int, default=20, help="random-direction controls of the same norm")
     p.add_argument("--max-new-tokens", type=int, default=16, help="greedy tokens generated per prompt for the rule scorer (default: 16)")
     p.add_argument("--limit", type=int, help="first N prompts")
+    p.add_argument("--direction", choices=["baseline", "selected"], default="baseline",
+                   help="steer along the monitor's baseline direction, or one chosen on the base model for its effect "
+                        "(Arditi et al.: position × layer candidates from the concept's train pairs, ablated on its val pairs "
+                        "under --kl-cap; slower) (default: baseline)")
+    p.add_argument("--pairs-file", help="contrastive pairs for --direction selected (default: the bundled concept's)")
+    p.add_argument("--positions", type=int, default=5, help="template positions searched by --direction selected (default: 5)")
     p.add_argument("--no-generate", action="store_true", help="only the generation-free log-odds and KL")
     p.add_argument("--seed", type=int, default=0, help="seed of the random controls and the bootstrap (default: 0)"); p.set_defaults(fn=_steer)
     p = sub.add_parser("diff", help="what fine-tuning changed: base vs fine-tuned (one model copy for a LoRA)")

@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 __all__ = ['log', 'Fraction', 'YamlDoc', 'read_yaml', 'load_yaml', 'resolve_relative', 'find_config', 'Section', 'ModelConfig',
            'BehaviorTokens', 'LayerChoice', 'AuditSettings', 'ConceptConfig', 'ConceptEntry', 'MonitorSettings',
            'DatasetConfig', 'LoraSettings', 'ExperimentConfig', 'experiment_json_schema', 'parse_section',
-           'ConceptSource', 'Experiment', 'load_experiment', 'training_arguments']
+           'ConceptSource', 'Experiment', 'load_concept', 'load_experiment', 'training_arguments']
 
 # %% ../nbs/01_config.ipynb #9050bacf
 def _loc_str(loc: Sequence) -> str:
@@ -325,11 +325,23 @@ def _load_concept(entry: ConceptEntry, i: int, exp_doc: YamlDoc, strict: bool) -
     where = exp_doc.where(("concepts", i))
     cfile = _resolve_in(entry.config_file, exp_doc)
     if not cfile.is_file(): raise SafetyCompassError(f"{exp_doc.where(('concepts', i, 'config_file'))}: {cfile} not found")
+    c, pfile, cdoc = _concept_file(cfile, strict)
+    return ConceptSource(entry, c, cfile, pfile, cdoc, where)
+
+def _concept_file(cfile: Path, strict: bool) -> tuple[ConceptConfig, Path, YamlDoc]:
     cdoc = read_yaml(cfile)
     c = parse_section(ConceptConfig, cdoc.data, cdoc, strict)
     pfile = resolve_relative(c.contrastive_pairs_file, cfile)
     if not pfile.is_file(): raise SafetyCompassError(f"{cdoc.where(('contrastive_pairs_file',))}: {pfile} not found")
-    return ConceptSource(entry, c, cfile, pfile, cdoc, where)
+    return c, pfile, cdoc
+
+def load_concept(name_or_path: str | Path,  # a concept file, or a bundled name such as "refusal"
+                 strict: bool = False,       # unknown keys are errors, not warnings
+                ) -> tuple[ConceptConfig, Path]:
+    """One concept file on its own (outside an experiment): `(ConceptConfig, its contrastive pair file)`, the pair file
+    resolved by the path rule. Raises `SafetyCompassError` (`file:line: field`) for a missing or invalid file."""
+    c, pfile, _ = _concept_file(find_config(name_or_path, "concepts"), strict)
+    return c, pfile
 
 def load_experiment(experiment_config: str | Path | dict | Experiment,  # a path, a bundled name ("demo"), a dict or a parsed Experiment
                     strict: bool = False,                   # unknown keys are errors (`--strict`), not warnings

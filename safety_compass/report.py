@@ -142,11 +142,17 @@ def steer_section(res) -> str:
                     f"{s['n_held_out']} held-out prompts base {s['logodds_base']:.2f}, fine-tuned {s['logodds_finetuned']:.2f}, "
                     f"steered {s['logodds_steered']:.2f} nats; recovered fraction {s['recovered_fraction']:.2f} "
                     f"[95% CI {s['recovered_ci_low']:.2f}, {s['recovered_ci_high']:.2f}]; harmless KL {s['harmless_kl']:.3f} nats "
-                    f"(cap {s['kl_cap']}); Δ cross-entropy on {s['n_answers']} held-out answers {s['delta_ce']:+.3f} nats/token")
+                    f"(cap {s['kl_cap']}" + (f"; from the base model {s['harmless_kl_to_base']:.3f}, fine-tuned from base "
+                                             f"{s['harmless_kl_finetune']:.3f}" if "harmless_kl_to_base" in s else "") +
+                    f"); Δ cross-entropy on {s['n_answers']} held-out answers {s['delta_ce']:+.3f} nats/token")
             if s.get("random_p95") is not None:
                 line += (f"; shift toward the base model {s['shift'] * (1 if s.get('goal', 'raise') == 'raise' else -1):+.2f} nats vs "
                          f"the 95th percentile of {len(s['random_shifts'])} random directions {s['random_p95']:+.2f}")
         else: line = esc(s.get("note", "nothing selected"))
+        dr = s.get("direction") or {}
+        if dr.get("source") == "selected":
+            line = (f"direction chosen on the base model for its effect: position {dr['position']} ({esc(repr(dr['token']))}), layer "
+                    f"{dr['layer']} ({dr['n_candidates']} candidates; ablated, {dr['effect']:+.2f} nats at KL {dr['kl']:.3f}). " + line)
         rates = "".join(f"<li>{esc(k[6:])}: held-out {v['held_out']['refusal_rate']:.2f} [{v['held_out']['rate_ci_low']:.2f}, "
                         f"{v['held_out']['rate_ci_high']:.2f}], harmless {v['harmless']['refusal_rate']:.2f} "
                         f"[{v['harmless']['rate_ci_low']:.2f}, {v['harmless']['rate_ci_high']:.2f}]</li>"

@@ -23,7 +23,8 @@ from .monitor import Baseline
 __all__ = ['OPS', 'add', 'ablate', 'restore', 'restore_target', 'scale_adapter', 'untie_embeddings', 'orthogonalize',
            'to_steering_vector', 'export_vectors', 'import_vectors', 'load_baseline', 'prompt_ids', 'answer_examples',
            'last_logits', 'logodds', 'kl', 'answer_ce', 'intervention', 'random_control', 'recovered_fraction',
-           'select', 'direction_candidates', 'select_direction', 'candidates_for', 'split_items', 'run_steer']
+           'select', 'direction_candidates', 'select_direction', 'candidates_for', 'concept_pairs', 'split_items',
+           'run_steer']
 
 # %% ../nbs/12_steer.ipynb #ed44eeba
 def _unit(u, width: int | None = None, where: str = "direction") -> torch.Tensor:
@@ -421,7 +422,8 @@ def direction_candidates(model, tokenizer, positive, negative, positions: int = 
     `positive`, `negative`: conversations (chat template applied, as the monitor renders them) or token-id lists; the
     positions must be template tokens every prompt shares, else `SafetyCompassError` says how many final tokens are
     shared. Returns one dict per (position, layer): `op` "ablate", `u` (float64 `(width,)`, unit), `layer`,
-    `position` (−k), `token` (the decoded token at that position), `norm` (the raw DiM norm, activation units); pass
+    `position` (−k), `token` (the decoded token at that position), `norm` (the raw DiM norm, activation units), `t_pos`
+    and `t_neg` (the mean projections of the positive and negative prompts on `u` there: `restore`'s targets); pass
     them to `select_direction`. Cost: `positions` forwards of all prompts, up to the deepest layer."""
     from safety_compass.capture import capture_tokens
     from safety_compass.directions import dim_direction
@@ -441,8 +443,10 @@ def direction_candidates(model, tokenizer, positive, negative, positions: int = 
         acts = capture_tokens(model, tokenizer, ids, layers, reduce="last", spans=[(0, len(x) - k + 1) for x in ids],
                               token_budget=token_budget)
         for L in layers:
-            u, norm = dim_direction(acts[L][:len(pos_ids)], acts[L][len(pos_ids):])
-            out.append({"op": "ablate", "u": u, "layer": L, "position": -k, "token": tokenizer.decode([ids[0][-k]]), "norm": norm})
+            a_pos, a_neg = acts[L][:len(pos_ids)], acts[L][len(pos_ids):]
+            u, norm = dim_direction(a_pos, a_neg)
+            out.append({"op": "ablate", "u": u, "layer": L, "position": -k, "token": tokenizer.decode([ids[0][-k]]), "norm": norm,
+                        "t_pos": float((a_pos @ u).mean()), "t_neg": float((a_neg @ u).mean())})
     return out
 
 def select_direction(model, tokenizer, candidates: Sequence[dict], effect_prompts, harmless_prompts, openers,
@@ -472,27 +476,45 @@ def _rates(items, responses) -> dict:
     lo, hi = wilson_ci(k, n)
     return {"refusal_rate": k / n if n else float("nan"), "rate_ci_low": lo, "rate_ci_high": hi, "n": n}
 
-def candidates_for(op: str, baseline: Baseline, n_layers: int, layers=None, scales=None) -> list[dict]:
-    """The selection grid of `op`: `add`: layers (default: every third eligible layer plus the baseline's) × scales in
-    units of the raw DiM norm (default 0.25, 0.5, 1, 2); `restore`: the baseline's layer × targets `t_neg + s·(t_pos −
-    t_neg)` for `s` in scales (default 0.5, 1, 1.5, 2, 3; `s = 1` is `restore_target(baseline)`); `ablate`: one candidate;
-    `adapter`: LoRA scalings (default 0, 0.25, 0.5, 0.75)."""
-    u = np.asarray(baseline.direction, np.float64)
+def _source(baseline) -> tuple[np.ndarray, float, int, float, float]:
+    "`(û, raw DiM norm, layer, t_pos, t_neg)` of a monitor `Baseline` or of a `direction_candidates` dict."
+    if isinstance(baseline, dict):
+        u = np.asarray(baseline["u"], np.float64)
+        return u / np.linalg.norm(u), float(baseline["norm"]), int(baseline["layer"]), float(baseline["t_pos"]), float(baseline["t_neg"])
+    return (np.asarray(baseline.direction, np.float64), float(baseline.direction_norm), int(baseline.layer),
+            restore_target(baseline, "positive"), restore_target(baseline, "negative"))
+
+def candidates_for(op: str, baseline: Baseline | dict, n_layers: int, layers=None, scales=None) -> list[dict]:
+    """The selection grid of `op` for a direction: the monitor's `Baseline`, or a candidate from `direction_candidates`
+    (e.g. the one `select_direction` chose; its `t_pos`/`t_neg` are the targets). `add`: layers (default: every third
+    eligible layer plus the direction's for a `Baseline`; the candidate's own layer for a candidate, where Arditi et al.
+    add it) × scales in units of the raw DiM norm (default 0.25, 0.5, 1, 2); `restore`: the direction's layer × targets
+    `t_neg + s·(t_pos − t_neg)` for `s` in scales (default 0.5, 1, 1.5, 2, 3; `s = 1` is `restore_target(baseline)`);
+    `ablate`: one candidate; `adapter`: LoRA scalings (default 0, 0.25, 0.5, 0.75)."""
+    if op == "adapter": return [{"op": "adapter", "layer": None, "scale": float(s)} for s in (scales or (0.0, 0.25, 0.5, 0.75))]
+    if op not in OPS: raise SafetyCompassError(f"--op: must be one of {', '.join(OPS)}, got {op!r}")
+    u, norm, layer, tp, tn = _source(baseline)
     if op == "add":
         if layers is None:
-            el = eligible_layers(n_layers)
-            layers = sorted(set(el[::3]) | {baseline.layer})
-        return [{"op": "add", "u": u * baseline.direction_norm, "layer": int(L), "scale": float(s)}
+            layers = sorted(set(eligible_layers(n_layers)[::3]) | {layer}) if not isinstance(baseline, dict) else [layer]
+        return [{"op": "add", "u": u * norm, "layer": int(L), "scale": float(s)}
                 for L in layers for s in (scales or (0.25, 0.5, 1.0, 2.0))]
     if op == "restore":
-        if layers is not None and set(layers) != {baseline.layer}:
-            raise SafetyCompassError(f"--layers: restore acts at the baseline's layer {baseline.layer} only (its target is measured there)")
-        tn, tp = restore_target(baseline, "negative"), restore_target(baseline, "positive")
-        return [{"op": "restore", "u": u, "layer": baseline.layer, "scale": float(s), "target": tn + s * (tp - tn)}
+        if layers is not None and set(layers) != {layer}:
+            raise SafetyCompassError(f"--layers: restore acts at the direction's layer {layer} only (its target is measured there)")
+        return [{"op": "restore", "u": u, "layer": layer, "scale": float(s), "target": tn + s * (tp - tn)}
                 for s in (scales or (0.5, 1.0, 1.5, 2.0, 3.0))]
-    if op == "ablate": return [{"op": "ablate", "u": u, "layer": None, "scale": 1.0}]
-    if op == "adapter": return [{"op": "adapter", "layer": None, "scale": float(s)} for s in (scales or (0.0, 0.25, 0.5, 0.75))]
-    raise SafetyCompassError(f"--op: must be one of {', '.join(OPS)}, got {op!r}")
+    return [{"op": "ablate", "u": u, "layer": None, "scale": 1.0}]
+
+def concept_pairs(concept: str, pairs_file=None) -> tuple[list, list]:
+    """`(train, val)` contrastive pairs of a concept (`config.load_concept`: a bundled name such as "refusal" or a
+    concept file; its pair file and pairing strategy), or of `pairs_file` read with that strategy. Raises
+    `SafetyCompassError` for an unknown concept or a bad pair file (one line, file and line)."""
+    from safety_compass.config import load_concept
+    from safety_compass.pairs import load_pairs
+    c, pfile = load_concept(concept)
+    pairs = load_pairs(Path(pairs_file) if pairs_file is not None else pfile, c.pairing_strategy)
+    return [p for p in pairs if p.split == "train"], [p for p in pairs if p.split == "val"]
 
 def split_items(items: Sequence[dict]) -> tuple[list[dict], list[dict]]:
     "`(selection, held-out)`: alternate items by position in the file (even → selection, odd → held out)."
@@ -501,11 +523,17 @@ def split_items(items: Sequence[dict]) -> tuple[list[dict], list[dict]]:
 def run_steer(run_dir, concept: str = "refusal", op: str = "restore", output_dir=None, model_name: str = "default",
               kl_cap: float = 0.1, layers=None, scales=None, n_random: int = 20, n_answers: int = 16,
               max_new_tokens: int = 16, generate_text: bool = True, limit: int | None = None, seed: int = 0,
+              direction: str | dict = "baseline", pairs_file=None, positions: int = 5,
               model=None, tokenizer=None, progress: bool = False) -> dict:
     """Steer a LoRA run's drifted behavior back and measure it; writes `<run_dir>/steer/` (or `output_dir`).
 
     Reads `run_dir/baselines/` (the concept's base-model direction) and `run_dir/adapter/`; loads the base model
-    (`model_name`, or pass `model`/`tokenizer` of the base model, which gets the adapter attached), then:
+    (`model_name`, or pass `model`/`tokenizer` of the base model, which gets the adapter attached). The direction
+    steered along: `direction="baseline"`, the monitor's (chosen to read the concept: last prompt token, the layer
+    rule's layer); `"selected"`, chosen to move it, on the base model (adapter off), as Arditi et al. do
+    (`direction_candidates` over the last `positions` template tokens × layers from the concept's train pairs,
+    `select_direction` on its val pairs with the same `kl_cap`; `concept_pairs(concept, pairs_file)`); or a candidate
+    dict from `direction_candidates` chosen beforehand (`"given"`: no search). Then:
     1. splits the concept's bundled behavior prompts that should trigger it (refusal: `expected == "refuse"`) into a
        selection half and a held-out half (`split_items`), and uses the others (benign look-alikes) as harmless prompts;
     2. selects an intervention of kind `op` on the fine-tuned model (`candidates_for`, `select`: KL cap `kl_cap` on
@@ -513,18 +541,22 @@ def run_steer(run_dir, concept: str = "refusal", op: str = "restore", output_dir
        selection half: up when the base model's mean log-odds there are above the fine-tuned model's, else down);
     3. measures it on the held-out half: first-token log-odds of base, fine-tuned and steered models, the recovered
        fraction with a bootstrap CI (`recovered_fraction`), `n_random` random-direction controls, the KL and log-odds
-       shift on harmless prompts, Δ cross-entropy on `n_answers` held-out Dolly answers
+       shift on harmless prompts (`harmless_kl`: KL(fine-tuned ‖ steered), the cap's reference; `harmless_kl_to_base`:
+       KL(base ‖ steered); `harmless_kl_finetune`: KL(fine-tuned ‖ base), the `harmless_kl` of a steer-back all the
+       way to the base model), Δ cross-entropy on `n_answers` held-out Dolly answers
        (`data/instructions/benign_dolly.jsonl`; the demo run trains on Alpaca), and (with `generate_text`) rule-scorer
        refusal rates with Wilson CIs from greedy generations of `max_new_tokens` tokens.
 
-    Files (written together or not at all): `grid.csv` (every candidate and why it was rejected), `prompts.csv`
+    Files (written together or not at all): `grid.csv` (every candidate and why it was rejected), with
+    `direction="selected"` also `direction_grid.csv` and `direction_grid.png` (every direction candidate), `prompts.csv`
     (per held-out prompt: base, fine-tuned, steered log-odds), `summary.json`, `steer.png`, `manifest.json`
     (`finetune.run_manifest`). Returns the summary. Raises `SafetyCompassError` (one line) for a missing run,
-    baselines or adapter, an unknown concept or op, or an unwritable output folder, before loading any model."""
+    baselines or adapter, an unknown concept, op or direction, a bad pair file, or an unwritable output folder, before
+    loading any model."""
     import pandas as pd
     from safety_compass.behavior import bundled_behavior, DEFAULT_OPENERS, generate
     from safety_compass.finetune import run_manifest
-    from safety_compass.plots import save_figure, plot_recovery
+    from safety_compass.plots import save_figure, plot_recovery, plot_direction_grid
     run_dir = Path(run_dir)
     if not (run_dir / "run.json").is_file(): raise SafetyCompassError(f"{run_dir}: no run.json (not a finetune run directory)")
     if op not in OPS: raise SafetyCompassError(f"--op: must be one of {', '.join(OPS)}, got {op!r}")
@@ -535,6 +567,13 @@ def run_steer(run_dir, concept: str = "refusal", op: str = "restore", output_dir
         raise SafetyCompassError(f"{adapter}: no LoRA adapter (adapter_config.json); steering back needs a LoRA run")
     baseline = load_baseline(run_dir / "baselines", concept)
     if not 0 < kl_cap: raise SafetyCompassError(f"--kl-cap: must be positive, got {kl_cap!r}")
+    if isinstance(direction, dict):
+        miss = [k for k in ("u", "layer", "norm", "t_pos", "t_neg") if k not in direction]
+        if miss: raise SafetyCompassError(f"direction: a candidate dict needs {', '.join(miss)} (from direction_candidates)")
+    elif direction not in ("baseline", "selected"): raise SafetyCompassError(f"--direction: must be baseline or selected, got {direction!r}")
+    if direction == "selected":
+        if op == "adapter": raise SafetyCompassError("--direction selected: the adapter op steers no direction (use --op restore, add or ablate)")
+        tr_pairs, va_pairs = concept_pairs(concept, pairs_file)
     out = Path(output_dir) if output_dir is not None else run_dir / "steer"
     check_writable(out)
     items = bundled_behavior(concept)
@@ -557,42 +596,59 @@ def run_steer(run_dir, concept: str = "refusal", op: str = "restore", output_dir
         ids_sel, ids_held, ids_harmless = (prompt_ids(tokenizer, x) for x in (sel, held, harmless))
         answers = answer_examples(tokenizer, rows_a)
         base_ctx = ft.disable_adapter
+        src, dir_grid = (direction if isinstance(direction, dict) else baseline), None
+        if direction == "selected":   # chosen on the base model: the direction that mediates the concept there
+            with base_ctx():
+                cands_d = direction_candidates(ft, tokenizer, [p.positive for p in tr_pairs], [p.negative for p in tr_pairs], positions)
+                dir_grid, src = select_direction(ft, tokenizer, cands_d, [p.positive for p in va_pairs], [p.negative for p in va_pairs],
+                                                 openers, kl_cap, progress=progress)
+        if isinstance(direction, dict):
+            if np.asarray(direction["u"]).shape != (_width(ft),):
+                raise SafetyCompassError(f"direction: u has shape {np.asarray(direction['u']).shape}, the model's residual stream ({_width(ft)},)")
+            dir_info = {"source": "given", **{k: direction.get(k) for k in ("layer", "position", "token", "norm")}}
+        elif direction == "baseline": dir_info = {"source": direction, "layer": baseline.layer, "norm": baseline.direction_norm}
+        else: dir_info = None if src is None else {"source": direction, **{k: src[k] for k in ("layer", "position", "token", "norm")},
+                                                   **{k: next(r[k] for r in dir_grid if r["selected"]) for k in ("effect", "kl")},
+                                                   "n_candidates": len(dir_grid), "n_train_pairs": len(tr_pairs), "n_val_pairs": len(va_pairs)}
+        cands = candidates_for(op, src, num_layers(ft), layers, scales) if src is not None else []
         # steer back = move toward the base model: the sign of (base − fine-tuned) on the selection half sets the goal
         gap_sel = float((logodds(last_logits(ft, tokenizer, ids_sel, base_ctx), pos, neg) -
                          logodds(last_logits(ft, tokenizer, ids_sel), pos, neg)).mean())
         goal = 1.0 if gap_sel >= 0 else -1.0
-        grid = select(ft, tokenizer, candidates_for(op, baseline, num_layers(ft), layers, scales), ids_sel, ids_harmless,
-                      openers, kl_cap, goal=goal, progress=progress)
+        grid = select(ft, tokenizer, cands, ids_sel, ids_harmless, openers, kl_cap, goal=goal, progress=progress)
         best = next((r for r in grid if r["selected"]), None)
         lp_base, lp_ft = last_logits(ft, tokenizer, ids_held, base_ctx), last_logits(ft, tokenizer, ids_held)
         lo_base, lo_ft = logodds(lp_base, pos, neg), logodds(lp_ft, pos, neg)
-        h_ft = last_logits(ft, tokenizer, ids_harmless)
+        h_ft, h_base = last_logits(ft, tokenizer, ids_harmless), last_logits(ft, tokenizer, ids_harmless, base_ctx)
         ce_ft, ce_base = answer_ce(ft, tokenizer, answers), answer_ce(ft, tokenizer, answers, base_ctx)
         summary = {"concept": concept, "op": op, "run_dir": str(run_dir), "baseline_layer": baseline.layer,
                    "direction_norm": baseline.direction_norm, "kl_cap": kl_cap, "n_selection": len(sel), "n_held_out": len(held),
-                   "n_harmless": len(harmless), "n_answers": len(answers), "selected": None,
+                   "n_harmless": len(harmless), "n_answers": len(answers), "direction": dir_info, "selected": None,
                    "gap_selection": gap_sel, "goal": "raise" if goal > 0 else "lower",
                    "logodds_base": float(lo_base.mean()), "logodds_finetuned": float(lo_ft.mean()),
-                   "ce_base": float(ce_base.mean()), "ce_finetuned": float(ce_ft.mean())}
+                   "ce_base": float(ce_base.mean()), "ce_finetuned": float(ce_ft.mean()),
+                   "harmless_kl_finetune": float(kl(h_ft, h_base).mean())}
         prompts = pd.DataFrame({"id": [it["id"] for it in held], "logodds_base": lo_base, "logodds_finetuned": lo_ft})
         gens = {}
         if generate_text:
             with base_ctx(): gens["base"] = (generate(ft, tokenizer, held, max_new_tokens), generate(ft, tokenizer, harmless, max_new_tokens))
             gens["finetuned"] = (generate(ft, tokenizer, held, max_new_tokens), generate(ft, tokenizer, harmless, max_new_tokens))
-        if best is None:
+        if src is None:
+            summary["note"] = (f"no direction candidate lowered the {concept} log-odds on the val pairs when ablated from the base "
+                               f"model with harmless KL ≤ {kl_cap} outside the last 20% of layers; nothing was steered")
+        elif best is None:
             summary["note"] = (f"no {op} candidate moved the {concept} log-odds on the selection prompts toward the base model "
                                f"({'up' if goal > 0 else 'down'}) with harmless KL ≤ {kl_cap} outside the last 20% of layers; "
                                "nothing was steered")
         else:
-            c = next(c for c in candidates_for(op, baseline, num_layers(ft), layers, scales)
-                     if c.get("layer") == best["layer"] and c.get("scale") == best["scale"])
+            c = next(c for c in cands if c.get("layer") == best["layer"] and c.get("scale") == best["scale"])
             ctx = intervention(ft, op, c.get("u"), c.get("layer"), c.get("scale", 1.0), c.get("target"))
             lo_st = logodds(last_logits(ft, tokenizer, ids_held, ctx), pos, neg)
             h_st = last_logits(ft, tokenizer, ids_harmless, ctx)
             ce_st = answer_ce(ft, tokenizer, answers, ctx)
             prompts["logodds_steered"] = lo_st
             rand = (random_control(ft, tokenizer, ids_held, openers, op, c.get("layer"), c.get("scale", 1.0) *
-                                   (baseline.direction_norm if op == "add" else 1.0), c.get("target"), n_random, seed, lo_ft)
+                                   (_source(src)[1] if op == "add" else 1.0), c.get("target"), n_random, seed, lo_ft)
                     if op != "adapter" and n_random else np.array([]))
             shift = float((lo_st - lo_ft).mean())
             summary.update({"selected": {k: best[k] for k in ("op", "layer", "scale", "target")},
@@ -602,7 +658,7 @@ def run_steer(run_dir, concept: str = "refusal", op: str = "restore", output_dir
                             "random_shifts": rand.tolist(),  # raw mean shifts (nats), one per random direction
                             "random_p95": float(np.percentile(goal * rand, 95)) if len(rand) else None,
                             "beats_random": bool(goal * shift > np.percentile(goal * rand, 95)) if len(rand) else None,
-                            "harmless_kl": float(kl(h_ft, h_st).mean()),
+                            "harmless_kl": float(kl(h_ft, h_st).mean()), "harmless_kl_to_base": float(kl(h_base, h_st).mean()),
                             "harmless_logodds_shift": float((logodds(h_st, pos, neg) - logodds(h_ft, pos, neg)).mean()),
                             "ce_steered": float(ce_st.mean()), "delta_ce": float((ce_st - ce_ft).mean())})
             if generate_text:
@@ -618,6 +674,10 @@ def run_steer(run_dir, concept: str = "refusal", op: str = "restore", output_dir
             atomic_write_json(tmp / "summary.json", summary)
             atomic_write_json(tmp / "manifest.json", summary["manifest"])
             save_figure(fig, tmp / "steer.png")
+            if dir_grid is not None:
+                with atomic_open(tmp / "direction_grid.csv", "w") as f: pd.DataFrame(dir_grid).drop(columns=["op", "scale", "target"]).to_csv(f, index=False)
+                save_figure(plot_direction_grid(dir_grid, kl_cap=kl_cap, effect_label=f"{len(va_pairs)} val pairs (base model)",
+                                                title=f"{concept} direction candidates ablated from the base model"), tmp / "direction_grid.png")
         return summary
     finally:
         ft.unload()  # take the LoRA layers out of the caller's base model again

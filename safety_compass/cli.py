@@ -134,14 +134,15 @@ def _steer(a):
     from safety_compass.steer import run_steer
     s = run_steer(a.run_dir, a.concept, a.op, a.output_dir, a.model, kl_cap=a.kl_cap, n_random=a.random_directions,
                   max_new_tokens=a.max_new_tokens, generate_text=not a.no_generate, limit=a.limit, seed=a.seed,
-                  direction=a.direction, pairs_file=a.pairs_file, positions=a.positions, progress=True)
+                  direction=a.direction, pairs_file=a.pairs_file, positions=a.positions,
+                  at=("all", "read") if a.at == "both" else a.at, progress=True)
     d = s.get("direction")
     if a.direction == "selected" and d:
         print(f"{s['concept']} direction chosen on the base model: position {d['position']} ({d['token']!r}), layer {d['layer']} "
               f"(ablated: {d['effect']:+.3f} nats on the val pairs, harmless KL {d['kl']:.3f}; {d['n_candidates']} candidates)")
     if s.get("selected") is None: print(s.get("note", "no candidate selected")); return 0
     sel = s["selected"]
-    print(f"{s['concept']}: {a.op} at layer {sel.get('layer')} (scale {sel.get('scale')}) moves the held-out log-odds "
+    print(f"{s['concept']}: {a.op} at layer {sel.get('layer')} (scale {sel.get('scale')}, tokens: {sel.get('at') or 'all'}) moves the held-out log-odds "
           f"{s['shift']:+.3f} nats (random directions' p95 {s['random_p95'] if s['random_p95'] is not None else '-'}); "
           f"recovered {s['recovered_fraction']:.2f} [{s['recovered_ci_low']:.2f}, {s['recovered_ci_high']:.2f}] of the "
           f"base − fine-tuned gap ({s['gap']:+.3f} nats, n = {s['n']}); harmless KL {s['harmless_kl']:.4f} nats, "
@@ -219,6 +220,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "under --kl-cap; slower) (default: baseline)")
     p.add_argument("--pairs-file", help="contrastive pairs for --direction selected (default: the bundled concept's)")
     p.add_argument("--positions", type=int, default=5, help="template positions searched by --direction selected (default: 5)")
+    p.add_argument("--at", choices=["all", "read", "both"], default="both",
+                   help="tokens the op acts on: all, or only the prompt token the direction was read at; both: search both (default: both)")
     p.add_argument("--no-generate", action="store_true", help="only the generation-free log-odds and KL")
     p.add_argument("--seed", type=int, default=0, help="seed of the random controls and the bootstrap (default: 0)"); p.set_defaults(fn=_steer)
     p = sub.add_parser("diff", help="what fine-tuning changed: base vs fine-tuned (one model copy for a LoRA)")

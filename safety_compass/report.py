@@ -138,7 +138,8 @@ def steer_section(res) -> str:
         name = esc(str(r.get("name", d.parent.name)))
         if s.get("selected"):
             sel = s["selected"]
-            line = (f"{esc(s['op'])} at layer {sel['layer']} (scale {sel['scale']}): {s['concept']} log-odds on "
+            line = (f"{esc(s['op'])} at layer {sel['layer']} (scale {sel['scale']}" + (f", tokens: {esc(str(sel['at']))}" if sel.get("at") else "") +
+                    f"): {s['concept']} log-odds on "
                     f"{s['n_held_out']} held-out prompts base {s['logodds_base']:.2f}, fine-tuned {s['logodds_finetuned']:.2f}, "
                     f"steered {s['logodds_steered']:.2f} nats; recovered fraction {s['recovered_fraction']:.2f} "
                     f"[95% CI {s['recovered_ci_low']:.2f}, {s['recovered_ci_high']:.2f}]; harmless KL {s['harmless_kl']:.3f} nats "

@@ -20,11 +20,11 @@ from .directions import SplitActs, eligible_layers, opener_token_ids, random_uni
 from .monitor import Baseline
 
 # %% auto #0
-__all__ = ['OPS', 'add', 'ablate', 'restore', 'restore_target', 'scale_adapter', 'untie_embeddings', 'orthogonalize',
+__all__ = ['OPS', 'AT', 'add', 'ablate', 'restore', 'restore_target', 'scale_adapter', 'untie_embeddings', 'orthogonalize',
            'to_steering_vector', 'export_vectors', 'import_vectors', 'load_baseline', 'prompt_ids', 'answer_examples',
-           'last_logits', 'logodds', 'kl', 'answer_ce', 'intervention', 'random_control', 'recovered_fraction',
-           'select', 'direction_candidates', 'select_direction', 'candidates_for', 'concept_pairs', 'split_items',
-           'run_steer']
+           'last_logits', 'logodds', 'kl', 'answer_ce', 'intervention', 'prompt_token', 'random_control',
+           'recovered_fraction', 'select', 'direction_candidates', 'select_direction', 'candidates_for',
+           'concept_pairs', 'split_items', 'run_steer']
 
 # %% ../nbs/12_steer.ipynb #ed44eeba
 def _unit(u, width: int | None = None, where: str = "direction") -> torch.Tensor:
@@ -335,17 +335,31 @@ def intervention(model, op: str, u=None, layer: int | None = None, scale: float 
     if op == "adapter": return lambda: scale_adapter(model, scale)
     raise SafetyCompassError(f"--op: must be one of {', '.join(OPS)}, got {op!r}")
 
+def prompt_token(k: int = 1) -> Callable:
+    """A `positions` selector for `add`, `ablate` and `restore`: the k-th last prompt token of each row (k = 1: the last
+    prompt token, whose output is the next-token distribution; k = 2: the one before it, ...), e.g. the template token a
+    direction was read at (`direction_candidates`' `position` = −k; the monitor's baseline: k = 1). The last real
+    prompt token is found per row, so right and left padding both work; padding is never selected (see
+    `capture.TokenPositions`), and under `generate` only the prefill forward holds prompt tokens, so generated tokens
+    are never touched."""
+    if int(k) != k or k < 1: raise SafetyCompassError(f"prompt_token: k must be a positive integer, got {k!r}")
+    k = int(k)
+    def select_(tp) -> torch.Tensor:
+        p = tp.prompt
+        last = torch.where(p, tp.position, torch.full_like(tp.position, -1)).amax(1, keepdim=True)
+        return p & (tp.position == last - (k - 1))
+    return select_
 
 def random_control(model, tokenizer, ids, openers, op: str, layer=None, scale=1.0, target=None, n: int = 20,
-                   seed: int = 0, ref_logodds=None) -> np.ndarray:
+                   seed: int = 0, ref_logodds=None, positions="all") -> np.ndarray:
     """Mean change in log-odds on `ids` from the same intervention with `n` random unit directions (same layer, same
-    norm `scale` for `add`, the same `target` for `restore`): the null distribution a direction's effect is compared
-    with. Returns `(n,)` mean shifts (nats)."""
+    norm `scale` for `add`, the same `target` for `restore`, the same token `positions`): the null distribution a
+    direction's effect is compared with. Returns `(n,)` mean shifts (nats)."""
     pos, neg = (opener_token_ids(tokenizer, o) for o in openers)
     if ref_logodds is None: ref_logodds = logodds(last_logits(model, tokenizer, ids), pos, neg)
     out = []
     for r in random_units(_width(model), n, seed):
-        ctx = intervention(model, op, r, layer, scale, target)
+        ctx = intervention(model, op, r, layer, scale, target, positions)
         out.append(float((logodds(last_logits(model, tokenizer, ids, ctx), pos, neg) - ref_logodds).mean()))
     return np.array(out)
 
@@ -377,8 +391,8 @@ def select(model, tokenizer, candidates: Sequence[dict], effect_ids, harmless_id
 
     Returns one row per candidate: `op, layer, scale, target, effect` (mean Δ log-odds, nats), `harmless_shift`,
     `kl` (mean, nats), `eligible`, `selected` and `rejected` (why not chosen: "KL x > cap", "layer in the last 20%",
-    "smaller effect", "wrong direction": the change is not in the direction of `goal`); a candidate's `position`,
-    `token` and `norm` (from `direction_candidates`) are carried over."""
+    "smaller effect", "wrong direction": the change is not in the direction of `goal`); a candidate's `positions`
+    (token selector, default `all`) is applied, and its `at`, `position`, `token` and `norm` are carried over."""
     from tqdm.auto import tqdm
     pos, neg = (opener_token_ids(tokenizer, o) for o in openers)
     ref_e, ref_h = last_logits(model, tokenizer, effect_ids), last_logits(model, tokenizer, harmless_ids)
@@ -386,13 +400,13 @@ def select(model, tokenizer, candidates: Sequence[dict], effect_ids, harmless_id
     ok_layers = set(eligible_layers(num_layers(model), 0.0, skip_last_fraction))
     rows = []
     for c in tqdm(candidates, desc="select", disable=not progress, leave=False):
-        ctx = intervention(model, c["op"], c.get("u"), c.get("layer"), c.get("scale", 1.0), c.get("target"))
+        ctx = intervention(model, c["op"], c.get("u"), c.get("layer"), c.get("scale", 1.0), c.get("target"), c.get("positions", "all"))
         le, lh = last_logits(model, tokenizer, effect_ids, ctx), last_logits(model, tokenizer, harmless_ids, ctx)
         L = c.get("layer")
         rows.append({"op": c["op"], "layer": L, "scale": c.get("scale"), "target": c.get("target"),
                      "effect": float((logodds(le, pos, neg) - lo_e).mean()), "harmless_shift": float((logodds(lh, pos, neg) - lo_h).mean()),
                      "kl": float(kl(ref_h, lh).mean()), "eligible": L is None or L in ok_layers,
-                     **{k: c[k] for k in ("position", "token", "norm") if k in c}})
+                     **{k: c[k] for k in ("at", "position", "token", "norm") if k in c}})
     g = 1.0 if goal >= 0 else -1.0
     ok = [r for r in rows if r["eligible"] and r["kl"] <= kl_cap and g * r["effect"] > 0]
     best = max(ok, key=lambda r: g * r["effect"]) if ok else None
@@ -484,27 +498,36 @@ def _source(baseline) -> tuple[np.ndarray, float, int, float, float]:
     return (np.asarray(baseline.direction, np.float64), float(baseline.direction_norm), int(baseline.layer),
             restore_target(baseline, "positive"), restore_target(baseline, "negative"))
 
-def candidates_for(op: str, baseline: Baseline | dict, n_layers: int, layers=None, scales=None) -> list[dict]:
+AT = ("all", "read")
+
+def candidates_for(op: str, baseline: Baseline | dict, n_layers: int, layers=None, scales=None, at=AT) -> list[dict]:
     """The selection grid of `op` for a direction: the monitor's `Baseline`, or a candidate from `direction_candidates`
     (e.g. the one `select_direction` chose; its `t_pos`/`t_neg` are the targets). `add`: layers (default: every third
     eligible layer plus the direction's for a `Baseline`; the candidate's own layer for a candidate, where Arditi et al.
-    add it) × scales in units of the raw DiM norm (default 0.25, 0.5, 1, 2); `restore`: the direction's layer × targets
-    `t_neg + s·(t_pos − t_neg)` for `s` in scales (default 0.5, 1, 1.5, 2, 3; `s = 1` is `restore_target(baseline)`);
-    `ablate`: one candidate; `adapter`: LoRA scalings (default 0, 0.25, 0.5, 0.75)."""
+    add it) × scales in units of the raw DiM norm (default 0.25 … 16, doubling); `restore`: the direction's layer ×
+    targets `t_neg + s·(t_pos − t_neg)` for `s` in scales (default 0.5, 1, 2, 4, 8, 16; `s = 1` is
+    `restore_target(baseline)`); `ablate`: one candidate; `adapter`: LoRA scalings (default 0, 0.25, 0.5, 0.75).
+    Each direction op is tried at each token mode in `at`: `all` (every token, as Arditi et al. add) and `read` (only
+    the prompt token the direction was read at, `prompt_token(k)`: the last one for a `Baseline`, position −k for a
+    candidate); the candidate's `at` says which, its `positions` is the selector."""
     if op == "adapter": return [{"op": "adapter", "layer": None, "scale": float(s)} for s in (scales or (0.0, 0.25, 0.5, 0.75))]
     if op not in OPS: raise SafetyCompassError(f"--op: must be one of {', '.join(OPS)}, got {op!r}")
     u, norm, layer, tp, tn = _source(baseline)
+    at = (at,) if isinstance(at, str) else tuple(at)
+    if not at or any(a not in AT for a in at): raise SafetyCompassError(f"--at: must be all, read or both, got {at!r}")
+    k = -int(baseline.get("position", -1)) if isinstance(baseline, dict) else 1
+    sel = {"all": "all", "read": prompt_token(k)}
     if op == "add":
         if layers is None:
             layers = sorted(set(eligible_layers(n_layers)[::3]) | {layer}) if not isinstance(baseline, dict) else [layer]
-        return [{"op": "add", "u": u * norm, "layer": int(L), "scale": float(s)}
-                for L in layers for s in (scales or (0.25, 0.5, 1.0, 2.0))]
+        return [{"op": "add", "u": u * norm, "layer": int(L), "scale": float(s), "at": a, "positions": sel[a]}
+                for a in at for L in layers for s in (scales or (0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0))]
     if op == "restore":
         if layers is not None and set(layers) != {layer}:
             raise SafetyCompassError(f"--layers: restore acts at the direction's layer {layer} only (its target is measured there)")
-        return [{"op": "restore", "u": u, "layer": layer, "scale": float(s), "target": tn + s * (tp - tn)}
-                for s in (scales or (0.5, 1.0, 1.5, 2.0, 3.0))]
-    return [{"op": "ablate", "u": u, "layer": None, "scale": 1.0}]
+        return [{"op": "restore", "u": u, "layer": layer, "scale": float(s), "target": tn + s * (tp - tn), "at": a, "positions": sel[a]}
+                for a in at for s in (scales or (0.5, 1.0, 2.0, 4.0, 8.0, 16.0))]
+    return [{"op": "ablate", "u": u, "layer": None, "scale": 1.0, "at": a, "positions": sel[a]} for a in at]
 
 def concept_pairs(concept: str, pairs_file=None) -> tuple[list, list]:
     """`(train, val)` contrastive pairs of a concept (`config.load_concept`: a bundled name such as "refusal" or a
@@ -523,7 +546,7 @@ def split_items(items: Sequence[dict]) -> tuple[list[dict], list[dict]]:
 def run_steer(run_dir, concept: str = "refusal", op: str = "restore", output_dir=None, model_name: str = "default",
               kl_cap: float = 0.1, layers=None, scales=None, n_random: int = 20, n_answers: int = 16,
               max_new_tokens: int = 16, generate_text: bool = True, limit: int | None = None, seed: int = 0,
-              direction: str | dict = "baseline", pairs_file=None, positions: int = 5,
+              direction: str | dict = "baseline", pairs_file=None, positions: int = 5, at=AT,
               model=None, tokenizer=None, progress: bool = False) -> dict:
     """Steer a LoRA run's drifted behavior back and measure it; writes `<run_dir>/steer/` (or `output_dir`).
 
@@ -536,7 +559,8 @@ def run_steer(run_dir, concept: str = "refusal", op: str = "restore", output_dir
     dict from `direction_candidates` chosen beforehand (`"given"`: no search). Then:
     1. splits the concept's bundled behavior prompts that should trigger it (refusal: `expected == "refuse"`) into a
        selection half and a held-out half (`split_items`), and uses the others (benign look-alikes) as harmless prompts;
-    2. selects an intervention of kind `op` on the fine-tuned model (`candidates_for`, `select`: KL cap `kl_cap` on
+    2. selects an intervention of kind `op` on the fine-tuned model (`candidates_for`, at the token modes `at`: every
+       token and/or only the prompt token the direction was read at; `select`: KL cap `kl_cap` on
        harmless prompts, last 20% of layers excluded, the largest log-odds change toward the base model on the
        selection half: up when the base model's mean log-odds there are above the fine-tuned model's, else down);
     3. measures it on the held-out half: first-token log-odds of base, fine-tuned and steered models, the recovered
@@ -610,7 +634,7 @@ def run_steer(run_dir, concept: str = "refusal", op: str = "restore", output_dir
         else: dir_info = None if src is None else {"source": direction, **{k: src[k] for k in ("layer", "position", "token", "norm")},
                                                    **{k: next(r[k] for r in dir_grid if r["selected"]) for k in ("effect", "kl")},
                                                    "n_candidates": len(dir_grid), "n_train_pairs": len(tr_pairs), "n_val_pairs": len(va_pairs)}
-        cands = candidates_for(op, src, num_layers(ft), layers, scales) if src is not None else []
+        cands = candidates_for(op, src, num_layers(ft), layers, scales, at) if src is not None else []
         # steer back = move toward the base model: the sign of (base − fine-tuned) on the selection half sets the goal
         gap_sel = float((logodds(last_logits(ft, tokenizer, ids_sel, base_ctx), pos, neg) -
                          logodds(last_logits(ft, tokenizer, ids_sel), pos, neg)).mean())
@@ -641,17 +665,18 @@ def run_steer(run_dir, concept: str = "refusal", op: str = "restore", output_dir
                                f"({'up' if goal > 0 else 'down'}) with harmless KL ≤ {kl_cap} outside the last 20% of layers; "
                                "nothing was steered")
         else:
-            c = next(c for c in cands if c.get("layer") == best["layer"] and c.get("scale") == best["scale"])
-            ctx = intervention(ft, op, c.get("u"), c.get("layer"), c.get("scale", 1.0), c.get("target"))
+            c = cands[grid.index(best)]
+            ctx = intervention(ft, op, c.get("u"), c.get("layer"), c.get("scale", 1.0), c.get("target"), c.get("positions", "all"))
             lo_st = logodds(last_logits(ft, tokenizer, ids_held, ctx), pos, neg)
             h_st = last_logits(ft, tokenizer, ids_harmless, ctx)
             ce_st = answer_ce(ft, tokenizer, answers, ctx)
             prompts["logodds_steered"] = lo_st
             rand = (random_control(ft, tokenizer, ids_held, openers, op, c.get("layer"), c.get("scale", 1.0) *
-                                   (_source(src)[1] if op == "add" else 1.0), c.get("target"), n_random, seed, lo_ft)
+                                   (_source(src)[1] if op == "add" else 1.0), c.get("target"), n_random, seed, lo_ft,
+                                   c.get("positions", "all"))
                     if op != "adapter" and n_random else np.array([]))
             shift = float((lo_st - lo_ft).mean())
-            summary.update({"selected": {k: best[k] for k in ("op", "layer", "scale", "target")},
+            summary.update({"selected": {k: best.get(k) for k in ("op", "layer", "scale", "target", "at")},
                             "logodds_steered": float(lo_st.mean()), "shift": shift,
                             "share_toward_base": float((goal * (lo_st - lo_ft) > 0).mean()),
                             **recovered_fraction(lo_base, lo_ft, lo_st, seed=seed),

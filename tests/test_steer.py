@@ -75,6 +75,32 @@ def test_add_and_restore_token_modes_under_generate(mode):
         assert n_hit == sum(expected(mode, r, c) for r, c, _, _ in tokens(before, x.shape[1]))
         assert n_hit > 0
 
+@pytest.mark.parametrize("k", [1, 2, 3])
+def test_prompt_token_selector(k):
+    "prompt_token(k): under generate (left padding, KV cache) only the k-th last prompt token of each real row; right padding too."
+    from safety_compass.steer import prompt_token
+    model, (x, m) = tiny(), left_batch()
+    v = torch.randn(H, generator=torch.Generator().manual_seed(1)).double()
+    before, after = [], []
+    with hook_layers(model, {1: lambda h: before.append(h.detach().double().clone())}), add(model, v, 1, 2.0, positions=prompt_token(k)), \
+         hook_layers(model, {1: lambda h: after.append(h.detach().double().clone())}):
+        generate(model, x, m)
+    W, hit = x.shape[1], set()
+    for r, c, j, t in tokens(before, W):
+        if torch.equal(before[j][r, t], after[j][r, t]): continue
+        assert torch.allclose(after[j][r, t] - before[j][r, t], 2.0 * v, atol=1e-5); hit.add((r, c))
+    assert hit == {(r, W - k) for r in range(len(LENS)) if LENS[r] >= k}   # a row shorter than k has no such token
+    # right padding, no generate: the k-th last real token of each row
+    xr = torch.zeros_like(x); mr = torch.zeros_like(m)
+    for r, n in enumerate(LENS): xr[r, :n] = x[r, W - n:]; mr[r, :n] = 1
+    seen = []
+    with add(model, v, 1, 2.0, positions=prompt_token(k)), hook_layers(model, {1: lambda h: seen.append(h.detach().double().clone())}):
+        model(input_ids=xr, attention_mask=mr)
+    with hook_layers(model, {1: lambda h: seen.append(h.detach().double().clone())}): model(input_ids=xr, attention_mask=mr)
+    changed = {(r, c) for r in range(len(LENS)) for c in range(W) if not torch.equal(seen[0][r, c], seen[1][r, c])}
+    assert changed == {(r, n - k) for r, n in enumerate(LENS) if n >= k}
+    with pytest.raises(SafetyCompassError, match="positive integer"): prompt_token(0)
+
 @pytest.mark.parametrize("mode", ["all", "prompt", "generated"])
 def test_ablate_token_modes_under_generate(mode):
     "Selected tokens have no component along û downstream; padding and unselected prompt tokens keep their exact state."
@@ -200,7 +226,8 @@ def test_run_steer_end_to_end_on_a_tiny_run(tmp_path, tok):
                    generate_text=False, n_random=2)
     import pandas as pd
     grid = pd.read_csv(tmp_path / "r" / "grid.csv")
-    assert len(grid) == 5 and (grid.layer == 2).all() and grid.selected.sum() == (1 if s2["selected"] else 0)
+    assert len(grid) == 6 * 2 and (grid.layer == 2).all() and grid.selected.sum() == (1 if s2["selected"] else 0)
+    assert sorted(grid["at"].value_counts().items()) == [("all", 6), ("read", 6)]
     assert (grid.selected | grid.rejected.notna()).all()
     html = report_section({"runs": [{"dir": run, "name": "tiny"}]})
     assert "Steering: tiny" in html and "recovered fraction 1.00" in html and "data:image/png;base64," in html
@@ -229,7 +256,8 @@ def test_run_steer_selected_direction(tmp_path, tok):
     assert (d["layer"], d["position"]) == (chosen.layer, chosen.position) and d["effect"] < 0 and d["n_train_pairs"] == 4
     assert d["effect"] == pytest.approx(dg[dg.eligible & (dg.effect < 0)].effect.min())
     grid = pd.read_csv(run / "steer" / "grid.csv")
-    assert (grid.layer == d["layer"]).all() and sorted(grid.scale) == [0.5, 1.0]   # add acts at the chosen layer only
+    assert (grid.layer == d["layer"]).all() and sorted(grid.scale) == [0.5, 0.5, 1.0, 1.0]   # add acts at the chosen layer only
+    assert sorted(grid["at"]) == ["all", "all", "read", "read"]
     html = report_section({"runs": [{"dir": run, "name": "tiny"}]})
     assert f"layer {d['layer']} (4 candidates" in html and "direction chosen on the base model" in html
     # the same candidate passed as a dict ("given": no search) steers identically

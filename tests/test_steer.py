@@ -281,6 +281,15 @@ def test_run_steer_selected_bad_input(tmp_path):
     with pytest.raises(SafetyCompassError, match=r"bad.jsonl:7: missing field 'negative_query'") as e:
         run_steer(run, direction="selected", pairs_file=bad)
     assert "\n" not in str(e.value) and not (run / "steer").exists()
+    # the CLI: one line on stderr, exit status 2, nothing written
+    import io, contextlib
+    from safety_compass.cli import main
+    for argv, msg in ((["--direction", "selected", "--op", "adapter"], "the adapter op steers no direction"),
+                      (["--direction", "selected", "--pairs-file", str(bad)], "bad.jsonl:7: missing field 'negative_query'")):
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err): rc = main(["steer", "--run-dir", str(run), *argv])
+        assert rc == 2 and err.getvalue().startswith("error: ") and msg in err.getvalue() and err.getvalue().count("\n") == 1
+    assert not (run / "steer").exists()
 
 def test_run_steer_bad_input_one_line(tmp_path):
     with pytest.raises(SafetyCompassError, match="no run.json"): run_steer(tmp_path / "nope")

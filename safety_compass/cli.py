@@ -15,7 +15,8 @@ from .core import SafetyCompassError, DIST_NAME
 log = logging.getLogger("safety_compass")
 
 # %% auto #0
-__all__ = ['log', 'EXTRACT_COLUMNS', 'format_table', 'print_extract', 'build_parser', 'main', 'finetune_main', 'extract_main']
+__all__ = ['log', 'EXTRACT_COLUMNS', 'format_table', 'print_extract', 'OneLineParser', 'build_parser', 'main', 'finetune_main',
+           'extract_main']
 
 # %% ../nbs/19_cli.ipynb #57545dfe
 def format_table(rows: list[dict], columns: list[str] | None = None, floatfmt: str = ".3f") -> str:
@@ -132,7 +133,9 @@ def _report(a):
 
 def _steer(a):
     from safety_compass.steer import run_steer
-    s = run_steer(a.run_dir, a.concept, a.op, a.output_dir, a.model, kl_cap=a.kl_cap, n_random=a.random_directions,
+    try: scales = tuple(float(x) for x in _csv(a.scales) or []) or None
+    except ValueError: raise SafetyCompassError(f"--scales: expected comma-separated numbers, got {a.scales!r}") from None
+    s = run_steer(a.run_dir, a.concept, a.op, a.output_dir, a.model, kl_cap=a.kl_cap, n_random=a.random_directions, scales=scales,
                   max_new_tokens=a.max_new_tokens, generate_text=not a.no_generate, limit=a.limit, seed=a.seed,
                   direction=a.direction, pairs_file=a.pairs_file, positions=a.positions,
                   at=("all", "read") if a.at == "both" else a.at, progress=True)
@@ -143,10 +146,12 @@ def _steer(a):
     if s.get("selected") is None: print(s.get("note", "no candidate selected")); return 0
     sel = s["selected"]
     print(f"{s['concept']}: {a.op} at layer {sel.get('layer')} (scale {sel.get('scale')}, tokens: {sel.get('at') or 'all'}) moves the held-out log-odds "
-          f"{s['shift']:+.3f} nats (random directions' p95 {s['random_p95'] if s['random_p95'] is not None else '-'}); "
+          f"{s['shift']:+.3f} nats (random directions' p95 {'-' if s['random_p95'] is None else format(s['random_p95'], '+.3f')}); "
           f"recovered {s['recovered_fraction']:.2f} [{s['recovered_ci_low']:.2f}, {s['recovered_ci_high']:.2f}] of the "
-          f"base − fine-tuned gap ({s['gap']:+.3f} nats, n = {s['n']}); harmless KL {s['harmless_kl']:.4f} nats, "
+          f"base − fine-tuned gap ({s['gap']:+.3f} nats, n = {s['n']}; {s['share_closer_to_base']:.0%} of prompts end nearer the "
+          f"base model); harmless KL {s['harmless_kl']:.4f} nats (from the base model {s['harmless_kl_to_base']:.4f}), "
           f"Δ cross-entropy on benign answers {s['delta_ce']:+.4f} nats/token")
+    if s.get("at_grid_edge"): print(f"note: scale {sel.get('scale')} is the largest in its grid; a wider grid (--scales) might recover more")
     return 0
 
 def _diff(a):
@@ -175,12 +180,16 @@ def _run(fn, args) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr); return 130
 
+class OneLineParser(argparse.ArgumentParser):
+    "argparse with the house error format: one line `error: <prog>: <message> (see --help)` on stderr, exit status 2."
+    def error(self, message): self.exit(2, f"error: {self.prog}: {message} (see --help)\n")
+
 def _version_arg(ap):
     ap.add_argument("--version", action="version", version=f"{DIST_NAME} {__version__} (import name safety_compass)")
 
 def build_parser() -> argparse.ArgumentParser:
     "The `safety-compass` argument parser."
-    ap = argparse.ArgumentParser(prog="safety-compass", description="Post-training observability for language models.")
+    ap = OneLineParser(prog="safety-compass", description="Post-training observability for language models.")
     _version_arg(ap)
     sub = ap.add_subparsers(dest="command", required=True)
     p = sub.add_parser("extract", help="extract baseline directions and the layer sweep"); _add_extract_args(p); p.set_defaults(fn=_extract)
@@ -197,29 +206,36 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("analyze", help="compare runs: drift table, onset, fragility ranking, drift vs behavior")
     p.add_argument("run_dirs", nargs="+"); p.add_argument("--output-dir", help="write tables and plots here"); p.set_defaults(fn=_analyze)
     p = sub.add_parser("report", help="one self-contained report.html for the given runs")
-    p.add_argument("run_dirs", nargs="+"); p.add_argument("--output", default="report.html"); p.set_defaults(fn=_report)
+    p.add_argument("run_dirs", nargs="+", help="run directories written by finetune/demo (with drift_log.csv)")
+    p.add_argument("--output", default="report.html", help="the HTML file to write (default: report.html)"); p.set_defaults(fn=_report)
     p = sub.add_parser("demo", help="offline demo: monitored LoRA fine-tune of the embedded model")
     p.add_argument("--output-dir", default="runs/demo"); p.add_argument("--experiment-config", default="demo")
     p.add_argument("--max-steps", type=int); p.add_argument("--every", type=int, help="measure every N steps")
     p.add_argument("--overwrite", action="store_true", help="replace a previous demo run in --output-dir")
     p.set_defaults(fn=_demo)
-    p = sub.add_parser("steer", help="steer a run's drifted behavior back (restore, ablate, add, adapter) and measure it")
+    p = sub.add_parser("steer", help="steer a run's drifted behavior back (restore, ablate, add, adapter) and measure it",
+                       description="Steer a LoRA run's drifted concept back toward the base model and measure it: select an "
+                                   "intervention under a KL cap on harmless prompts (selection half of the concept's behavior "
+                                   "prompts), then measure it on the held-out half against random directions; writes RUN/steer/.")
     p.add_argument("--run-dir", required=True, help="a finetune run directory (baselines/ and adapter/)")
     p.add_argument("--concept", default="refusal", help="the concept to steer back (default: refusal)")
     p.add_argument("--op", choices=["restore", "ablate", "add", "adapter"], default="restore",
                    help="restore the base projection, ablate the direction, add it, or scale the LoRA adapter (default: restore)")
     p.add_argument("--kl-cap", type=float, default=0.1, help="largest mean next-token KL on harmless prompts (nats; default 0.1)")
-    p.add_argument("--model", default="default", help="the run's base model (HF id, local dir or 'default')")
+    p.add_argument("--model", default="default", help="the run's base model (HF id, local dir or 'default': the embedded model; default: default)")
     p.add_argument("--output-dir", help="default: <run-dir>/steer")
-    p.add_argument("--random-directions", type=int, default=20, help="random-direction controls of the same norm")
+    p.add_argument("--random-directions", type=int, default=20, help="random-direction controls of the same norm (default: 20)")
     p.add_argument("--max-new-tokens", type=int, default=16, help="greedy tokens generated per prompt for the rule scorer (default: 16)")
-    p.add_argument("--limit", type=int, help="first N prompts")
+    p.add_argument("--limit", type=int, help="use only the first N harmful and first N harmless behavior prompts (default: all)")
     p.add_argument("--direction", choices=["baseline", "selected"], default="baseline",
                    help="steer along the monitor's baseline direction, or one chosen on the base model for its effect "
                         "(Arditi et al.: position × layer candidates from the concept's train pairs, ablated on its val pairs "
                         "under --kl-cap; slower) (default: baseline)")
-    p.add_argument("--pairs-file", help="contrastive pairs for --direction selected (default: the bundled concept's)")
+    p.add_argument("--pairs-file", help="contrastive pairs for --direction selected only (default: the bundled concept's)")
     p.add_argument("--positions", type=int, default=5, help="template positions searched by --direction selected (default: 5)")
+    p.add_argument("--scales", help="comma-separated scales of the grid (add: × the raw DiM norm, default 0.25,0.5,…,64; "
+                                    "restore: target = harmless mean + s × the DiM gap, default 0.5,1,…,64; adapter: LoRA scalings, "
+                                    "default 0,0.25,0.5,0.75)")
     p.add_argument("--at", choices=["all", "read", "both"], default="both",
                    help="tokens the op acts on: all, or only the prompt token the direction was read at; both: search both (default: both)")
     p.add_argument("--no-generate", action="store_true", help="only the generation-free log-odds and KL")
@@ -253,12 +269,16 @@ def main(argv=None) -> int:
 
 def finetune_main(argv=None) -> int:
     "`safety-compass-finetune ...` (the published name)."
-    ap = argparse.ArgumentParser(prog="safety-compass-finetune", description="Run a config-driven monitored fine-tune.")
+    ap = OneLineParser(prog="safety-compass-finetune", description="Run a config-driven monitored fine-tune.")
     _version_arg(ap); _add_finetune_args(ap)
     return _run(_finetune, ap.parse_args(argv))
 
 def extract_main(argv=None) -> int:
     "`safety-compass-extract ...` (the published name)."
-    ap = argparse.ArgumentParser(prog="safety-compass-extract", description="Extract baseline concept directions.")
+    ap = OneLineParser(prog="safety-compass-extract", description="Extract baseline concept directions.")
     _version_arg(ap); _add_extract_args(ap)
     return _run(_extract, ap.parse_args(argv))
+
+# %% ../nbs/19_cli.ipynb #dcf47884
+#| eval: false
+if __name__ == "__main__": sys.exit(main())   # `python -m safety_compass.cli ...` works like `safety-compass ...`

@@ -349,8 +349,10 @@ def plot_direction_grid(rows: Sequence[dict], kl_cap: float | None = None, title
     lim = float(np.nanmax(np.abs(E))) if np.isfinite(E).any() else 1.0
     ims = [axes[0].imshow(E, cmap="RdBu_r", vmin=-lim, vmax=lim, aspect="auto"),
            axes[1].imshow(np.clip(K, 1e-4, None), cmap="viridis", norm=LogNorm(), aspect="auto")]
-    for ax, im, lab in zip(axes, ims, (f"Δ log-odds, {effect_label} (nats)", "KL on harmless prompts (nats)")):
-        fig.colorbar(im, ax=ax, fraction=0.03, pad=0.01).set_label(lab, fontsize=8)
+    marks = f"; × = KL > {kl_cap} or layer excluded, ○ = selected" if kl_cap is not None else "; ○ = selected"
+    for ax, im, lab in zip(axes, ims, (f"Δ log-odds when ablated, {effect_label} (nats){marks}", "KL on harmless prompts (nats, log scale)")):
+        fig.colorbar(im, ax=ax, fraction=0.03, pad=0.01)   # titled above the panel: a side label outgrows a short panel
+        ax.set_title(lab, fontsize=9)
         ax.set_yticks(range(len(positions)), [str(p) for p in positions]); ax.set_ylabel("token position")
         ax.set_xticks(range(len(layers)), [str(L) for L in layers], fontsize=7)
         for i, p in enumerate(positions):
@@ -360,7 +362,6 @@ def plot_direction_grid(rows: Sequence[dict], kl_cap: float | None = None, title
                 if not r["eligible"] or (kl_cap is not None and r["kl"] > kl_cap): ax.plot(j, i, "x", color="k", ms=4, mew=0.8)
                 if r.get("selected"): ax.plot(j, i, "o", mfc="none", mec="gold", ms=12, mew=2)
     axes[1].set_xlabel("layer of the direction (hidden_states[L])")
-    axes[0].set_title("ablation effect of each candidate" + (f"; × = KL > {kl_cap} or layer excluded, ○ = selected" if kl_cap is not None else ""), fontsize=10)
     if title: fig.suptitle(title)
     fig.tight_layout()
     return fig

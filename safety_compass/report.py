@@ -138,7 +138,7 @@ def steer_section(res) -> str:
         name = esc(str(r.get("name", d.parent.name)))
         if s.get("selected"):
             sel = s["selected"]
-            line = (f"{esc(s['op'])} at layer {sel['layer']} (scale {sel['scale']}" + (f", tokens: {esc(str(sel['at']))}" if sel.get("at") else "") +
+            line = (f"{esc(s['op'])} at layer {sel['layer']} (scale {sel['scale']}" + ({"all": ", at every token", "read": ", only at the prompt token the direction was read at"}.get(sel.get("at"), "") ) +
                     f"): {s['concept']} log-odds on "
                     f"{s['n_held_out']} held-out prompts base {s['logodds_base']:.2f}, fine-tuned {s['logodds_finetuned']:.2f}, "
                     f"steered {s['logodds_steered']:.2f} nats; recovered fraction {s['recovered_fraction']:.2f} "
@@ -159,11 +159,12 @@ def steer_section(res) -> str:
                         f"[{v['harmless']['rate_ci_low']:.2f}, {v['harmless']['rate_ci_high']:.2f}]</li>"
                         for k, v in s.items() if k.startswith("rates_"))
         grid = pd.read_csv(d / "grid.csv").to_html(index=False, float_format=lambda v: f"{v:.3f}", na_rep="–", border=0)
-        png = base64.b64encode((d / "steer.png").read_bytes()).decode() if (d / "steer.png").is_file() else None
+        pngs = [(n, base64.b64encode((d / f).read_bytes()).decode()) for n, f in (("steering", "steer.png"), ("direction candidates", "direction_grid.png"))
+                if (d / f).is_file()]
         parts.append(f"<h3>Steering: {name}</h3><p>{line}.</p>" +
                      (f"<p>Rule-scorer refusal rates (Wilson 95% CI):</p><ul>{rates}</ul>" if rates else "") +
                      "<details><summary>Selection grid</summary>" + grid + "</details>" +
-                     (f'<img alt="steering" src="data:image/png;base64,{png}">' if png else ""))
+                     "".join(f'<img alt="{n}" src="data:image/png;base64,{b}">' for n, b in pngs))
     return "<h2>Steering back</h2>" + "".join(parts) if parts else ""
 
 # %% ../nbs/17_report.ipynb #4c40526f

@@ -20,11 +20,11 @@ from .directions import SplitActs, eligible_layers, opener_token_ids, random_uni
 from .monitor import Baseline
 
 # %% auto #0
-__all__ = ['OPS', 'AT', 'add', 'ablate', 'restore', 'restore_target', 'scale_adapter', 'untie_embeddings', 'orthogonalize',
-           'to_steering_vector', 'export_vectors', 'import_vectors', 'load_baseline', 'prompt_ids', 'answer_examples',
-           'last_logits', 'logodds', 'kl', 'answer_ce', 'intervention', 'prompt_token', 'random_control',
-           'recovered_fraction', 'select', 'direction_candidates', 'select_direction', 'candidates_for',
-           'concept_pairs', 'split_items', 'run_steer']
+__all__ = ['OPS', 'AT', 'ADD_SCALES', 'RESTORE_SCALES', 'add', 'ablate', 'restore', 'restore_target', 'scale_adapter',
+           'untie_embeddings', 'orthogonalize', 'to_steering_vector', 'export_vectors', 'import_vectors',
+           'load_baseline', 'prompt_ids', 'answer_examples', 'last_logits', 'logodds', 'kl', 'answer_ce',
+           'intervention', 'prompt_token', 'random_control', 'recovered_fraction', 'select', 'direction_candidates',
+           'select_direction', 'candidates_for', 'concept_pairs', 'split_items', 'run_steer']
 
 # %% ../nbs/12_steer.ipynb #ed44eeba
 def _unit(u, width: int | None = None, where: str = "direction") -> torch.Tensor:
@@ -308,17 +308,24 @@ def kl(ref_logp: torch.Tensor, logp: torch.Tensor) -> np.ndarray:
     "Per prompt `KL(ref ‖ steered)` (nats) of the next-token distributions."
     return (ref_logp.exp() * (ref_logp - logp)).sum(-1).clamp_min(0).numpy()
 
-def answer_ce(model, tokenizer, examples, intervention=None, token_budget: int = 2048) -> np.ndarray:
-    "Per example, the mean cross-entropy (nats/token) of its reply tokens given the prompt, inside `intervention()`."
-    ids = [x for x, _ in examples]
-    out = np.empty(len(ids))
-    with (intervention() if intervention is not None else contextlib.nullcontext()):
-        for tb in iter_token_batches(model, tokenizer, ids, [], logits=True, token_budget=token_budget):
-            logp = torch.log_softmax(tb.logits.double(), -1)
-            for r, i in enumerate(tb.index):
-                x, start = examples[i]
-                tgt = torch.tensor(x[start:], device=logp.device)
-                out[i] = float(-logp[r, start - 1:len(x) - 1].gather(-1, tgt[:, None]).mean())
+def answer_ce(model, tokenizer, examples, intervention=None) -> np.ndarray:
+    """Per example `(ids, start)` (`answer_examples`), the mean cross-entropy (nats/token) of its reply tokens
+    `ids[start:]` given the prompt `ids[:start]`, inside `intervention()`. As in generation, the prompt runs first and
+    the reply continues from its KV cache, so token modes see the prompt as prompt tokens and the reply as generated
+    ones: `prompt_token(k)` acts on the prompt's k-th last token (in one forward over prompt + reply it would land on
+    the reply's), `generated` on the reply. One example (two forwards) at a time."""
+    from safety_compass.capture import _model_device
+    dev = _model_device(model)
+    out = np.empty(len(examples))
+    with torch.inference_mode(), (intervention() if intervention is not None else contextlib.nullcontext()):
+        for i, (x, start) in enumerate(examples):
+            if not 0 < start < len(x):
+                raise SafetyCompassError(f"answer_ce: example {i}: the reply must start inside the sequence (start {start}, length {len(x)})")
+            t = torch.tensor([list(x)], device=dev)
+            pre = model(input_ids=t[:, :start], use_cache=True)
+            post = model(input_ids=t[:, start:], past_key_values=pre.past_key_values, use_cache=True)
+            lg = torch.cat([pre.logits[:, -1:], post.logits[:, :-1]], 1)[0].double()
+            out[i] = float(-torch.log_softmax(lg, -1).gather(-1, t[0, start:, None]).mean())
     return out
 
 # %% ../nbs/12_steer.ipynb #f09fb85d
@@ -499,13 +506,15 @@ def _source(baseline) -> tuple[np.ndarray, float, int, float, float]:
             restore_target(baseline, "positive"), restore_target(baseline, "negative"))
 
 AT = ("all", "read")
+ADD_SCALES = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0)
+RESTORE_SCALES = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0)
 
 def candidates_for(op: str, baseline: Baseline | dict, n_layers: int, layers=None, scales=None, at=AT) -> list[dict]:
     """The selection grid of `op` for a direction: the monitor's `Baseline`, or a candidate from `direction_candidates`
     (e.g. the one `select_direction` chose; its `t_pos`/`t_neg` are the targets). `add`: layers (default: every third
     eligible layer plus the direction's for a `Baseline`; the candidate's own layer for a candidate, where Arditi et al.
-    add it) × scales in units of the raw DiM norm (default 0.25 … 16, doubling); `restore`: the direction's layer ×
-    targets `t_neg + s·(t_pos − t_neg)` for `s` in scales (default 0.5, 1, 2, 4, 8, 16; `s = 1` is
+    add it) × scales in units of the raw DiM norm (default 0.25 … 64, doubling); `restore`: the direction's layer ×
+    targets `t_neg + s·(t_pos − t_neg)` for `s` in scales (default 0.5, 1, 2, … 64; `s = 1` is
     `restore_target(baseline)`); `ablate`: one candidate; `adapter`: LoRA scalings (default 0, 0.25, 0.5, 0.75).
     Each direction op is tried at each token mode in `at`: `all` (every token, as Arditi et al. add) and `read` (only
     the prompt token the direction was read at, `prompt_token(k)`: the last one for a `Baseline`, position −k for a
@@ -521,12 +530,12 @@ def candidates_for(op: str, baseline: Baseline | dict, n_layers: int, layers=Non
         if layers is None:
             layers = sorted(set(eligible_layers(n_layers)[::3]) | {layer}) if not isinstance(baseline, dict) else [layer]
         return [{"op": "add", "u": u * norm, "layer": int(L), "scale": float(s), "at": a, "positions": sel[a]}
-                for a in at for L in layers for s in (scales or (0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0))]
+                for a in at for L in layers for s in (scales or ADD_SCALES)]
     if op == "restore":
         if layers is not None and set(layers) != {layer}:
             raise SafetyCompassError(f"--layers: restore acts at the direction's layer {layer} only (its target is measured there)")
         return [{"op": "restore", "u": u, "layer": layer, "scale": float(s), "target": tn + s * (tp - tn), "at": a, "positions": sel[a]}
-                for a in at for s in (scales or (0.5, 1.0, 2.0, 4.0, 8.0, 16.0))]
+                for a in at for s in (scales or RESTORE_SCALES)]
     return [{"op": "ablate", "u": u, "layer": None, "scale": 1.0, "at": a, "positions": sel[a]} for a in at]
 
 def concept_pairs(concept: str, pairs_file=None) -> tuple[list, list]:
@@ -564,7 +573,9 @@ def run_steer(run_dir, concept: str = "refusal", op: str = "restore", output_dir
        harmless prompts, last 20% of layers excluded, the largest log-odds change toward the base model on the
        selection half: up when the base model's mean log-odds there are above the fine-tuned model's, else down);
     3. measures it on the held-out half: first-token log-odds of base, fine-tuned and steered models, the recovered
-       fraction with a bootstrap CI (`recovered_fraction`), `n_random` random-direction controls, the KL and log-odds
+       fraction with a bootstrap CI (`recovered_fraction`), `share_toward_base` (prompts moved in the goal's direction)
+       and `share_closer_to_base` (prompts whose log-odds end nearer the base model's: an overshoot does not count),
+       `at_grid_edge` (the chosen scale is its series' largest: a wider grid might do more), `n_random` random-direction controls, the KL and log-odds
        shift on harmless prompts (`harmless_kl`: KL(fine-tuned ‖ steered), the cap's reference; `harmless_kl_to_base`:
        KL(base ‖ steered); `harmless_kl_finetune`: KL(fine-tuned ‖ base), the `harmless_kl` of a steer-back all the
        way to the base model), Δ cross-entropy on `n_answers` held-out Dolly answers
@@ -595,9 +606,14 @@ def run_steer(run_dir, concept: str = "refusal", op: str = "restore", output_dir
         miss = [k for k in ("u", "layer", "norm", "t_pos", "t_neg") if k not in direction]
         if miss: raise SafetyCompassError(f"direction: a candidate dict needs {', '.join(miss)} (from direction_candidates)")
     elif direction not in ("baseline", "selected"): raise SafetyCompassError(f"--direction: must be baseline or selected, got {direction!r}")
+    at_ = (at,) if isinstance(at, str) else tuple(at)
+    if not at_ or any(a not in AT for a in at_): raise SafetyCompassError(f"--at: must be all, read or both, got {at!r}")
     if direction == "selected":
         if op == "adapter": raise SafetyCompassError("--direction selected: the adapter op steers no direction (use --op restore, add or ablate)")
+        if isinstance(positions, bool) or not isinstance(positions, int) or positions < 1:
+            raise SafetyCompassError(f"--positions: must be a positive number of template tokens, got {positions!r}")
         tr_pairs, va_pairs = concept_pairs(concept, pairs_file)
+    elif pairs_file is not None: raise SafetyCompassError("--pairs-file: only read with --direction selected")
     out = Path(output_dir) if output_dir is not None else run_dir / "steer"
     check_writable(out)
     items = bundled_behavior(concept)
@@ -679,6 +695,9 @@ def run_steer(run_dir, concept: str = "refusal", op: str = "restore", output_dir
             summary.update({"selected": {k: best.get(k) for k in ("op", "layer", "scale", "target", "at")},
                             "logodds_steered": float(lo_st.mean()), "shift": shift,
                             "share_toward_base": float((goal * (lo_st - lo_ft) > 0).mean()),
+                            "share_closer_to_base": float((np.abs(lo_st - lo_base) < np.abs(lo_ft - lo_base)).mean()),
+                            "at_grid_edge": bool(best.get("scale") is not None and op in ("add", "restore") and
+                                                 best["scale"] == max(r["scale"] for r in grid if r.get("layer") == best["layer"] and r.get("at") == best.get("at"))),
                             **recovered_fraction(lo_base, lo_ft, lo_st, seed=seed),
                             "random_shifts": rand.tolist(),  # raw mean shifts (nats), one per random direction
                             "random_p95": float(np.percentile(goal * rand, 95)) if len(rand) else None,
@@ -700,7 +719,7 @@ def run_steer(run_dir, concept: str = "refusal", op: str = "restore", output_dir
             atomic_write_json(tmp / "manifest.json", summary["manifest"])
             save_figure(fig, tmp / "steer.png")
             if dir_grid is not None:
-                with atomic_open(tmp / "direction_grid.csv", "w") as f: pd.DataFrame(dir_grid).drop(columns=["op", "scale", "target"]).to_csv(f, index=False)
+                with atomic_open(tmp / "direction_grid.csv", "w") as f: pd.DataFrame(dir_grid).drop(columns=["op", "scale", "target"]).assign(token=lambda d: d.token.map(repr)).to_csv(f, index=False)
                 save_figure(plot_direction_grid(dir_grid, kl_cap=kl_cap, effect_label=f"{len(va_pairs)} val pairs (base model)",
                                                 title=f"{concept} direction candidates ablated from the base model"), tmp / "direction_grid.png")
         return summary

@@ -101,6 +101,32 @@ def test_prompt_token_selector(k):
     assert changed == {(r, n - k) for r, n in enumerate(LENS) if n >= k}
     with pytest.raises(SafetyCompassError, match="positive integer"): prompt_token(0)
 
+def test_answer_ce_sees_the_prompt_as_prompt():
+    "answer_ce runs prompt then reply (KV cache): prompt_token(1) acts on the prompt's last token, not the reply's."
+    from safety_compass.steer import answer_ce, prompt_token
+    model = tiny(seed=2)
+    rng = np.random.default_rng(3)
+    ex = [(list(rng.integers(10, 500, size=n)), st) for n, st in ((9, 5), (7, 3))]
+    v = torch.randn(H, generator=torch.Generator().manual_seed(4)) * 3
+    def by_hand(sel=None):   # one forward over prompt + reply; the op at the columns `sel(start)` selects
+        out = []
+        for x, st in ex:
+            ctx = add(model, v, 1, 1.0, positions=(lambda tp, st=st: tp.position == sel(st)) if sel else "all")
+            with torch.inference_mode(), ctx:
+                lp = torch.log_softmax(model(input_ids=torch.tensor([x])).logits[0].double(), -1)
+            out.append(float(-lp[st - 1:len(x) - 1].gather(-1, torch.tensor(x[st:])[:, None]).mean()))
+        return np.array(out)
+    ref = answer_ce(model, None, ex)
+    with torch.inference_mode():
+        plain = [float(-torch.log_softmax(model(input_ids=torch.tensor([x])).logits[0].double(), -1)[st - 1:len(x) - 1]
+                       .gather(-1, torch.tensor(x[st:])[:, None]).mean()) for x, st in ex]
+    np.testing.assert_allclose(ref, plain, atol=1e-6)                                             # KV cache = one forward
+    np.testing.assert_allclose(answer_ce(model, None, ex, lambda: add(model, v, 1, 1.0)), by_hand(), atol=1e-6)
+    got = answer_ce(model, None, ex, lambda: add(model, v, 1, 1.0, positions=prompt_token(1)))
+    np.testing.assert_allclose(got, by_hand(lambda st: st - 1), atol=1e-6)                         # the prompt's last token
+    assert np.abs(got - ref).max() > 1e-3                                                          # and it does change the CE
+    with pytest.raises(SafetyCompassError, match="reply must start inside"): answer_ce(model, None, [([1, 2, 3], 3)])
+
 @pytest.mark.parametrize("mode", ["all", "prompt", "generated"])
 def test_ablate_token_modes_under_generate(mode):
     "Selected tokens have no component along û downstream; padding and unselected prompt tokens keep their exact state."
@@ -226,8 +252,8 @@ def test_run_steer_end_to_end_on_a_tiny_run(tmp_path, tok):
                    generate_text=False, n_random=2)
     import pandas as pd
     grid = pd.read_csv(tmp_path / "r" / "grid.csv")
-    assert len(grid) == 6 * 2 and (grid.layer == 2).all() and grid.selected.sum() == (1 if s2["selected"] else 0)
-    assert sorted(grid["at"].value_counts().items()) == [("all", 6), ("read", 6)]
+    assert len(grid) == 8 * 2 and (grid.layer == 2).all() and grid.selected.sum() == (1 if s2["selected"] else 0)
+    assert sorted(grid["at"].value_counts().items()) == [("all", 8), ("read", 8)]
     assert (grid.selected | grid.rejected.notna()).all()
     html = report_section({"runs": [{"dir": run, "name": "tiny"}]})
     assert "Steering: tiny" in html and "recovered fraction 1.00" in html and "data:image/png;base64," in html

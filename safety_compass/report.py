@@ -142,7 +142,10 @@ def steer_section(res) -> str:
                     f"): {s['concept']} log-odds on "
                     f"{s['n_held_out']} held-out prompts base {s['logodds_base']:.2f}, fine-tuned {s['logodds_finetuned']:.2f}, "
                     f"steered {s['logodds_steered']:.2f} nats; recovered fraction {s['recovered_fraction']:.2f} "
-                    f"[95% CI {s['recovered_ci_low']:.2f}, {s['recovered_ci_high']:.2f}]; harmless KL {s['harmless_kl']:.3f} nats "
+                    f"[95% CI {s['recovered_ci_low']:.2f}, {s['recovered_ci_high']:.2f}]" +
+                    (f" ({s['share_closer_to_base']:.0%} of prompts end nearer the base model)" if "share_closer_to_base" in s else "") +
+                    (f"; scale {sel['scale']} is its grid's largest" if s.get("at_grid_edge") else "") +
+                    f"; harmless KL {s['harmless_kl']:.3f} nats "
                     f"(cap {s['kl_cap']}" + (f"; from the base model {s['harmless_kl_to_base']:.3f}, fine-tuned from base "
                                              f"{s['harmless_kl_finetune']:.3f}" if "harmless_kl_to_base" in s else "") +
                     f"); Δ cross-entropy on {s['n_answers']} held-out answers {s['delta_ce']:+.3f} nats/token")

@@ -313,18 +313,24 @@ def answer_ce(model, tokenizer, examples, intervention=None) -> np.ndarray:
     `ids[start:]` given the prompt `ids[:start]`, inside `intervention()`. As in generation, the prompt runs first and
     the reply continues from its KV cache, so token modes see the prompt as prompt tokens and the reply as generated
     ones: `prompt_token(k)` acts on the prompt's k-th last token (in one forward over prompt + reply it would land on
-    the reply's), `generated` on the reply. One example (two forwards) at a time."""
-    from safety_compass.capture import _model_device
-    dev = _model_device(model)
+    the reply's), `generated` on the reply. One example (two forwards) at a time; a model whose `forward` takes no
+    KV cache gets one forward over prompt + reply."""
+    from safety_compass.capture import _model_device, _cache_kwarg
+    dev, kw = _model_device(model), _cache_kwarg(model)   # `cache` (transformers ≥ 5) or `past_key_values`
     out = np.empty(len(examples))
     with torch.inference_mode(), (intervention() if intervention is not None else contextlib.nullcontext()):
         for i, (x, start) in enumerate(examples):
             if not 0 < start < len(x):
                 raise SafetyCompassError(f"answer_ce: example {i}: the reply must start inside the sequence (start {start}, length {len(x)})")
             t = torch.tensor([list(x)], device=dev)
-            pre = model(input_ids=t[:, :start], use_cache=True)
-            post = model(input_ids=t[:, start:], past_key_values=pre.past_key_values, use_cache=True)
-            lg = torch.cat([pre.logits[:, -1:], post.logits[:, :-1]], 1)[0].double()
+            if kw is None:   # no KV cache to continue from: one forward (token modes then see the reply as prompt too)
+                lg = model(input_ids=t).logits[0, start - 1:len(x) - 1].double()
+            else:
+                pre = model(input_ids=t[:, :start], use_cache=True)
+                cache = getattr(pre, "cache", None)   # the output's name in transformers ≥ 5; `past_key_values` before
+                if cache is None: cache = getattr(pre, "past_key_values", None)
+                post = model(input_ids=t[:, start:], use_cache=True, **{kw: cache})
+                lg = torch.cat([pre.logits[:, -1:], post.logits[:, :-1]], 1)[0].double()
             out[i] = float(-torch.log_softmax(lg, -1).gather(-1, t[0, start:, None]).mean())
     return out
 

@@ -138,7 +138,7 @@ def _steer(a):
     s = run_steer(a.run_dir, a.concept, a.op, a.output_dir, a.model, kl_cap=a.kl_cap, n_random=a.random_directions, scales=scales,
                   max_new_tokens=a.max_new_tokens, generate_text=not a.no_generate, limit=a.limit, seed=a.seed,
                   direction=a.direction, pairs_file=a.pairs_file, positions=a.positions,
-                  at=("all", "read") if a.at == "both" else a.at, progress=True)
+                  at=a.at, progress=True)
     d = s.get("direction")
     if a.direction == "selected" and d:
         print(f"{s['concept']} direction chosen on the base model: position {d['position']} ({d['token']!r}), layer {d['layer']} "

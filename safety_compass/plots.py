@@ -320,8 +320,9 @@ def plot_recovery(prompts, summary: dict):
                                   f"[{summary['recovered_ci_low']:.2f}, {summary['recovered_ci_high']:.2f}] of the gap" if sel else "no candidate selected")
     ax.set_title(ttl, fontsize=10); ax.legend(fontsize=8)
     rand = summary.get("random_shifts") or []
-    if rand: ax2.hist(rand, bins=10, color="lightgray", edgecolor="gray", label=f"{len(rand)} random directions")
-    if rand: ax2.set_ylabel("random directions")
+    if rand:
+        ax2.hist(rand, bins=10, color="lightgray", edgecolor="gray", label=f"{len(rand)} random directions")
+        ax2.set_ylabel("random directions")
     if sel: ax2.axvline(summary["shift"], color="tab:green", lw=2, label="steered")
     ax2.axvline(summary["logodds_base"] - summary["logodds_finetuned"], color="tab:blue", ls="--", label="base − fine-tuned")
     ax2.set_xlabel("mean Δ log-odds vs fine-tuned (nats)"); ax2.legend(fontsize=8)

@@ -512,6 +512,12 @@ def _source(baseline) -> tuple[np.ndarray, float, int, float, float]:
             restore_target(baseline, "positive"), restore_target(baseline, "negative"))
 
 AT = ("all", "read")
+
+def _at_modes(at) -> tuple[str, ...]:
+    "The token modes `at` names: `all`, `read`, `both` or a sequence of the first two."
+    modes = AT if at == "both" else (at,) if isinstance(at, str) else tuple(at)
+    if not modes or any(a not in AT for a in modes): raise SafetyCompassError(f"--at: must be all, read or both, got {at!r}")
+    return modes
 ADD_SCALES = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0)
 RESTORE_SCALES = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0)
 
@@ -522,14 +528,13 @@ def candidates_for(op: str, baseline: Baseline | dict, n_layers: int, layers=Non
     add it) × scales in units of the raw DiM norm (default 0.25 … 64, doubling); `restore`: the direction's layer ×
     targets `t_neg + s·(t_pos − t_neg)` for `s` in scales (default 0.5, 1, 2, … 64; `s = 1` is
     `restore_target(baseline)`); `ablate`: one candidate; `adapter`: LoRA scalings (default 0, 0.25, 0.5, 0.75).
-    Each direction op is tried at each token mode in `at`: `all` (every token, as Arditi et al. add) and `read` (only
+    Each direction op is tried at each token mode in `at` (`"both"` = both): `all` (every token, as Arditi et al. add) and `read` (only
     the prompt token the direction was read at, `prompt_token(k)`: the last one for a `Baseline`, position −k for a
     candidate); the candidate's `at` says which, its `positions` is the selector."""
     if op == "adapter": return [{"op": "adapter", "layer": None, "scale": float(s)} for s in (scales or (0.0, 0.25, 0.5, 0.75))]
     if op not in OPS: raise SafetyCompassError(f"--op: must be one of {', '.join(OPS)}, got {op!r}")
     u, norm, layer, tp, tn = _source(baseline)
-    at = (at,) if isinstance(at, str) else tuple(at)
-    if not at or any(a not in AT for a in at): raise SafetyCompassError(f"--at: must be all, read or both, got {at!r}")
+    at = _at_modes(at)
     k = -int(baseline.get("position", -1)) if isinstance(baseline, dict) else 1
     sel = {"all": "all", "read": prompt_token(k)}
     if op == "add":
@@ -612,8 +617,7 @@ def run_steer(run_dir, concept: str = "refusal", op: str = "restore", output_dir
         miss = [k for k in ("u", "layer", "norm", "t_pos", "t_neg") if k not in direction]
         if miss: raise SafetyCompassError(f"direction: a candidate dict needs {', '.join(miss)} (from direction_candidates)")
     elif direction not in ("baseline", "selected"): raise SafetyCompassError(f"--direction: must be baseline or selected, got {direction!r}")
-    at_ = (at,) if isinstance(at, str) else tuple(at)
-    if not at_ or any(a not in AT for a in at_): raise SafetyCompassError(f"--at: must be all, read or both, got {at!r}")
+    at = _at_modes(at)
     if direction == "selected":
         if op == "adapter": raise SafetyCompassError("--direction selected: the adapter op steers no direction (use --op restore, add or ablate)")
         if isinstance(positions, bool) or not isinstance(positions, int) or positions < 1:

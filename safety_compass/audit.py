@@ -1566,15 +1566,16 @@ def run_audit(data, experiment_config, output_dir, model=None, tokenizer=None, m
     Several GPUs: `accelerate launch --num_processes 8 -m safety_compass.cli audit DATA --experiment-config X
     --output-dir OUT` (or `torchrun --nproc_per_node 8 ...`): each rank loads the model, the forward batches are
     shared round-robin, rank 0 writes. Returns the result on rank 0, None on the others."""
-    from safety_compass.capture import dist_info
+    from safety_compass.capture import dist_info, init_distributed
     from safety_compass.monitor import SafetyCompassMonitor, load_monitor_config
     cfg = load_monitor_config(experiment_config, strict=strict, concepts=concepts)   # config and pair-file errors first
     pdata = load_preferences(data, split=split, skip_bad=skip_bad, single_turn=single_turn, limit=limit)  # then data errors
     check_writable(output_dir)
-    _init_distributed()
+    device = init_distributed()
     if model is None:
         from safety_compass.models import load_experiment_model
         model, tokenizer = load_experiment_model(cfg.experiment, model_name)
+        if device is not None and getattr(model, "hf_device_map", None) is None: model.to(device)   # this rank's GPU
     mon = SafetyCompassMonitor.from_config(model, tokenizer, cfg)
     if baselines_dir is not None: mon.load_baselines(baselines_dir)
     else: mon.setup(progress=progress, causal_check=causal_check)
@@ -1594,14 +1595,6 @@ def run_audit(data, experiment_config, output_dir, model=None, tokenizer=None, m
     if baselines_dir is None: mon.save_baselines(Path(output_dir) / "baselines")
     res.info["monitor"] = mon
     return res
-
-def _init_distributed():
-    "Under `accelerate launch` / `torchrun` (RANK and WORLD_SIZE set), join the process group the launcher describes."
-    import os
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        import torch
-        if not torch.distributed.is_initialized():
-            require("accelerate", "gpu", "several processes").PartialState()
 
 # %% ../nbs/14_audit.ipynb #835fea60
 TABLE_HEADERS = {"rank": "rank", "concept": "concept", "direction": "direction", "layer": "layer", "d_z": "d_z",

@@ -29,9 +29,9 @@ __all__ = ['log', 'POSITION_MODES', 'SYSTEM_MODES', 'REDUCTIONS', 'unwrap_model'
            'model_body', 'layer_module', 'TokenPositions', 'PositionTracker', 'track_positions', 'StopForward',
            'LayerHook', 'register_layer_hook', 'hook_layers', 'residual_writers', 'hook_writers', 'ablate_direction',
            'accepts_system_turn', 'fold_system', 'render_prompt', 'tokenize_prompts', 'prompt_token_ids',
-           'token_batches', 'dist_info', 'eval_mode', 'capture_last_token', 'TokenBatch', 'iter_token_batches',
-           'capture_tokens', 'PrefixGroup', 'PlanBatch', 'CapturePlan', 'plan_capture', 'capture_planned',
-           'add_to_layer']
+           'token_batches', 'dist_info', 'init_distributed', 'end_distributed', 'eval_mode', 'capture_last_token',
+           'TokenBatch', 'iter_token_batches', 'capture_tokens', 'PrefixGroup', 'PlanBatch', 'CapturePlan',
+           'plan_capture', 'capture_planned', 'add_to_layer']
 
 # %% ../nbs/04_capture.ipynb #698299bc
 _BLOCK_PATHS = ("model.layers", "model.model.layers", "transformer.h", "gpt_neox.layers", "model.decoder.layers",
@@ -602,6 +602,26 @@ def dist_info() -> tuple[int, int]:
     d = torch.distributed
     if d.is_available() and d.is_initialized(): return d.get_rank(), d.get_world_size()
     return 0, 1
+
+def init_distributed() -> str | None:
+    """Under a launcher (`accelerate launch`, `torchrun`: `WORLD_SIZE` > 1) join the process group it describes if
+    nothing did yet (NCCL with CUDA, else gloo) and select this rank's GPU. Returns `cuda:LOCAL_RANK`, or None (one
+    process, or CPU). The audit and diff commands call it before they load a model."""
+    import os
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or not torch.distributed.is_available(): return None
+    cuda = torch.cuda.is_available()
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if cuda: torch.cuda.set_device(local)
+    if not torch.distributed.is_initialized(): torch.distributed.init_process_group("nccl" if cuda else "gloo")
+    return f"cuda:{local}" if cuda else None
+
+def end_distributed():
+    """Wait for every rank, then destroy the default process group (a no-op with none). A process that exits with a
+    live gloo group while its peer is closing can abort with "terminate called without an active exception"
+    (pytorch/pytorch#190489); the CLI calls this after a command succeeds."""
+    d = torch.distributed
+    if d.is_available() and d.is_initialized():
+        d.barrier(); d.destroy_process_group()
 
 def _gather_rows(out: dict, rows: list[int], keys: list, world: int):
     "Fill `out` with every rank's rows: each rank computed `rows` (its share of the batches)."

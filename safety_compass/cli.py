@@ -171,7 +171,12 @@ def _audit(a):
 def _run(fn, args) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     warnings.filterwarnings("ignore", category=FutureWarning)
-    try: return fn(args)
+    try:
+        rc = fn(args)
+        if rc == 0 and "torch.distributed" in sys.modules:   # several processes: every rank got here; leave the group
+            from safety_compass.capture import end_distributed
+            end_distributed()
+        return rc
     except SafetyCompassError as e:
         print(f"error: {e}", file=sys.stderr); return 2
     except OSError as e:  # a file-system failure no check anticipated: still one line, not a traceback

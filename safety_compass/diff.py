@@ -15,7 +15,7 @@ from torch import nn
 
 from .core import SafetyCompassError, atomic_open, atomic_write_json, atomic_write_text, staged_dir, check_writable
 from .capture import (unwrap_model, decoder_blocks, num_layers, final_norm, iter_token_batches, hook_layers,
-                                    add_to_layer, capture_last_token, dist_info)
+                                    add_to_layer, capture_last_token, dist_info, init_distributed)
 
 log = logging.getLogger(__name__)
 
@@ -1147,16 +1147,6 @@ def _npy(path, arr):
 def _jsonl(path, rows):
     atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False, default=float) + "\n" for r in rows))
 
-def _init_distributed():
-    """Under a launcher (`accelerate launch`, `torchrun`: `WORLD_SIZE` > 1) initialise the process group if nothing did
-    (NCCL with CUDA, else gloo); returns this rank's device (`cuda:LOCAL_RANK`) or None."""
-    import os
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or not torch.distributed.is_available(): return None
-    cuda = torch.cuda.is_available()
-    if cuda: torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    if not torch.distributed.is_initialized(): torch.distributed.init_process_group("nccl" if cuda else "gloo")
-    return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}" if cuda else None
-
 def default_token_classes(tokenizer, concepts: Sequence[Concept] = (), sources: Sequence[str] = ()) -> dict:
     """The token classes `run_diff` reports by default: the first reply token; tokens inside fenced code (```…```);
     the first reply token when it opens a refusal (the refusal concept's positive openers, else the behavior chapter's);
@@ -1206,7 +1196,7 @@ def run_diff(run_dir, output_dir=None, model=None, tokenizer=None, heldout=None,
     t0 = time.perf_counter()
     run_dir = Path(run_dir)
     out_dir = Path(output_dir) if output_dir is not None else run_dir / "diff"
-    device = _init_distributed()
+    device = init_distributed()
     rank, world = dist_info()
     distributed = world > 1
     if rank == 0: check_writable(out_dir)

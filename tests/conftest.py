@@ -16,3 +16,22 @@ def run_cli(*args, cwd=None, env=None, timeout=900):
     exe = BIN / args[0]
     return subprocess.run([str(exe), *map(str, args[1:])], capture_output=True, text=True, cwd=cwd, timeout=timeout,
                           env={**os.environ, **(env or {})})
+
+def run_ranks(tmp_path, source: str, world: int, *args, timeout=1200):
+    """Run the worker script `source` as `world` processes, each with the environment a launcher (`torchrun`) gives it:
+    RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR/MASTER_PORT (a free local port). Each gets argv `args`; asserts that every
+    rank exits 0 (its stderr tail otherwise) and kills any rank still running when one fails or time runs out."""
+    import socket
+    script = tmp_path / f"worker{world}.py"; script.write_text(source)
+    with socket.socket() as s: s.bind(("127.0.0.1", 0)); port = s.getsockname()[1]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+           "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "WORLD_SIZE": str(world), "LOCAL_WORLD_SIZE": str(world)}
+    procs = [subprocess.Popen([sys.executable, str(script), *map(str, args)], env={**env, "RANK": str(r), "LOCAL_RANK": str(r)},
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in range(world)]
+    try:
+        for r, p in enumerate(procs):
+            _, err = p.communicate(timeout=timeout)
+            assert p.returncode == 0, f"rank {r} of {world} exited {p.returncode}: {err[-3000:]}"
+    finally:
+        for p in procs:
+            if p.poll() is None: p.kill(); p.wait()

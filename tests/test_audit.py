@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from conftest import ROOT
+from conftest import ROOT, run_ranks
 
 from safety_compass.core import SafetyCompassError
 from safety_compass import audit as A
@@ -157,9 +157,11 @@ def test_cli_audit_filter_inoculate(setup, no_reload, tmp_path):
 # two processes (gloo): the forward batches are shared, rank 0 writes, the numbers match one process
 
 WORKER = r'''
-import sys, json, numpy as np, torch, torch.distributed as dist
-rank, world, init, out, cache = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
-if world > 1: dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+import sys, json, numpy as np, torch
+from safety_compass.capture import init_distributed, end_distributed, dist_info
+out, cache = sys.argv[1], sys.argv[2]
+init_distributed()                                           # the launcher's environment, as under torchrun
+rank, world = dist_info()
 from safety_compass.models import load_default_model
 from safety_compass import audit as A
 model, tok = load_default_model()
@@ -171,21 +173,12 @@ store = A.StateStore(model, tok, [3, 7], cache, chunk_size=4, token_budget=256)
 res = A.audit_pairs(model, tok, data, dirs, store=store, n_boot=100, n_random=20, discover=False)
 if res is not None: np.savez(out, **{f"{rep}_{c}": v for rep, d in res.deltas.items() for c, v in d.items()})
 else: open(out + ".none", "w").write(str(rank))
-if world > 1: dist.destroy_process_group()
+end_distributed()
 '''
 
 def test_two_processes_match_one(tmp_path):
-    script = tmp_path / "worker.py"; script.write_text(WORKER)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    with socket.socket() as s: s.bind(("127.0.0.1", 0)); port = s.getsockname()[1]
-    init = f"tcp://127.0.0.1:{port}"
-    one = subprocess.run([sys.executable, str(script), "0", "1", init, str(tmp_path / "one.npz"), str(tmp_path / "c1")],
-                         env=env, capture_output=True, text=True, timeout=1200)
-    assert one.returncode == 0, one.stderr[-3000:]
-    procs = [subprocess.Popen([sys.executable, str(script), str(r), "2", init, str(tmp_path / "two.npz"), str(tmp_path / "c2")], env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in range(2)]
-    for p in procs:
-        _, err = p.communicate(timeout=1200); assert p.returncode == 0, err[-3000:]
+    run_ranks(tmp_path, WORKER, 1, tmp_path / "one.npz", tmp_path / "c1")
+    run_ranks(tmp_path, WORKER, 2, tmp_path / "two.npz", tmp_path / "c2")
     a, b = np.load(tmp_path / "one.npz"), np.load(tmp_path / "two.npz")
     assert sorted(a.files) == sorted(b.files)
     for k in a.files: assert np.abs(a[k] - b[k]).max() < 1e-4, k

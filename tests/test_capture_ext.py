@@ -10,12 +10,13 @@ per-token / span capture.
   position, in right-padded batches; span means and last tokens equal the manual computation; batches are
   deterministic; two processes give the same results as one.
 """
-import copy, inspect, os, socket, sys
+import copy, inspect, os, sys
 
 import numpy as np
 import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
+from conftest import run_ranks
 
 from safety_compass.capture import (TokenPositions, ablate_direction, capture_tokens, decoder_blocks, final_norm, hook_layers,
                                     hook_writers, iter_token_batches, model_body, num_layers, register_layer_hook,
@@ -437,9 +438,10 @@ def test_capture_tokens_errors(tok, ids):
 WORKER = r'''
 import sys, types, numpy as np, torch, torch.distributed as dist
 from transformers import AutoConfig, AutoModelForCausalLM
-from safety_compass.capture import capture_tokens, iter_token_batches
-rank, world, init, out = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
-if world > 1: dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+from safety_compass.capture import capture_tokens, iter_token_batches, init_distributed, end_distributed, dist_info
+out = sys.argv[1]
+init_distributed()                                           # the launcher's environment, as under torchrun
+rank, world = dist_info()
 torch.manual_seed(0)
 model = AutoModelForCausalLM.from_config(AutoConfig.for_model("llama", vocab_size=300, num_hidden_layers=2, hidden_size=32,
     num_attention_heads=4, num_key_value_heads=2, intermediate_size=64)).eval()
@@ -453,21 +455,13 @@ if rank == 0 or world == 1:
     np.savez(out, **{f"p{i}_{k}": v for i, d in enumerate(per) for k, v in d.items()},
              mean=red["mean"][2], last=red["last"][2], seen=np.array(seen))
 if world > 1:
-    np.save(out + f".seen{rank}.npy", np.array(seen)); dist.destroy_process_group()
+    np.save(out + f".seen{rank}.npy", np.array(seen))
+end_distributed()
 '''
 
 def test_two_processes_match_one(tmp_path):
-    import subprocess
-    script = tmp_path / "worker.py"; script.write_text(WORKER)
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    with socket.socket() as s: s.bind(("127.0.0.1", 0)); port = s.getsockname()[1]
-    init = f"tcp://127.0.0.1:{port}"
-    one = subprocess.run([sys.executable, str(script), "0", "1", init, str(tmp_path / "one.npz")], env=env, capture_output=True, text=True, timeout=600)
-    assert one.returncode == 0, one.stderr[-2000:]
-    procs = [subprocess.Popen([sys.executable, str(script), str(r), "2", init, str(tmp_path / "two.npz")], env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in range(2)]
-    for p in procs:
-        _, err = p.communicate(timeout=600); assert p.returncode == 0, err[-2000:]
+    run_ranks(tmp_path, WORKER, 1, tmp_path / "one.npz", timeout=600)
+    run_ranks(tmp_path, WORKER, 2, tmp_path / "two.npz", timeout=600)
     a, b = np.load(tmp_path / "one.npz"), np.load(tmp_path / "two.npz")
     assert sorted(a.files) == sorted(b.files)
     for k in a.files:

@@ -13,7 +13,7 @@ import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 
-from conftest import ROOT
+from conftest import ROOT, run_ranks
 from safety_compass.core import SafetyCompassError
 from safety_compass import diff as D
 
@@ -257,8 +257,10 @@ import sys, types, numpy as np, torch, torch.distributed as dist
 from transformers import AutoConfig, AutoModelForCausalLM
 from peft import LoraConfig, get_peft_model
 from safety_compass import diff as D
-rank, world, init, out = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
-if world > 1: dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+from safety_compass.capture import init_distributed, end_distributed, dist_info
+out = sys.argv[1]
+init_distributed()                                           # the launcher's environment, as under torchrun
+rank, world = dist_info()
 torch.manual_seed(0)
 model = AutoModelForCausalLM.from_config(AutoConfig.for_model("llama", vocab_size=300, num_hidden_layers=2, hidden_size=32,
     num_attention_heads=4, num_key_value_heads=2, intermediate_size=64)).eval()
@@ -271,20 +273,12 @@ adl = D.adl_means(pair, ids, [1], k=3, token_budget=12, distributed=world > 1)
 if rank == 0:
     np.savez(out, seq=td.seq, pos=td.pos, kl=td.kl, diff_norm=td.diff_norm, promoted=td.promoted, kept=td.kept[1],
              kept_rows=td.kept_rows, mean=td.mean_diff[2], adl=adl.mean_diff[1], count=adl.count)
-if world > 1: dist.destroy_process_group()
+end_distributed()
 '''
 
 def test_two_processes_match_one(tmp_path):
-    script = tmp_path / "worker.py"; script.write_text(WORKER)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    with socket.socket() as s: s.bind(("127.0.0.1", 0)); port = s.getsockname()[1]
-    init = f"tcp://127.0.0.1:{port}"
-    one = subprocess.run([sys.executable, str(script), "0", "1", init, str(tmp_path / "one.npz")], env=env, capture_output=True, text=True, timeout=600)
-    assert one.returncode == 0, one.stderr[-2000:]
-    procs = [subprocess.Popen([sys.executable, str(script), str(r), "2", init, str(tmp_path / "two.npz")], env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in range(2)]
-    for p in procs:
-        _, err = p.communicate(timeout=600); assert p.returncode == 0, err[-2000:]
+    run_ranks(tmp_path, WORKER, 1, tmp_path / "one.npz", timeout=600)
+    run_ranks(tmp_path, WORKER, 2, tmp_path / "two.npz", timeout=600)
     a, b = np.load(tmp_path / "one.npz"), np.load(tmp_path / "two.npz")
     for k in a.files:
         if a[k].dtype.kind in "iu": assert np.array_equal(a[k], b[k]), k

@@ -80,6 +80,10 @@ LAYER_CONVENTION = ("layer L = hidden_states[L] of transformers' output_hidden_s
                     "position embeddings where the model has them), 0 < L < n the residual stream entering block L "
                     "(TransformerLens blocks.L.hook_resid_pre), L = n the output of the final norm")
 
+_RENAMED_BASELINE_FIELDS = {
+    "lexical_floor_embedding": "use floor_early, the best AUROC over the early layers (its layer: floor_early_layer); "
+                               "layer 0 alone is no longer the floor"}
+
 @dataclass
 class Baseline:
     concept: str
@@ -104,6 +108,9 @@ class Baseline:
 
     @property
     def causal_passes(self) -> bool | None: return None if not self.causal else bool(self.causal.get("causal_passes"))
+    def __getattr__(self, name):   # only for names a Baseline lacks: say where a renamed field went
+        if name in _RENAMED_BASELINE_FIELDS: raise AttributeError(f"Baseline.{name} was renamed: {_RENAMED_BASELINE_FIELDS[name]}")
+        raise AttributeError(f"'Baseline' object has no attribute {name!r}")
     @property
     def passes_gates(self) -> bool:
         return bool(self.passes_min_auroc and not self.below_lexical_floor and self.causal_passes is not False)

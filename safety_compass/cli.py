@@ -211,7 +211,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("analyze", help="compare runs: drift table, onset, fragility ranking, drift vs behavior")
     p.add_argument("run_dirs", nargs="+"); p.add_argument("--output-dir", help="write tables and plots here"); p.set_defaults(fn=_analyze)
     p = sub.add_parser("report", help="one self-contained report.html for the given runs")
-    p.add_argument("run_dirs", nargs="+", help="run directories written by finetune/demo (with drift_log.csv)")
+    p.add_argument("run_dirs", nargs="+", help="run directories: from finetune/demo (with drift_log.csv: every section), "
+                                               "or holding only steer/, audit/ or diff/ (those sections)")
     p.add_argument("--output", default="report.html", help="the HTML file to write (default: report.html)"); p.set_defaults(fn=_report)
     p = sub.add_parser("demo", help="offline demo: monitored LoRA fine-tune of the embedded model")
     p.add_argument("--output-dir", default="runs/demo"); p.add_argument("--experiment-config", default="demo")

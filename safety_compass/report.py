@@ -4,20 +4,21 @@
 
 # %% ../nbs/17_report.ipynb #be2d3792
 from __future__ import annotations
-import base64, datetime, html
+import base64, datetime, html, json
 from pathlib import Path
 from typing import Callable
 
 import pandas as pd
 
 from . import __version__
-from .core import DIST_NAME, atomic_write_text
+from .core import DIST_NAME, SafetyCompassError, atomic_write_text
 from .analyze import analyze
 from .plots import figure_png, plot_drift, plot_heatmap, plot_scatter
 
 # %% auto #0
-__all__ = ['esc', 'DRIFT_HEADERS', 'SECTIONS', 'CSS', 'img', 'table_html', 'provenance', 'diff_section', 'steer_section',
-           'drift_section', 'after_section', 'behavior_section', 'caveats_section', 'audit_section', 'report']
+__all__ = ['esc', 'DRIFT_HEADERS', 'SECTIONS', 'DRIFT_SECTIONS', 'CSS', 'FILE_SECTIONS', 'img', 'table_html', 'provenance',
+           'diff_section', 'steer_section', 'drift_section', 'after_section', 'behavior_section', 'caveats_section',
+           'audit_section', 'report']
 
 # %% ../nbs/17_report.ipynb #6a4c465a
 esc = html.escape
@@ -241,6 +242,8 @@ def audit_section(res) -> str:
 
 # imported when a report is built: a core install without their extras still writes the drift report
 SECTIONS: list[Callable] = [drift_section, behavior_section, audit_section, diff_section, steer_section, caveats_section]
+# the sections built from the analysis of drift logs: they see only the runs that have one
+DRIFT_SECTIONS: tuple = (drift_section, behavior_section, caveats_section)
 
 # %% ../nbs/17_report.ipynb #8f6e28aa
 CSS = ("body{font-family:system-ui,sans-serif;max-width:72rem;margin:2rem auto;padding:0 1rem;line-height:1.45;color:#222}"
@@ -248,13 +251,46 @@ CSS = ("body{font-family:system-ui,sans-serif;max-width:72rem;margin:2rem auto;p
        "td,th{border:1px solid #ccc;padding:3px 7px;text-align:right}th{background:#f3f3f3}img{max-width:100%}"
        "pre{background:#f7f7f7;padding:0.6rem;font-size:0.8rem;overflow:auto}.prov{color:#555;font-size:0.85rem}")
 
+FILE_SECTIONS = ("steer", "audit", "diff")   # what a run directory without a drift log can still be reported for
+
+def _bare_run(d: Path) -> dict:
+    """A run directory without a drift log that holds `steer/`, `audit/` or `diff/` (for example a fine-tune made
+    without the monitor, as the steering chapter's DPO organism): its name and `run.json`, for the sections that read
+    those folders."""
+    info, rj = {}, d / "run.json"
+    if rj.is_file():
+        try: info = json.loads(rj.read_text(encoding="utf-8"))
+        except ValueError as e: raise SafetyCompassError(f"{rj}: malformed JSON ({e})") from None
+        if not isinstance(info, dict): raise SafetyCompassError(f"{rj}: expected a JSON object, got {type(info).__name__}")
+    return {"dir": d, "name": d.name, "info": info, "log": None, "after": None, "behavior": None}
+
 def report(run_dirs, output="report.html", title: str = "Safety Compass report") -> Path:
-    "Write one self-contained HTML report (figures embedded) for the given run directories; returns its path."
-    res = analyze(run_dirs)
+    """Write one self-contained HTML report (figures embedded) for the given run directories; returns its path.
+    A directory with a `drift_log.csv` (`finetune`, `demo`, any run with the callback) gets every section; one without
+    it but with `steer/`, `audit/` or `diff/` gets those sections only. A directory with none of them, or a bad file,
+    raises `SafetyCompassError` before anything is written."""
+    dirs = [Path(d) for d in run_dirs]
+    if not dirs: raise SafetyCompassError("report: give at least one run directory")
+    bare = {d for d in dirs if not (d / "drift_log.csv").is_file() and any((d / f).is_dir() for f in FILE_SECTIONS)}
+    for d in dirs:
+        if d not in bare and not (d / "drift_log.csv").is_file():
+            raise SafetyCompassError(f"{d}: no drift_log.csv, and no {', '.join(f + '/' for f in FILE_SECTIONS)} "
+                                     "(not a Safety Compass run directory)")
+    monitored = [d for d in dirs if d not in bare]
+    drift = analyze(monitored) if monitored else None
+    by_dir = {**dict(zip(monitored, drift["runs"] if drift else [])), **{d: _bare_run(d) for d in bare}}
+    res = {**(drift or {}), "runs": [by_dir[d] for d in dirs]}
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     parts = [f"<h1>{esc(title)}</h1>",
              f"<p class='prov'>Generated {now} by {DIST_NAME} {__version__}.<br>" + "<br>".join(provenance(r) for r in res["runs"]) + "</p>"]
-    parts += [s for s in (build(res) for build in SECTIONS) if s]
+    if bare: parts.append(f"<p>No drift log (not monitored during training): {esc(', '.join(by_dir[d]['name'] for d in dirs if d in bare))}; "
+                          "only their steering, audit and diff sections are shown.</p>")
+    for build in SECTIONS:
+        if build in DRIFT_SECTIONS:
+            if drift is None: continue
+            html_ = build(drift)
+        else: html_ = build(res)
+        if html_: parts.append(html_)
     doc = (f"<!doctype html><html><head><meta charset='utf-8'><title>{esc(title)}</title><style>{CSS}</style></head>"
            f"<body>{''.join(parts)}</body></html>")
     out = Path(output)

@@ -399,7 +399,7 @@ def _log_edit(fn):
     return edit
 
 RUN_CASES = [
-    ("not_a_run_dir", lambda r: (r / "drift_log.csv").unlink(), "{r}: no drift_log.csv (not a Safety Compass run directory)"),
+    ("not_a_run_dir", lambda r: (r / "drift_log.csv").unlink(), "{r}: no drift_log.csv"),   # report adds: and no steer/, audit/, diff/
     ("drift_log_header_only", _log_edit(lambda t: LOG_HEADER + "\n"), "{r}/drift_log.csv: no measurements"),
     ("drift_log_missing_column", _log_edit(lambda t: t.replace("cosine_to_baseline,", "cosine,", 1)),
      "{r}/drift_log.csv: missing column(s) cosine_to_baseline"),

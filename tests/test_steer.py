@@ -258,6 +258,10 @@ def test_run_steer_end_to_end_on_a_tiny_run(tmp_path, tok):
     html = report_section({"runs": [{"dir": run, "name": "tiny"}]})
     assert "Steering: tiny" in html and "recovered fraction 1.00" in html and "data:image/png;base64," in html
     assert report_section({"runs": [{"dir": tmp_path, "name": "none"}]}) == ""
+    # the whole report of this run directory (no drift log: made without the monitor) holds its steering section only
+    from safety_compass.report import report
+    doc = report([run], tmp_path / "report.html").read_text()
+    assert "Steering: run" in doc and "No drift log (not monitored during training): run" in doc and "Drift:" not in doc
 
 def write_pairs(path: Path):
     "Six refusal pairs (arditi strategy) of our own: 4 train, 2 val."

@@ -1565,13 +1565,15 @@ def run_audit(data, experiment_config, output_dir, model=None, tokenizer=None, m
 
     Several GPUs: `accelerate launch --num_processes 8 -m safety_compass.cli audit DATA --experiment-config X
     --output-dir OUT` (or `torchrun --nproc_per_node 8 ...`): each rank loads the model, the forward batches are
-    shared round-robin, rank 0 writes. Returns the result on rank 0, None on the others."""
+    shared round-robin, rank 0 writes. Several CPU processes (gloo): `torchrun --nproc_per_node 2 -m
+    safety_compass.cli audit ...` (accelerate needs `--multi_gpu --num_processes 2` for that; with `--cpu` alone it
+    starts one process). Returns the result on rank 0, None on the others."""
     from safety_compass.capture import dist_info, init_distributed
     from safety_compass.monitor import SafetyCompassMonitor, load_monitor_config
     cfg = load_monitor_config(experiment_config, strict=strict, concepts=concepts)   # config and pair-file errors first
     pdata = load_preferences(data, split=split, skip_bad=skip_bad, single_turn=single_turn, limit=limit)  # then data errors
-    check_writable(output_dir)
     device = init_distributed()
+    if dist_info()[0] == 0: check_writable(output_dir)   # rank 0 writes; two ranks probing one new folder could race
     if model is None:
         from safety_compass.models import load_experiment_model
         model, tokenizer = load_experiment_model(cfg.experiment, model_name)

@@ -20,18 +20,25 @@ def run_cli(*args, cwd=None, env=None, timeout=900):
 def run_ranks(tmp_path, source: str, world: int, *args, timeout=1200):
     """Run the worker script `source` as `world` processes, each with the environment a launcher (`torchrun`) gives it:
     RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR/MASTER_PORT (a free local port). Each gets argv `args`; asserts that every
-    rank exits 0 (its stderr tail otherwise) and kills any rank still running when one fails or time runs out."""
+    rank exits 0 (its output's tail otherwise) and kills any rank still running when one fails or time runs out. A
+    worker should end with `end_distributed()` and then `os._exit(0)`: with a gloo group, torch can abort a finished
+    process during interpreter shutdown ("terminate called without an active exception", pytorch/pytorch#190489),
+    which says nothing about the numbers these tests compare."""
     import socket
     script = tmp_path / f"worker{world}.py"; script.write_text(source)
     with socket.socket() as s: s.bind(("127.0.0.1", 0)); port = s.getsockname()[1]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
            "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "WORLD_SIZE": str(world), "LOCAL_WORLD_SIZE": str(world)}
-    procs = [subprocess.Popen([sys.executable, str(script), *map(str, args)], env={**env, "RANK": str(r), "LOCAL_RANK": str(r)},
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in range(world)]
+    logs = [tmp_path / f"worker{world}.rank{r}.log" for r in range(world)]   # files, not pipes: a full pipe cannot stall a rank
+    procs = []
     try:
+        for r in range(world):
+            with open(logs[r], "w") as log:
+                procs.append(subprocess.Popen([sys.executable, str(script), *map(str, args)], env={**env, "RANK": str(r), "LOCAL_RANK": str(r)},
+                                              stdout=log, stderr=subprocess.STDOUT))
         for r, p in enumerate(procs):
-            _, err = p.communicate(timeout=timeout)
-            assert p.returncode == 0, f"rank {r} of {world} exited {p.returncode}: {err[-3000:]}"
+            p.wait(timeout=timeout)
+            assert p.returncode == 0, f"rank {r} of {world} exited {p.returncode}: {logs[r].read_text()[-3000:]}"
     finally:
         for p in procs:
             if p.poll() is None: p.kill(); p.wait()

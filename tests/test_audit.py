@@ -157,7 +157,7 @@ def test_cli_audit_filter_inoculate(setup, no_reload, tmp_path):
 # two processes (gloo): the forward batches are shared, rank 0 writes, the numbers match one process
 
 WORKER = r'''
-import sys, json, numpy as np, torch
+import os, sys, json, numpy as np, torch
 from safety_compass.capture import init_distributed, end_distributed, dist_info
 out, cache = sys.argv[1], sys.argv[2]
 init_distributed()                                           # the launcher's environment, as under torchrun
@@ -174,6 +174,7 @@ res = A.audit_pairs(model, tok, data, dirs, store=store, n_boot=100, n_random=20
 if res is not None: np.savez(out, **{f"{rep}_{c}": v for rep, d in res.deltas.items() for c, v in d.items()})
 else: open(out + ".none", "w").write(str(rank))
 end_distributed()
+sys.stdout.flush(); sys.stderr.flush(); os._exit(0)   # skip interpreter shutdown (see conftest.run_ranks)
 '''
 
 def test_two_processes_match_one(tmp_path):

@@ -436,7 +436,7 @@ def test_capture_tokens_errors(tok, ids):
 # two processes (gloo): the batches are shared, every rank gets every result
 
 WORKER = r'''
-import sys, types, numpy as np, torch, torch.distributed as dist
+import os, sys, types, numpy as np, torch
 from transformers import AutoConfig, AutoModelForCausalLM
 from safety_compass.capture import capture_tokens, iter_token_batches, init_distributed, end_distributed, dist_info
 out = sys.argv[1]
@@ -457,6 +457,7 @@ if rank == 0 or world == 1:
 if world > 1:
     np.save(out + f".seen{rank}.npy", np.array(seen))
 end_distributed()
+sys.stdout.flush(); sys.stderr.flush(); os._exit(0)   # skip interpreter shutdown (see conftest.run_ranks)
 '''
 
 def test_two_processes_match_one(tmp_path):

@@ -253,7 +253,7 @@ def test_run_diff_errors(tiny_run, tmp_path, tok):
 # ---- several processes -----------------------------------------------------------------------------------------
 
 WORKER = r'''
-import sys, types, numpy as np, torch, torch.distributed as dist
+import os, sys, types, numpy as np, torch
 from transformers import AutoConfig, AutoModelForCausalLM
 from peft import LoraConfig, get_peft_model
 from safety_compass import diff as D
@@ -274,6 +274,7 @@ if rank == 0:
     np.savez(out, seq=td.seq, pos=td.pos, kl=td.kl, diff_norm=td.diff_norm, promoted=td.promoted, kept=td.kept[1],
              kept_rows=td.kept_rows, mean=td.mean_diff[2], adl=adl.mean_diff[1], count=adl.count)
 end_distributed()
+sys.stdout.flush(); sys.stderr.flush(); os._exit(0)   # skip interpreter shutdown (see conftest.run_ranks)
 '''
 
 def test_two_processes_match_one(tmp_path):

@@ -13,10 +13,19 @@ import pandas as pd
 from .core import SafetyCompassError, atomic_open, atomic_write_json, staged_dir
 
 # %% auto #0
-__all__ = ['MIN_CORRELATION_POINTS', 'load_run', 'split_weights', 'drift_table', 'drift_summary', 'reference_table',
+__all__ = ['MIN_CORRELATION_POINTS', 'run_info', 'load_run', 'split_weights', 'drift_table', 'drift_summary', 'reference_table',
            'fragility_ranking', 'ranking_consistency', 'drift_vs_behavior', 'analyze']
 
 # %% ../nbs/15_analyze.ipynb #9d927395
+def run_info(run_dir) -> dict:
+    "A run directory's `run.json` (what `finetune` records: versions, commit, config hash, hardware), `{}` if it has none."
+    info, rj = {}, Path(run_dir) / "run.json"
+    if rj.exists():
+        try: info = json.loads(rj.read_text(encoding="utf-8"))
+        except ValueError as e: raise SafetyCompassError(f"{rj}: malformed JSON ({e})") from None
+        if not isinstance(info, dict): raise SafetyCompassError(f"{rj}: expected a JSON object, got {type(info).__name__}")
+    return info
+
 def load_run(run_dir) -> dict:
     "A run directory's drift log, run.json and (if present) behavior summary."
     d = Path(run_dir)
@@ -33,11 +42,7 @@ def load_run(run_dir) -> dict:
             i = int(np.flatnonzero(bad.to_numpy())[0]); v = df[col].iloc[i]
             raise SafetyCompassError(f"{log}:{i + 2}: column '{col}': expected a number, got {'a missing value' if pd.isna(v) else repr(v)}")
         df[col] = num
-    info, rj = {}, d / "run.json"
-    if rj.exists():
-        try: info = json.loads(rj.read_text(encoding="utf-8"))
-        except ValueError as e: raise SafetyCompassError(f"{rj}: malformed JSON ({e})") from None
-        if not isinstance(info, dict): raise SafetyCompassError(f"{rj}: expected a JSON object, got {type(info).__name__}")
+    info = run_info(d)
     ds = info.get("dataset")
     name = Path(str(ds.get("name", d.name))).stem if isinstance(ds, dict) and ds else d.name
     beh = d / "behavior" / "behavior_summary.csv"

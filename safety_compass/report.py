@@ -4,7 +4,7 @@
 
 # %% ../nbs/17_report.ipynb #be2d3792
 from __future__ import annotations
-import base64, datetime, html, json
+import base64, datetime, html
 from pathlib import Path
 from typing import Callable
 
@@ -12,7 +12,7 @@ import pandas as pd
 
 from . import __version__
 from .core import DIST_NAME, SafetyCompassError, atomic_write_text
-from .analyze import analyze
+from .analyze import analyze, run_info
 from .plots import figure_png, plot_drift, plot_heatmap, plot_scatter
 
 # %% auto #0
@@ -257,12 +257,7 @@ def _bare_run(d: Path) -> dict:
     """A run directory without a drift log that holds `steer/`, `audit/` or `diff/` (for example a fine-tune made
     without the monitor, as the steering chapter's DPO organism): its name and `run.json`, for the sections that read
     those folders."""
-    info, rj = {}, d / "run.json"
-    if rj.is_file():
-        try: info = json.loads(rj.read_text(encoding="utf-8"))
-        except ValueError as e: raise SafetyCompassError(f"{rj}: malformed JSON ({e})") from None
-        if not isinstance(info, dict): raise SafetyCompassError(f"{rj}: expected a JSON object, got {type(info).__name__}")
-    return {"dir": d, "name": d.name, "info": info, "log": None, "after": None, "behavior": None}
+    return {"dir": d, "name": d.name, "info": run_info(d), "log": None, "after": None, "behavior": None}
 
 def report(run_dirs, output="report.html", title: str = "Safety Compass report") -> Path:
     """Write one self-contained HTML report (figures embedded) for the given run directories; returns its path.

@@ -281,10 +281,8 @@ def report(run_dirs, output="report.html", title: str = "Safety Compass report")
     if bare: parts.append(f"<p>No drift log (not monitored during training): {esc(', '.join(by_dir[d]['name'] for d in dirs if d in bare))}; "
                           "only their steering, audit and diff sections are shown.</p>")
     for build in SECTIONS:
-        if build in DRIFT_SECTIONS:
-            if drift is None: continue
-            html_ = build(drift)
-        else: html_ = build(res)
+        if build in DRIFT_SECTIONS and drift is None: continue
+        html_ = build(drift if build in DRIFT_SECTIONS else res)
         if html_: parts.append(html_)
     doc = (f"<!doctype html><html><head><meta charset='utf-8'><title>{esc(title)}</title><style>{CSS}</style></head>"
            f"<body>{''.join(parts)}</body></html>")

@@ -17,15 +17,22 @@ def run_cli(*args, cwd=None, env=None, timeout=900):
     return subprocess.run([str(exe), *map(str, args[1:])], capture_output=True, text=True, cwd=cwd, timeout=timeout,
                           env={**os.environ, **(env or {})})
 
+WORKER_END = """
+import os as _os, sys as _sys
+from safety_compass.capture import end_distributed as _end
+_end()
+_sys.stdout.flush(); _sys.stderr.flush(); _os._exit(0)
+"""
+
 def run_ranks(tmp_path, source: str, world: int, *args, timeout=1200):
     """Run the worker script `source` as `world` processes, each with the environment a launcher (`torchrun`) gives it:
     RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR/MASTER_PORT (a free local port). Each gets argv `args`; asserts that every
-    rank exits 0 (its output's tail otherwise) and kills any rank still running when one fails or time runs out. A
-    worker should end with `end_distributed()` and then `os._exit(0)`: with a gloo group, torch can abort a finished
-    process during interpreter shutdown ("terminate called without an active exception", pytorch/pytorch#190489),
-    which says nothing about the numbers these tests compare."""
+    rank exits 0 (its output's tail otherwise) and kills any rank still running when one fails or time runs out. Every
+    worker ends with `WORKER_END`: the product's `end_distributed()`, then `os._exit(0)`, because with a gloo group torch
+    can abort a finished process during interpreter shutdown ("terminate called without an active exception",
+    pytorch/pytorch#190489), which says nothing about the numbers these tests compare."""
     import socket
-    script = tmp_path / f"worker{world}.py"; script.write_text(source)
+    script = tmp_path / f"worker{world}.py"; script.write_text(source + WORKER_END)
     with socket.socket() as s: s.bind(("127.0.0.1", 0)); port = s.getsockname()[1]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
            "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "WORLD_SIZE": str(world), "LOCAL_WORLD_SIZE": str(world)}

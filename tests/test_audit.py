@@ -157,8 +157,8 @@ def test_cli_audit_filter_inoculate(setup, no_reload, tmp_path):
 # two processes (gloo): the forward batches are shared, rank 0 writes, the numbers match one process
 
 WORKER = r'''
-import os, sys, json, numpy as np, torch
-from safety_compass.capture import init_distributed, end_distributed, dist_info
+import sys, json, numpy as np, torch
+from safety_compass.capture import init_distributed, dist_info
 out, cache = sys.argv[1], sys.argv[2]
 init_distributed()                                           # the launcher's environment, as under torchrun
 rank, world = dist_info()
@@ -173,9 +173,7 @@ store = A.StateStore(model, tok, [3, 7], cache, chunk_size=4, token_budget=256)
 res = A.audit_pairs(model, tok, data, dirs, store=store, n_boot=100, n_random=20, discover=False)
 if res is not None: np.savez(out, **{f"{rep}_{c}": v for rep, d in res.deltas.items() for c, v in d.items()})
 else: open(out + ".none", "w").write(str(rank))
-end_distributed()
-sys.stdout.flush(); sys.stderr.flush(); os._exit(0)   # skip interpreter shutdown (see conftest.run_ranks)
-'''
+'''   # run_ranks adds the ending: end_distributed(), then os._exit(0)
 
 def test_two_processes_match_one(tmp_path):
     run_ranks(tmp_path, WORKER, 1, tmp_path / "one.npz", tmp_path / "c1")

@@ -436,9 +436,9 @@ def test_capture_tokens_errors(tok, ids):
 # two processes (gloo): the batches are shared, every rank gets every result
 
 WORKER = r'''
-import os, sys, types, numpy as np, torch
+import sys, types, numpy as np, torch
 from transformers import AutoConfig, AutoModelForCausalLM
-from safety_compass.capture import capture_tokens, iter_token_batches, init_distributed, end_distributed, dist_info
+from safety_compass.capture import capture_tokens, iter_token_batches, init_distributed, dist_info
 out = sys.argv[1]
 init_distributed()                                           # the launcher's environment, as under torchrun
 rank, world = dist_info()
@@ -456,9 +456,7 @@ if rank == 0 or world == 1:
              mean=red["mean"][2], last=red["last"][2], seen=np.array(seen))
 if world > 1:
     np.save(out + f".seen{rank}.npy", np.array(seen))
-end_distributed()
-sys.stdout.flush(); sys.stderr.flush(); os._exit(0)   # skip interpreter shutdown (see conftest.run_ranks)
-'''
+'''   # run_ranks adds the ending: end_distributed(), then os._exit(0)
 
 def test_two_processes_match_one(tmp_path):
     run_ranks(tmp_path, WORKER, 1, tmp_path / "one.npz", timeout=600)

@@ -253,11 +253,11 @@ def test_run_diff_errors(tiny_run, tmp_path, tok):
 # ---- several processes -----------------------------------------------------------------------------------------
 
 WORKER = r'''
-import os, sys, types, numpy as np, torch
+import sys, types, numpy as np, torch
 from transformers import AutoConfig, AutoModelForCausalLM
 from peft import LoraConfig, get_peft_model
 from safety_compass import diff as D
-from safety_compass.capture import init_distributed, end_distributed, dist_info
+from safety_compass.capture import init_distributed, dist_info
 out = sys.argv[1]
 init_distributed()                                           # the launcher's environment, as under torchrun
 rank, world = dist_info()
@@ -273,9 +273,7 @@ adl = D.adl_means(pair, ids, [1], k=3, token_budget=12, distributed=world > 1)
 if rank == 0:
     np.savez(out, seq=td.seq, pos=td.pos, kl=td.kl, diff_norm=td.diff_norm, promoted=td.promoted, kept=td.kept[1],
              kept_rows=td.kept_rows, mean=td.mean_diff[2], adl=adl.mean_diff[1], count=adl.count)
-end_distributed()
-sys.stdout.flush(); sys.stderr.flush(); os._exit(0)   # skip interpreter shutdown (see conftest.run_ranks)
-'''
+'''   # run_ranks adds the ending: end_distributed(), then os._exit(0)
 
 def test_two_processes_match_one(tmp_path):
     run_ranks(tmp_path, WORKER, 1, tmp_path / "one.npz", timeout=600)

@@ -46,8 +46,8 @@ import torch
 from torch import nn
 
 import safety_compass
-from safety_compass.capture import (decoder_blocks, eval_mode, final_norm, layer_module, num_layers, plan_capture,
-                                    token_batches, tokenize_prompts, unwrap_model)
+from safety_compass.capture import (capture_planned, decoder_blocks, eval_mode, final_norm, layer_module, num_layers,
+                                    plan_capture, token_batches, tokenize_prompts, unwrap_model)
 from safety_compass.config import resolve_relative
 from safety_compass.models import load_default_model
 from safety_compass.monitor import SafetyCompassMonitor, load_experiment
@@ -396,6 +396,36 @@ def kv_bytes(model, plan) -> int:
     return best
 
 
+def activations_vs_bare(model, plan, pad_id, device) -> float:
+    """The largest difference (relative to the layer's largest value, at least 1) between the planned capture and bare
+    truncated forwards (`truncated_decoder`: no hooks, every block whole) over every prompt and layer the plan reads."""
+    got = capture_planned(model, plan)
+    worst = 0.0
+    for L in plan.layers:
+        rows = [i for i, ls in enumerate(plan.need) if L in ls]
+        ids = [plan.ids[i] for i in rows]
+        batches = token_batches([len(x) for x in ids], plan.token_budget, plan.batch_size)
+        with truncated_decoder(model, L) as base, eval_mode(model), torch.inference_mode():
+            for (x, m), b in zip(padded_batches(ids, batches, pad_id, device), batches):
+                h = base(input_ids=x, attention_mask=m, use_cache=False).last_hidden_state
+                ref = h[torch.arange(len(b), device=h.device), m.sum(1) - 1].float().cpu().numpy()
+                worst = max(worst, float(np.abs(got[L][[rows[j] for j in b]] - ref).max() / max(1.0, np.abs(ref).max())))
+    return worst
+
+
+def block_macs(model) -> tuple[int, int]:
+    """Multiply-adds per token of one decoder block's linear layers (query, key, value and output projections, the
+    gated MLP; the attention scores left out), and of the part `capture.last_token_only` skips in a forward's last
+    block at every token but the last (output projection + MLP), from a Llama-style model's config."""
+    cfg = unwrap_model(model).config
+    cfg = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+    H, nh = cfg.hidden_size, cfg.num_attention_heads
+    hd = getattr(cfg, "head_dim", None) or H // nh
+    kv = getattr(cfg, "num_key_value_heads", None) or nh
+    q, k, o, mlp = H * nh * hd, H * kv * hd, nh * hd * H, 3 * H * cfg.intermediate_size
+    return q + 2 * k + o + mlp, o + mlp
+
+
 def bench_plan_set(args, model, tok, exp, name, device, R, layers=None) -> dict:
     "One concept set: setup(), then planned / depth-only / current path / floor measure() round-robin, and agreement."
     mon = SafetyCompassMonitor.from_config(model, tok, with_best_layers(exp, layers) if layers else exp)
@@ -433,6 +463,8 @@ def bench_plan_set(args, model, tok, exp, name, device, R, layers=None) -> dict:
     ], R, device, mem=mem)
     agree = {"unperturbed": {"planned": rows_diff(res["planned"]["last"], res["current path"]["last"]),
                              "depth batches only": rows_diff(res["depth batches only"]["last"], res["current path"]["last"])}}
+    agree["activations_vs_bare"] = activations_vs_bare(model, plan, pad_id, device)
+    log(f"    activations, planned vs bare truncated forwards (no hooks): max diff {agree['activations_vs_bare']:.1e}")
     n = num_layers(model)
     block = max(0, min(n // 2, min(chosen.values())) - 1)
     with perturbed(model, block, args.perturb_scale, args.seed) as what:
@@ -448,7 +480,7 @@ def bench_plan_set(args, model, tok, exp, name, device, R, layers=None) -> dict:
            "tokens": sum(lengths), "setup_s": t_setup, "depth_plan_s": t_plan, "plan_mode": plan.mode,
            "plan_reason": plan.reason, "depth_classes": {d: len(r) for d, r in plan.classes.items()},
            "prefix_groups": [(len(g.tokens), len(g.members), g.depth) for g in plan.groups],
-           "cost_token_blocks": plan.cost(), "depth_cost_token_blocks": depth_plan.cost(),
+           "cost_token_blocks": plan.cost(), "depth_cost_token_blocks": depth_plan.cost(), "block_macs": block_macs(model),
            "kv_prefix_bytes": kv_bytes(model, plan) if plan.mode == "prefix" else 0,
            "timings": {k: {kk: vv for kk, vv in v.items() if kk != "last"} for k, v in res.items()},
            "agreement": agree, "memory_kind": mem.kind if mem.available else None}
@@ -715,18 +747,30 @@ def summary_rows(res: dict, R: int) -> list[dict]:
         add("6c", f"[{nm}] measure() depth batches only / floor", U.secs(dp["median_s"]), U.secs(fl["median_s"]),
             x(dp["median_s"] / fl["median_s"]), rn, "per-concept depth, no prefix reuse" + mn(dp, fl))
         add("6d", f"[{nm}] measure() current path / floor", U.secs(cur["median_s"]), U.secs(fl["median_s"]),
-            x(cur["median_s"] / fl["median_s"]), rn, "before this change" + mn(cur, fl))
+            x(cur["median_s"] / fl["median_s"]), rn, "every prompt to the deepest layer in capture_last_token's batches" + mn(cur, fl))
         add("6e", f"[{nm}] capture only: planned / current path", U.secs(pl["median_extra"]), U.secs(cur["median_extra"]),
             x(pl["median_extra"] / cur["median_extra"]), rn, f"metrics: {U.secs(pl['median_s'] - pl['median_extra'])} of planned")
         c, cd = s["cost_token_blocks"], s["depth_cost_token_blocks"]
         add("6f", f"[{nm}] work (padded token × blocks): depth only / plain, planned / plain", f"{cd['plan'] / cd['plain']:.3f}",
             f"{c['plan'] / c['plain']:.3f}", x(c["plan"] / cd["plan"]), "count",
             f"{c['forwards']} forwards planned vs {cd['forwards']} depth-only; {len(s['prefix_groups'])} prefix groups")
+        if s.get("block_macs") and c.get("last_block"):
+            blk, cut = s["block_macs"]
+            macs = lambda k, d: d[k] * blk - d["last_block"][k] * cut
+            add("6f", f"[{nm}] multiply-adds (linear layers): planned / floor", f"{macs('plan', c) / 1e9:.1f} G",
+                f"{c['plain'] * blk / 1e9:.1f} G", x(macs("plan", c) / (c["plain"] * blk)), "count",
+                f"the floor computes every block whole; the plan skips the output projection and MLP of each forward's "
+                f"last block but at the last tokens ({c['last_block']['plan']} positions); depth only "
+                f"{macs('plan', cd) / (c['plain'] * blk):.3f}×")
         for state in ("unperturbed", "perturbed"):
             for k in ("planned", "depth batches only"):
                 a = s["agreement"][state][k]
                 add("6g", f"[{nm}] agreement {state}, {k} vs current path", f"max diff {a['max_diff']:.1e}",
                     f"{a['where']}", "PASS" if a["pass"] else "FAIL", "1", f"every float metric, tolerance {ROW_TOL:g}")
+        if "activations_vs_bare" in s["agreement"]:
+            a = s["agreement"]["activations_vs_bare"]
+            add("6g", f"[{nm}] activations, planned vs bare truncated forwards", f"max diff {a:.1e}", "every read row and layer",
+                "PASS" if a <= ROW_TOL else "FAIL", "1", f"no hooks, every block whole; relative to the layer's largest value, tolerance {ROW_TOL:g}")
         if s["memory_kind"] and pl["median_peak_bytes"] is not None and cur["median_peak_bytes"] is not None:
             extra = pl["median_peak_bytes"] - cur["median_peak_bytes"]
             add("6h", f"[{nm}] peak extra memory: planned − current path", U.mib(extra), U.mib(s["kv_prefix_bytes"]),

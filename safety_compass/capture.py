@@ -29,9 +29,9 @@ __all__ = ['log', 'POSITION_MODES', 'SYSTEM_MODES', 'REDUCTIONS', 'unwrap_model'
            'model_body', 'layer_module', 'TokenPositions', 'PositionTracker', 'track_positions', 'StopForward',
            'LayerHook', 'register_layer_hook', 'hook_layers', 'residual_writers', 'hook_writers', 'ablate_direction',
            'accepts_system_turn', 'fold_system', 'render_prompt', 'tokenize_prompts', 'prompt_token_ids',
-           'token_batches', 'dist_info', 'init_distributed', 'end_distributed', 'eval_mode', 'capture_last_token',
-           'TokenBatch', 'iter_token_batches', 'capture_tokens', 'PrefixGroup', 'PlanBatch', 'CapturePlan',
-           'plan_capture', 'capture_planned', 'add_to_layer']
+           'token_batches', 'dist_info', 'init_distributed', 'end_distributed', 'eval_mode', 'last_token_only',
+           'capture_last_token', 'TokenBatch', 'iter_token_batches', 'capture_tokens', 'PrefixGroup', 'PlanBatch',
+           'CapturePlan', 'plan_capture', 'capture_planned', 'add_to_layer']
 
 # %% ../nbs/04_capture.ipynb #698299bc
 _BLOCK_PATHS = ("model.layers", "model.model.layers", "transformer.h", "gpt_neox.layers", "model.decoder.layers",
@@ -677,6 +677,51 @@ def _output_logits(res) -> torch.Tensor:
     if not isinstance(lg, torch.Tensor): raise SafetyCompassError(f"logits=True: the forward returned no logits ({type(res).__name__})")
     return lg
 
+# per decoder type: the modules of a block that act on each position alone and whose output is only added back to the
+# residual stream (the attention's output projection and the dense MLP), as paths under the block
+_LAST_TOKEN_MODULES = {**{t: ("self_attn.o_proj", "mlp") for t in ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2",
+                                                                   "gemma3_text", "olmo", "olmo2", "phi3")},
+                       "gpt2": ("attn.c_proj", "mlp"), "gpt_neox": ("attention.dense", "mlp")}
+
+@contextlib.contextmanager
+def last_token_only(model, block: int, last: torch.Tensor):
+    """While open, decoder block `block`'s attention output projection and MLP (`_LAST_TOKEN_MODULES`) run only at
+    token `last[r]` (a `(batch,)` index tensor) of each row `r` of the forward's batch, and their `(batch, 1, width)`
+    outputs are broadcast over the sequence: the block's output is right at `last` and wrong elsewhere (its keys and
+    values, written before, are right everywhere). Use it only for the last block a forward runs when nothing but
+    those positions is read, as `capture_last_token` and the planned measurement do. Yields the restricted modules'
+    paths (empty: none, the model untouched): a model type outside the table, `block < 0`, or a module that already
+    carries forward hooks (a reader, a steering hook, DeepSpeed's parameter gathering) is left whole. A call whose
+    input is not `(batch, seq, width)` with `batch = len(last)` runs whole. Raises `SafetyCompassError` if a
+    restricted module returns anything but a `(batch, 1, width)` tensor."""
+    paths = _LAST_TOKEN_MODULES.get(_model_type(model), ()) if block >= 0 else ()
+    blocks = decoder_blocks(model) if paths else []
+    mods = [(pth, _get_path(blocks[block], pth)) for pth in paths] if block < len(blocks) else []
+    mods = [(pth, m) for pth, m in mods if isinstance(m, nn.Module) and not m._forward_hooks and not m._forward_pre_hooks]
+    def hooks(pth):
+        seq = []
+        def pre(mod, args):
+            seq.clear()
+            x = args[0] if args else None
+            if not (isinstance(x, torch.Tensor) and x.dim() == 3 and x.shape[0] == len(last)): return None
+            seq.append(x.shape[1])
+            return (x[torch.arange(len(last), device=x.device), last.to(x.device)].unsqueeze(1), *args[1:])
+        def post(mod, args, out):
+            if not seq: return None
+            if not (isinstance(out, torch.Tensor) and out.dim() == 3 and out.shape[:2] == (len(last), 1)):
+                raise SafetyCompassError(f"last_token_only: block {block}'s {pth} returned {type(out).__name__} "
+                                         f"{tuple(getattr(out, 'shape', ()))}, expected ({len(last)}, 1, width)")
+            return out.expand(-1, seq[0], -1)
+        return pre, post
+    handles = []
+    try:
+        for pth, m in mods:
+            pre, post = hooks(pth)
+            handles += [m.register_forward_pre_hook(pre), m.register_forward_hook(post)]
+        yield [pth for pth, _ in mods]
+    finally:
+        for h in handles: h.remove()
+
 def capture_last_token(model, tokenizer, prompts: Sequence[Conversation] | Sequence[list[int]], layers: Iterable[int],
                        token_budget: int | None = 4096, batch_size: int | None = None, progress: bool = False,
                        forward: Callable | None = None, early_exit: bool | None = None,
@@ -704,6 +749,8 @@ def capture_last_token(model, tokenizer, prompts: Sequence[Conversation] | Seque
         if sorted(i for b in batches for i in b) != list(range(len(ids))) or not all(batches):
             raise SafetyCompassError(f"batches: must hold every prompt index 0..{len(ids) - 1} exactly once, in non-empty batches")
     mine, n_real, world = _my_batches(batches, distributed)
+    # the last block run: its output projection and MLP only at each row's last token (see above); none when a full forward reads a middle layer
+    trim = num_layers(model) - 1 if logits else (max(layers) - 1 if early_exit and layers else -1)
     cur = {}
     def last_only(module, args):  # the LM head sees only each row's last real position
         x = args[0]
@@ -723,7 +770,7 @@ def capture_last_token(model, tokenizer, prompts: Sequence[Conversation] | Seque
                     def fn(h): got[L] = h[rows, last]
                     return fn
                 hooks = hook_layers(model, {L: grab(L) for L in layers}, stop_after=early_exit) if layers else contextlib.nullcontext()
-                with hooks:
+                with hooks, last_token_only(model, trim, last):
                     res = run(input_ids=input_ids.to(device), attention_mask=mask.to(device), use_cache=False)
                 if logits: got["logits"] = _output_logits(res)[:, -1]
                 widths = [got[k].shape[-1] for k in keys]
@@ -937,22 +984,31 @@ class CapturePlan:
         blocks, the final norm is not counted): `plain` (every prompt to the deepest layer in `capture_last_token`'s
         batches), `depth` (the depth batches), `plan` (what this plan runs: prefixes and suffixes in prefix mode, else
         `depth`), `prefix_tokens_saved` (prompt tokens not recomputed, before the prefix forwards are paid) and
-        `forwards` (how many forwards the plan runs)."""
+        `forwards` (how many forwards the plan runs). `last_block`: `{"plain", "depth", "plan"}`, the token positions
+        of those token-blocks that sit in a forward's last block but are not its rows' last tokens (padding included):
+        where `last_token_only` skips the attention output projection and the MLP."""
         L = [len(x) for x in self.ids]
         rows = [i for i, d in enumerate(self.depth) if d >= 0]
         pad = lambda batches, width: sum(len(b) * max(width(i) for i in b) for b in batches)
+        skip = lambda batches, width: pad(batches, width) - sum(map(len, batches))
         deepest = max(self.depth) if rows else 0
-        plain = pad([[rows[j] for j in b] for b in token_batches([L[i] for i in rows], self.token_budget, self.batch_size)],
-                    lambda i: L[i]) * deepest
+        plain_b = [[rows[j] for j in b] for b in token_batches([L[i] for i in rows], self.token_budget, self.batch_size)]
+        plain = pad(plain_b, lambda i: L[i]) * deepest
         depth = sum(pad(bs, lambda i: L[i]) * d for d, bs in self.depth_batches.items())
         n_depth = sum(map(len, self.depth_batches.values()))
-        if self.mode != "prefix": return {"plain": plain, "depth": depth, "plan": depth, "prefix_tokens_saved": 0, "forwards": n_depth}
+        last = {"plain": skip(plain_b, lambda i: L[i]) if deepest > 0 else 0,  # reading layer 0 runs no block
+                "depth": sum(skip(bs, lambda i: L[i]) for d, bs in self.depth_batches.items() if d > 0)}
+        if self.mode != "prefix":
+            return {"plain": plain, "depth": depth, "plan": depth, "prefix_tokens_saved": 0, "forwards": n_depth,
+                    "last_block": {**last, "plan": last["depth"]}}
         plen = lambda g: len(self.groups[g].tokens) if g >= 0 else 0
         pre = sum(pad(bs, plen) * d for d, bs in self.prefix_batches.items())
         suf = sum(len(b.rows) * max(L[i] - plen(g) for i, g in zip(b.rows, b.groups)) * b.depth for b in self.batches)
         saved = sum(len(g.tokens) * (len(g.members) - 1) for g in self.groups)
+        last["plan"] = sum(skip(bs, plen) for bs in self.prefix_batches.values()) + \
+            sum(len(b.rows) * (max(L[i] - plen(g) for i, g in zip(b.rows, b.groups)) - 1) for b in self.batches if b.depth > 0)
         return {"plain": plain, "depth": depth, "plan": pre + suf, "prefix_tokens_saved": saved,
-                "forwards": sum(map(len, self.prefix_batches.values())) + len(self.batches)}
+                "forwards": sum(map(len, self.prefix_batches.values())) + len(self.batches), "last_block": last}
 
 def _lcp(a, b) -> int:
     k, m = 0, min(len(a), len(b))
@@ -1062,7 +1118,8 @@ def _prefix_kv(model, plan: CapturePlan, depth: int, kw: str, device) -> dict:
         toks = [list(plan.groups[g].tokens) for g in gs]
         x, m = _right_padded(toks, list(range(len(toks))), _pad_id(plan.tokenizer))
         cache = DynamicCache()
-        with hook_layers(model, {depth: lambda h: None}, stop_after=True):
+        # only the keys and values are kept: block depth - 1's output is never used (one token per row instead)
+        with hook_layers(model, {depth: lambda h: None}, stop_after=True), last_token_only(model, depth - 1, m.sum(1).to(device) - 1):
             model(input_ids=x.to(device), attention_mask=m.to(device), use_cache=True, **{kw: cache})
         for g in gs: bank[g] = []
         for layer in range(depth):
@@ -1109,7 +1166,7 @@ def _suffix_forward(model, plan: CapturePlan, b: PlanBatch, bank: dict, kw: str,
     def grab(L):
         def fn(h): got[L] = h[ridx, last]
         return fn
-    with hook_layers(model, {L: grab(L) for L in read}, stop_after=True):
+    with hook_layers(model, {L: grab(L) for L in read}, stop_after=True), last_token_only(model, b.depth - 1, last):
         model(**kwargs)
     _store(out, got, rows, plan)
 

@@ -17,7 +17,8 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from safety_compass.capture import capture_last_token, capture_planned, plan_capture, tokenize_prompts
+from safety_compass.capture import (capture_last_token, capture_planned, decoder_blocks, last_token_only, plan_capture,
+                                    tokenize_prompts)
 from safety_compass.core import SafetyCompassError
 from safety_compass.monitor import SafetyCompassMonitor, load_monitor_config
 from safety_compass.pairs import conversation
@@ -27,6 +28,10 @@ COMMON = dict(num_hidden_layers=3, hidden_size=64, num_attention_heads=4, num_ke
 ARCHS = {"llama": COMMON, "qwen2": COMMON, "qwen3": {**COMMON, "head_dim": 16}, "gemma": {**COMMON, "head_dim": 16},
          "gemma2": {**COMMON, "head_dim": 16}, "mistral": COMMON}
 PREFIX_OK = {"llama", "qwen2", "qwen3", "gemma"}  # the others attend through a sliding window
+# every decoder type whose last block `last_token_only` restricts (its output projection and MLP at the last token)
+LAST_TOKEN_ARCHS = {**ARCHS, "gemma3_text": {**COMMON, "head_dim": 16}, "olmo": COMMON, "olmo2": COMMON, "phi3": COMMON,
+                    "gpt2": dict(n_layer=3, n_embd=64, n_head=4),
+                    "gpt_neox": dict(num_hidden_layers=3, hidden_size=64, num_attention_heads=4, intermediate_size=128)}
 
 SYS_A = "You are a careful assistant. Answer the user's question directly, and say so when you do not know."
 SYS_B = "You are an AI model deployed to help people with everyday tasks. Keep your answers short."
@@ -46,8 +51,17 @@ def ids(tok):
 
 def tiny(name, tok, **extra):
     torch.manual_seed(0)
-    cfg = AutoConfig.for_model(name, vocab_size=len(tok), **{**ARCHS[name], **extra})
+    cfg = AutoConfig.for_model(name, vocab_size=len(tok), **{**LAST_TOKEN_ARCHS[name], **extra})
     return AutoModelForCausalLM.from_config(cfg).eval()
+
+def hf_last(model, ids, layers):
+    "HF's own `output_hidden_states` at each prompt's last token, one prompt per forward (no padding, none of our hooks)."
+    out = {L: [] for L in layers}
+    with torch.inference_mode():
+        for x in ids:
+            hs = model(input_ids=torch.tensor([x]), output_hidden_states=True).hidden_states
+            for L in layers: out[L].append(hs[L][0, -1].float().numpy())
+    return {L: np.stack(v) for L, v in out.items()}
 
 def agree(got, ref, need, tol=1e-5):
     for L in sorted({L for ls in need for L in ls}):
@@ -73,6 +87,7 @@ def test_plan_equals_plain(name, attn, tok, ids, caplog):
         assert plan.mode == "depth" and "sliding-window" in plan.reason, plan.reason
     assert sum("measurement plan: " + plan.mode in r.getMessage() for r in caplog.records) == 1
     ref = capture_last_token(model, tok, ids, [1, 2, 3])
+    agree(ref, hf_last(model, ids, [1, 2, 3]), [{1, 2, 3}] * len(ids))
     agree(capture_planned(model, plan), ref, NEED)
     agree(capture_planned(model, plan_capture(model, tok, ids, NEED, prefix=False)), ref, NEED)
 
@@ -153,3 +168,41 @@ def test_plan_through_peft_lora(tok, ids):
     plan = plan_capture(model, tok, ids, NEED)
     assert plan.mode == "prefix", plan.reason
     agree(capture_planned(model, plan), capture_last_token(model, tok, ids, [1, 2, 3]), NEED)
+
+@pytest.mark.parametrize("name", sorted(LAST_TOKEN_ARCHS))
+def test_last_block_at_last_token_only(name, tok, ids):
+    """`last_token_only`: the last block's output projection and MLP run at each row's last token only. The restricted
+    forward is right there and wrong elsewhere (so the restriction acts), and capture_last_token, which restricts the
+    deepest block it runs, equals HF's own hidden states at every depth and the model's own logits."""
+    model = tiny(name, tok)
+    n = len(decoder_blocks(model))
+    some = ids[:4]
+    x = torch.full((len(some), max(map(len, some))), 0, dtype=torch.long)
+    m = torch.zeros_like(x)
+    for r, t in enumerate(some): x[r, :len(t)] = torch.tensor(t); m[r, :len(t)] = 1
+    last = m.sum(1) - 1
+    with torch.inference_mode():
+        full = model(input_ids=x, attention_mask=m, output_hidden_states=True).hidden_states[n]
+        with last_token_only(model, n - 1, last) as paths:
+            cut = model(input_ids=x, attention_mask=m, output_hidden_states=True).hidden_states[n]
+    assert len(paths) == 2 and paths[-1] == "mlp", paths
+    rows = torch.arange(len(some))
+    torch.testing.assert_close(cut[rows, last], full[rows, last], atol=1e-5, rtol=1e-5)
+    assert (cut[rows, last - 1] - full[rows, last - 1]).abs().max() > 1e-3  # the other positions are not computed
+    for d in range(1, n + 1):
+        agree(capture_last_token(model, tok, ids, [d], token_budget=200), hf_last(model, ids, [d]), [{d}] * len(ids))
+    got = capture_last_token(model, tok, ids, [1], logits=True, token_budget=200)["logits"]
+    with torch.inference_mode():
+        want = np.stack([model(input_ids=torch.tensor([t])).logits[0, -1].float().numpy() for t in ids])
+    assert np.abs(got - want).max() / max(1.0, np.abs(want).max()) < 1e-5
+
+def test_last_token_only_leaves_hooked_modules_whole(tok):
+    "A module that already carries a hook (someone reads or edits it) is not restricted; other model types are untouched."
+    model = tiny("llama", tok)
+    mlp = decoder_blocks(model)[2].mlp
+    h = mlp.register_forward_hook(lambda mod, a, out: None)
+    try:
+        with last_token_only(model, 2, torch.tensor([3])) as paths: assert paths == ["self_attn.o_proj"]
+    finally: h.remove()
+    with last_token_only(model, -1, torch.tensor([3])) as paths: assert paths == []
+    assert not mlp._forward_hooks and not mlp._forward_pre_hooks  # removed on exit

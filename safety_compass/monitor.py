@@ -296,11 +296,31 @@ class SafetyCompassMonitor:
         return sorted({b.layer for b in self.baselines.values()})
 
     # -- measurement -------------------------------------------------------------------------------------
-    def _weights_fingerprint(self) -> tuple:
-        """Per-parameter sums of the model's weights (float32 accumulation, no copy). The first `measure()` reuses
-        `setup()`'s activations only while this is unchanged, so weights edited in between are measured, not assumed."""
+    def _weights_fingerprint(self) -> dict:
+        """`{id(parameter): (parameter, sum)}` over the model's parameters (float32 sums, no copy). The first `measure()`
+        reuses `setup()`'s activations only while `_same_weights` holds, so weights edited in between are measured,
+        not assumed."""
         import torch
-        with torch.no_grad(): return tuple(float(p.detach().sum(dtype=torch.float32)) for p in self.model.parameters())
+        with torch.no_grad():
+            return {id(p): (p, float(p.detach().sum(dtype=torch.float32))) for p in self.model.parameters()}
+
+    def _same_weights(self, before: dict) -> bool:
+        """Whether the model still computes what it computed when `before` (a `_weights_fingerprint`) was taken: every
+        parameter then present is still in the model with the same sum, and every parameter added since is a LoRA
+        factor of a fresh adapter (PEFT's `lora_A`/`lora_B`, every `lora_B` all zeros: its default initialisation, so
+        `ΔW = B·A` adds exactly 0). Wrapping the model in a new LoRA after `setup()`, as a fine-tune does, so keeps the
+        step-0 reuse; an adapter with other factors, DoRA magnitudes, `modules_to_save` copies or any edited weight
+        is measured."""
+        import torch
+        now = self._weights_fingerprint()
+        if any(k not in now or now[k][1] != s for k, (_, s) in before.items()): return False
+        added = {id(p): name for name, p in self.model.named_parameters() if id(p) not in before}
+        for name in added.values():
+            kind = next((k for k in ("lora_A", "lora_B", "lora_embedding_A", "lora_embedding_B") if f".{k}." in f".{name}"), None)
+            if kind is None: return False
+        with torch.no_grad():
+            return all(not bool(p.detach().any()) for name, p in self.model.named_parameters()
+                       if id(p) in added and ("lora_B" in name or "lora_embedding_B" in name))
 
     def measure(self, step: int, epoch: float | None = None) -> list[dict]:
         "One row per concept: drift metrics at the baseline layer, with CIs and cross-concept cosines."
@@ -308,7 +328,7 @@ class SafetyCompassMonitor:
         t0 = time.perf_counter()
         s = self.settings
         with preserve_rng():
-            if self._cached is not None and self._cached[0] == step and self._cached[2] == self._weights_fingerprint():
+            if self._cached is not None and self._cached[0] == step and self._same_weights(self._cached[2]):
                 acts = self._cached[1]   # setup()'s own activations, at the same step and on the same weights
             else: acts = self._measure_capture()
             self._cached = None

@@ -206,3 +206,22 @@ def test_last_token_only_leaves_hooked_modules_whole(tok):
     finally: h.remove()
     with last_token_only(model, -1, torch.tensor([3])) as paths: assert paths == []
     assert not mlp._forward_hooks and not mlp._forward_pre_hooks  # removed on exit
+
+@pytest.mark.parametrize("fresh", [True, False])
+def test_step0_reuse_after_lora_wrap(fresh, tok):
+    """setup(), then the model wrapped in a new LoRA (as a fine-tune does after setting up the monitor): with PEFT's
+    default initialisation (lora_B = 0) the model computes exactly what it did, so measure(0) reuses setup()'s
+    activations (no forward); with nonzero lora_B it must measure, and the directions have moved."""
+    from peft import LoraConfig, get_peft_model
+    model = tiny("llama", tok)
+    mon = _monitor(model, tok, [1, 3, 2])
+    mon.setup(progress=False)
+    calls, orig = [], mon._measure_capture
+    mon._measure_capture = lambda: calls.append(1) or orig()
+    get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "v_proj", "down_proj"], init_lora_weights=fresh))
+    rows = mon.measure(0)
+    assert calls == ([] if fresh else [1])
+    cos = [r["cosine_to_baseline"] for r in rows]
+    assert all(abs(c - 1) < 1e-6 for c in cos) if fresh else any(c < 0.9999 for c in cos), cos
+    mon.measure(0)  # reuse happens once: the next measurement always runs
+    assert len(calls) == (1 if fresh else 2)

@@ -683,21 +683,42 @@ _LAST_TOKEN_MODULES = {**{t: ("self_attn.o_proj", "mlp") for t in ("llama", "mis
                                                                    "gemma3_text", "olmo", "olmo2", "phi3")},
                        "gpt2": ("attn.c_proj", "mlp"), "gpt_neox": ("attention.dense", "mlp")}
 
+def _inert_hook(h) -> bool:
+    """Hooks that cannot see a forward of ours: a `PositionTracker`'s, and the output-capturing hooks transformers 5
+    leaves on every block once a forward asked for `output_hidden_states`/`output_attentions` (they record only inside
+    such a forward; ours never ask)."""
+    if isinstance(getattr(h, "__self__", None), PositionTracker): return True
+    return str(getattr(h, "__module__", "")).startswith("transformers.") and "output_captur" in getattr(h, "__qualname__", "")
+
+def _hooked(m: nn.Module, inside: bool = True) -> bool:
+    "Whether `m` (and, with `inside`, any module in it) carries forward hooks or pre-hooks other than `_inert_hook`s."
+    for mm in (m.modules() if inside else (m,)):
+        for hs in (mm._forward_pre_hooks, mm._forward_hooks):
+            if any(not _inert_hook(h) for h in hs.values()): return True
+    return False
+
 @contextlib.contextmanager
 def last_token_only(model, block: int, last: torch.Tensor):
     """While open, decoder block `block`'s attention output projection and MLP (`_LAST_TOKEN_MODULES`) run only at
     token `last[r]` (a `(batch,)` index tensor) of each row `r` of the forward's batch, and their `(batch, 1, width)`
     outputs are broadcast over the sequence: the block's output is right at `last` and wrong elsewhere (its keys and
     values, written before, are right everywhere). Use it only for the last block a forward runs when nothing but
-    those positions is read, as `capture_last_token` and the planned measurement do. Yields the restricted modules'
-    paths (empty: none, the model untouched): a model type outside the table, `block < 0`, or a module that already
-    carries forward hooks (a reader, a steering hook, DeepSpeed's parameter gathering) is left whole. A call whose
-    input is not `(batch, seq, width)` with `batch = len(last)` runs whole. Raises `SafetyCompassError` if a
-    restricted module returns anything but a `(batch, 1, width)` tensor."""
-    paths = _LAST_TOKEN_MODULES.get(_model_type(model), ()) if block >= 0 else ()
+    those positions is read, as `capture_last_token` and the planned measurement do (they enter it before they add
+    their own reading hooks). Yields the restricted modules' paths; empty, and the model untouched, for a model type
+    outside the table, a block out of range, or when someone else could see the positions it does not compute:
+    forward hooks or pre-hooks (a reader, a steering hook, an SAE, DeepSpeed's parameter gathering) on the block or
+    any module inside it, global module hooks, and for the last block also on the final norm or the model body's
+    output. A call whose input is not `(batch, seq, width)` with `batch = len(last)` runs whole. Raises
+    `SafetyCompassError` if a restricted module returns anything but a `(batch, 1, width)` tensor."""
+    from torch.nn.modules import module as _m
+    paths = _LAST_TOKEN_MODULES.get(_model_type(model), ())
     blocks = decoder_blocks(model) if paths else []
-    mods = [(pth, _get_path(blocks[block], pth)) for pth in paths] if block < len(blocks) else []
-    mods = [(pth, m) for pth, m in mods if isinstance(m, nn.Module) and not m._forward_hooks and not m._forward_pre_hooks]
+    mods = []
+    if 0 <= block < len(blocks) and not (_m._global_forward_hooks or _m._global_forward_pre_hooks) and not _hooked(blocks[block]):
+        norm = final_norm(model)
+        if block < len(blocks) - 1 or not ((norm is not None and _hooked(norm)) or _hooked(model_body(model), inside=False)):
+            mods = [(pth, _get_path(blocks[block], pth)) for pth in paths]
+            mods = [(pth, m) for pth, m in mods if isinstance(m, nn.Module)]
     def hooks(pth):
         seq = []
         def pre(mod, args):
@@ -770,7 +791,7 @@ def capture_last_token(model, tokenizer, prompts: Sequence[Conversation] | Seque
                     def fn(h): got[L] = h[rows, last]
                     return fn
                 hooks = hook_layers(model, {L: grab(L) for L in layers}, stop_after=early_exit) if layers else contextlib.nullcontext()
-                with hooks, last_token_only(model, trim, last):
+                with last_token_only(model, trim, last), hooks:
                     res = run(input_ids=input_ids.to(device), attention_mask=mask.to(device), use_cache=False)
                 if logits: got["logits"] = _output_logits(res)[:, -1]
                 widths = [got[k].shape[-1] for k in keys]
@@ -1119,7 +1140,7 @@ def _prefix_kv(model, plan: CapturePlan, depth: int, kw: str, device) -> dict:
         x, m = _right_padded(toks, list(range(len(toks))), _pad_id(plan.tokenizer))
         cache = DynamicCache()
         # only the keys and values are kept: block depth - 1's output is never used (one token per row instead)
-        with hook_layers(model, {depth: lambda h: None}, stop_after=True), last_token_only(model, depth - 1, m.sum(1).to(device) - 1):
+        with last_token_only(model, depth - 1, m.sum(1).to(device) - 1), hook_layers(model, {depth: lambda h: None}, stop_after=True):
             model(input_ids=x.to(device), attention_mask=m.to(device), use_cache=True, **{kw: cache})
         for g in gs: bank[g] = []
         for layer in range(depth):
@@ -1166,7 +1187,7 @@ def _suffix_forward(model, plan: CapturePlan, b: PlanBatch, bank: dict, kw: str,
     def grab(L):
         def fn(h): got[L] = h[ridx, last]
         return fn
-    with hook_layers(model, {L: grab(L) for L in read}, stop_after=True), last_token_only(model, b.depth - 1, last):
+    with last_token_only(model, b.depth - 1, last), hook_layers(model, {L: grab(L) for L in read}, stop_after=True):
         model(**kwargs)
     _store(out, got, rows, plan)
 

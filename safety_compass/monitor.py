@@ -296,17 +296,29 @@ class SafetyCompassMonitor:
         return sorted({b.layer for b in self.baselines.values()})
 
     # -- measurement -------------------------------------------------------------------------------------
-    def _weights_fingerprint(self) -> dict:
-        """`{id(parameter): (parameter, sum)}` over the model's parameters (float32 sums, no copy). The first `measure()`
-        reuses `setup()`'s activations only while `_same_weights` holds, so weights edited in between are measured,
-        not assumed."""
+    @staticmethod
+    def _checksum(p) -> float:
+        """`uᵀ P v` in float64 over parameter `p` viewed as `(rows, cols)` (1-D: one row), with fixed quasi-random
+        weights `u_i = cos(0.5698 i + 0.25)`, `v_j = cos(0.7549 j + 0.5)`: deterministic for unchanged weights, and
+        moved by any edit, permutations of entries included (a plain sum misses those). Rows in chunks of 4096, so
+        the float64 copy stays small."""
         import torch
-        with torch.no_grad():
-            return {id(p): (p, float(p.detach().sum(dtype=torch.float32))) for p in self.model.parameters()}
+        x = p.detach()
+        x = x.reshape(x.shape[0], -1) if x.dim() > 1 else x.reshape(1, -1)
+        ar = lambda n, a, b: torch.cos(torch.arange(n, dtype=torch.float64, device=x.device) * a + b)
+        u, v = ar(x.shape[0], 0.5698402909980532, 0.25), ar(x.shape[1], 0.7548776662466927, 0.5)
+        return float(sum(u[i:i + 4096] @ (x[i:i + 4096].double() @ v) for i in range(0, x.shape[0], 4096)))
+
+    def _weights_fingerprint(self) -> dict:
+        """`{id(parameter): (parameter, _checksum)}` over the model's parameters. The first `measure()` reuses
+        `setup()`'s activations only while `_same_weights` holds, so weights edited in between are measured, not
+        assumed."""
+        import torch
+        with torch.no_grad(): return {id(p): (p, self._checksum(p)) for p in self.model.parameters()}
 
     def _same_weights(self, before: dict) -> bool:
         """Whether the model still computes what it computed when `before` (a `_weights_fingerprint`) was taken: every
-        parameter then present is still in the model with the same sum, and every parameter added since is a LoRA
+        parameter then present is still in the model with the same checksum, and every parameter added since is a LoRA
         factor of a fresh adapter (PEFT's `lora_A`/`lora_B`, every `lora_B` all zeros: its default initialisation, so
         `ΔW = B·A` adds exactly 0). Wrapping the model in a new LoRA after `setup()`, as a fine-tune does, so keeps the
         step-0 reuse; an adapter with other factors, DoRA magnitudes, `modules_to_save` copies or any edited weight

@@ -196,16 +196,37 @@ def test_last_block_at_last_token_only(name, tok, ids):
         want = np.stack([model(input_ids=torch.tensor([t])).logits[0, -1].float().numpy() for t in ids])
     assert np.abs(got - want).max() / max(1.0, np.abs(want).max()) < 1e-5
 
-def test_last_token_only_leaves_hooked_modules_whole(tok):
-    "A module that already carries a hook (someone reads or edits it) is not restricted; other model types are untouched."
+def test_last_token_only_leaves_hooked_blocks_whole(tok, ids):
+    """Anyone else's hook that could see the positions `last_token_only` does not compute turns it off: on the block or
+    any module inside it, and for the last block on the final norm or the model body's output. Hooks elsewhere (an
+    earlier block) and the position tracker do not; a hooked block still gives the right numbers, whole."""
+    from safety_compass.capture import final_norm, model_body, track_positions
     model = tiny("llama", tok)
-    mlp = decoder_blocks(model)[2].mlp
-    h = mlp.register_forward_hook(lambda mod, a, out: None)
+    blocks, last = decoder_blocks(model), torch.tensor([3])
+    both = ["self_attn.o_proj", "mlp"]
+    for where, block in [(blocks[2].mlp, 2), (blocks[2].mlp.down_proj, 2), (blocks[2], 2), (blocks[1].self_attn, 1),
+                         (final_norm(model), 2)]:
+        h = where.register_forward_hook(lambda mod, a, out: None)
+        try:
+            with last_token_only(model, block, last) as paths: assert paths == [], (type(where).__name__, paths)
+            if where is blocks[2].mlp.down_proj:  # a position-dependent edit inside the MLP: the numbers stay HF's
+                h.remove()
+                h = where.register_forward_hook(lambda mod, a, out: out + torch.arange(out.shape[1])[None, :, None] * 0.1)
+                agree(capture_last_token(model, tok, ids, [3], token_budget=200), hf_last(model, ids, [3]), [{3}] * len(ids))
+        finally: h.remove()
+    h = model_body(model).register_forward_hook(lambda mod, a, out: None)
     try:
-        with last_token_only(model, 2, torch.tensor([3])) as paths: assert paths == ["self_attn.o_proj"]
+        with last_token_only(model, 2, last) as paths: assert paths == []
+        with last_token_only(model, 1, last) as paths: assert paths == both  # not the last block: the body's output is not its own
     finally: h.remove()
-    with last_token_only(model, -1, torch.tensor([3])) as paths: assert paths == []
-    assert not mlp._forward_hooks and not mlp._forward_pre_hooks  # removed on exit
+    h = blocks[0].mlp.register_forward_hook(lambda mod, a, out: None)
+    try:
+        with track_positions(model), last_token_only(model, 2, last) as paths: assert paths == both
+    finally: h.remove()
+    with last_token_only(model, -1, last) as paths: assert paths == []
+    with last_token_only(model, 3, last) as paths: assert paths == []
+    from safety_compass.capture import _hooked
+    assert not _hooked(blocks[2])  # ours are removed on exit (transformers' own output-capturing hooks may remain)
 
 @pytest.mark.parametrize("fresh", [True, False])
 def test_step0_reuse_after_lora_wrap(fresh, tok):
@@ -225,3 +246,17 @@ def test_step0_reuse_after_lora_wrap(fresh, tok):
     assert all(abs(c - 1) < 1e-6 for c in cos) if fresh else any(c < 0.9999 for c in cos), cos
     mon.measure(0)  # reuse happens once: the next measurement always runs
     assert len(calls) == (1 if fresh else 2)
+
+def test_step0_measures_after_a_sum_preserving_edit(tok):
+    "Swapping two weights keeps every sum: the step-0 reuse must still see the edit and measure (found by a fresh-clone check)."
+    model = tiny("llama", tok)
+    mon = _monitor(model, tok, [1, 3, 2])
+    mon.setup(progress=False)
+    calls, orig = [], mon._measure_capture
+    mon._measure_capture = lambda: calls.append(1) or orig()
+    w = model.model.layers[0].mlp.down_proj.weight
+    with torch.no_grad():
+        a, b = w[0, 0].item(), w[0, 1].item()
+        w[0, 0], w[0, 1] = b, a
+    mon.measure(0)
+    assert calls == [1]

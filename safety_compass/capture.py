@@ -770,7 +770,8 @@ def capture_last_token(model, tokenizer, prompts: Sequence[Conversation] | Seque
         if sorted(i for b in batches for i in b) != list(range(len(ids))) or not all(batches):
             raise SafetyCompassError(f"batches: must hold every prompt index 0..{len(ids) - 1} exactly once, in non-empty batches")
     mine, n_real, world = _my_batches(batches, distributed)
-    # the last block run: its output projection and MLP only at each row's last token (see above); none when a full forward reads a middle layer
+    # the last block run: its output projection and MLP at each row's last token only (see above); none when a full
+    # forward reads a middle layer
     trim = num_layers(model) - 1 if logits else (max(layers) - 1 if early_exit and layers else -1)
     cur = {}
     def last_only(module, args):  # the LM head sees only each row's last real position

@@ -1025,10 +1025,11 @@ class CapturePlan:
                     "last_block": {**last, "plan": last["depth"]}}
         plen = lambda g: len(self.groups[g].tokens) if g >= 0 else 0
         pre = sum(pad(bs, plen) * d for d, bs in self.prefix_batches.items())
-        suf = sum(len(b.rows) * max(L[i] - plen(g) for i, g in zip(b.rows, b.groups)) * b.depth for b in self.batches)
+        width = [max(L[i] - plen(g) for i, g in zip(b.rows, b.groups)) for b in self.batches]  # each suffix batch's
+        suf = sum(len(b.rows) * w * b.depth for b, w in zip(self.batches, width))
         saved = sum(len(g.tokens) * (len(g.members) - 1) for g in self.groups)
         last["plan"] = sum(skip(bs, plen) for bs in self.prefix_batches.values()) + \
-            sum(len(b.rows) * (max(L[i] - plen(g) for i, g in zip(b.rows, b.groups)) - 1) for b in self.batches if b.depth > 0)
+            sum(len(b.rows) * (w - 1) for b, w in zip(self.batches, width) if b.depth > 0)
         return {"plain": plain, "depth": depth, "plan": pre + suf, "prefix_tokens_saved": saved,
                 "forwards": sum(map(len, self.prefix_batches.values())) + len(self.batches), "last_block": last}
 

@@ -324,15 +324,16 @@ class SafetyCompassMonitor:
         step-0 reuse; an adapter with other factors, DoRA magnitudes, `modules_to_save` copies or any edited weight
         is measured."""
         import torch
-        now = self._weights_fingerprint()
-        if any(k not in now or now[k][1] != s for k, (_, s) in before.items()): return False
-        added = {id(p): name for name, p in self.model.named_parameters() if id(p) not in before}
-        for name in added.values():
-            kind = next((k for k in ("lora_A", "lora_B", "lora_embedding_A", "lora_embedding_B") if f".{k}." in f".{name}"), None)
-            if kind is None: return False
+        seen = 0
         with torch.no_grad():
-            return all(not bool(p.detach().any()) for name, p in self.model.named_parameters()
-                       if id(p) in added and ("lora_B" in name or "lora_embedding_B" in name))
+            for name, p in self.model.named_parameters():
+                if id(p) in before:
+                    seen += 1
+                    if self._checksum(p) != before[id(p)][1]: return False
+                    continue
+                factor = next((k for k in ("lora_A", "lora_B", "lora_embedding_A", "lora_embedding_B") if f".{k}." in f".{name}"), None)
+                if factor is None or (factor.endswith("B") and bool(p.detach().any())): return False
+        return seen == len(before)  # no parameter of setup() is gone
 
     def measure(self, step: int, epoch: float | None = None) -> list[dict]:
         "One row per concept: drift metrics at the baseline layer, with CIs and cross-concept cosines."

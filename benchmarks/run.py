@@ -736,8 +736,9 @@ def summary_rows(res: dict, R: int) -> list[dict]:
         add("3b", "one measurement / one training step", U.secs(ms), U.secs(ss), x(ms / ss, 1) if ms and ss else "n/a",
             f"{len(meas_all)} / {len(steps_all)}", "medians over all runs' measurements (step 0 excluded) and steps")
     for s in (res.get("plan") or {}).get("sets", []):
-        t6, nm, rn = s["timings"], s["config"], f"{R}+1"
+        t6, nm = s["timings"], s["config"]
         pl, dp, cur, fl = (t6[k] for k in ("planned", "depth batches only", "current path", "floor"))
+        rn = f"{len(pl['seconds'])}+1"  # section 6 times --plan-repeats rounds, not --repeats
         goal = " (goal ≤ 0.6×)" if nm == "demo" else ""
         mn = lambda a, b: f"; fastest/fastest {min(a['seconds']) / min(b['seconds']):.3f}×" if a["seconds"] and b["seconds"] else ""
         add("6a", f"[{nm}] measure() planned / current path", U.secs(pl["median_s"]), U.secs(cur["median_s"]),
@@ -762,6 +763,11 @@ def summary_rows(res: dict, R: int) -> list[dict]:
                 f"the floor computes every block whole; the plan skips the output projection and MLP of each forward's "
                 f"last block but at the last tokens ({c['last_block']['plan']} positions); depth only "
                 f"{macs('plan', cd) / (c['plain'] * blk):.3f}×")
+            if "ideal" in c:
+                add("6f", f"[{nm}] multiply-adds: ideal schedule / planned", f"{macs('ideal', c) / 1e9:.1f} G",
+                    f"{macs('plan', c) / 1e9:.1f} G", x(macs("ideal", c) / macs("plan", c)), "count",
+                    f"a bound, not a plan: every distinct token prefix once (the prompts' token trie), no padding; "
+                    f"{macs('ideal', c) / (c['plain'] * blk):.3f}× the floor")
         for state in ("unperturbed", "perturbed"):
             for k in ("planned", "depth batches only"):
                 a = s["agreement"][state][k]
@@ -787,6 +793,14 @@ def summary_rows(res: dict, R: int) -> list[dict]:
                 add("3c", f"share estimated for the current path, every {s['every']}", f"{100 * est / (s['every'] + est):.1f}%",
                     f"planned {100 * m_steps / (s['every'] + m_steps):.1f}%", "estimate", "",
                     f"m/(N+m) with m = steps per measurement (×{ratio:.2f}, 6a⁻¹, for the current path)")
+                c, bm = demo["cost_token_blocks"], demo.get("block_macs")
+                if bm and "ideal" in c:  # the bound of 6f: what no schedule at this granularity goes below
+                    macs = lambda k: c[k] * bm[0] - c["last_block"][k] * bm[1]
+                    ideal = m_steps * macs("ideal") / macs("plan")
+                    add("3d", f"share bound for an ideal schedule, every {s['every']}", f"{100 * ideal / (s['every'] + ideal):.1f}%",
+                        f"planned {100 * m_steps / (s['every'] + m_steps):.1f}%", "estimate", "",
+                        f"m scaled by the ideal/planned multiply-adds of 6f ({macs('ideal') / macs('plan'):.3f}), "
+                        f"at the plan's speed per multiply-add")
     ld = res.get("load")
     if ld:
         add("4", "embedded model load, cold / warm", U.secs(ld["median_cold_s"]), U.secs(ld["median_warm_s"]),

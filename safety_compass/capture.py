@@ -1008,7 +1008,11 @@ class CapturePlan:
         `depth`), `prefix_tokens_saved` (prompt tokens not recomputed, before the prefix forwards are paid) and
         `forwards` (how many forwards the plan runs). `last_block`: `{"plain", "depth", "plan"}`, the token positions
         of those token-blocks that sit in a forward's last block but are not its rows' last tokens (padding included):
-        where `last_token_only` skips the attention output projection and the MLP."""
+        where `last_token_only` skips the attention output projection and the MLP. `ideal` (with `last_block["ideal"]`)
+        is the work no schedule at this granularity goes below: every distinct token prefix (a node of the prompts'
+        token trie) run once, to the deepest layer any prompt through it needs, without padding, its last block whole
+        only where a prompt of that depth ends. It is a bound, not a plan: reaching it takes a forward per trie level
+        and, at some width, padding."""
         L = [len(x) for x in self.ids]
         rows = [i for i, d in enumerate(self.depth) if d >= 0]
         pad = lambda batches, width: sum(len(b) * max(width(i) for i in b) for b in batches)
@@ -1020,9 +1024,18 @@ class CapturePlan:
         n_depth = sum(map(len, self.depth_batches.values()))
         last = {"plain": skip(plain_b, lambda i: L[i]) if deepest > 0 else 0,  # reading layer 0 runs no block
                 "depth": sum(skip(bs, lambda i: L[i]) for d, bs in self.depth_batches.items() if d > 0)}
+        child, deep, end = {}, [], []  # the token trie: node of (parent, token); deepest depth through it; depth ending there
+        for i in rows:
+            v = -1
+            for t in self.ids[i]:
+                if (v, t) not in child: child[v, t] = len(deep); deep.append(0); end.append(-1)
+                v = child[v, t]; deep[v] = max(deep[v], self.depth[i])
+            end[v] = max(end[v], self.depth[i])
+        ideal = sum(deep)
+        last["ideal"] = sum(1 for d, e in zip(deep, end) if d > 0 and e != d)
         if self.mode != "prefix":
-            return {"plain": plain, "depth": depth, "plan": depth, "prefix_tokens_saved": 0, "forwards": n_depth,
-                    "last_block": {**last, "plan": last["depth"]}}
+            return {"plain": plain, "depth": depth, "plan": depth, "ideal": ideal, "prefix_tokens_saved": 0,
+                    "forwards": n_depth, "last_block": {**last, "plan": last["depth"]}}
         plen = lambda g: len(self.groups[g].tokens) if g >= 0 else 0
         pre = sum(pad(bs, plen) * d for d, bs in self.prefix_batches.items())
         width = [max(L[i] - plen(g) for i, g in zip(b.rows, b.groups)) for b in self.batches]  # each suffix batch's
@@ -1030,7 +1043,7 @@ class CapturePlan:
         saved = sum(len(g.tokens) * (len(g.members) - 1) for g in self.groups)
         last["plan"] = sum(skip(bs, plen) for bs in self.prefix_batches.values()) + \
             sum(len(b.rows) * (w - 1) for b, w in zip(self.batches, width) if b.depth > 0)
-        return {"plain": plain, "depth": depth, "plan": pre + suf, "prefix_tokens_saved": saved,
+        return {"plain": plain, "depth": depth, "plan": pre + suf, "ideal": ideal, "prefix_tokens_saved": saved,
                 "forwards": sum(map(len, self.prefix_batches.values())) + len(self.batches), "last_block": last}
 
 def _lcp(a, b) -> int:

@@ -794,10 +794,10 @@ def summary_rows(res: dict, R: int) -> list[dict]:
                     f"planned {100 * m_steps / (s['every'] + m_steps):.1f}%", "estimate", "",
                     f"m/(N+m) with m = steps per measurement (×{ratio:.2f}, 6a⁻¹, for the current path)")
                 c, bm = demo["cost_token_blocks"], demo.get("block_macs")
-                if bm and "ideal" in c:  # the bound of 6f: what no schedule at this granularity goes below
+                if bm and "ideal" in c:  # 6f's bound on the work, at the plan's speed per multiply-add: an estimate
                     macs = lambda k: c[k] * bm[0] - c["last_block"][k] * bm[1]
                     ideal = m_steps * macs("ideal") / macs("plan")
-                    add("3d", f"share bound for an ideal schedule, every {s['every']}", f"{100 * ideal / (s['every'] + ideal):.1f}%",
+                    add("3d", f"share estimated for an ideal schedule, every {s['every']}", f"{100 * ideal / (s['every'] + ideal):.1f}%",
                         f"planned {100 * m_steps / (s['every'] + m_steps):.1f}%", "estimate", "",
                         f"m scaled by the ideal/planned multiply-adds of 6f ({macs('ideal') / macs('plan'):.3f}), "
                         f"at the plan's speed per multiply-add")

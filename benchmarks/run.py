@@ -426,6 +426,11 @@ def block_macs(model) -> tuple[int, int]:
     return q + 2 * k + o + mlp, o + mlp
 
 
+def cost_macs(cost: dict, key: str, macs: tuple[int, int]) -> int:
+    "Multiply-adds of `CapturePlan.cost()[key]` (token-blocks) with `block_macs`' `(per block, skipped in a last block)`."
+    return cost[key] * macs[0] - cost["last_block"][key] * macs[1]
+
+
 def bench_plan_set(args, model, tok, exp, name, device, R, layers=None) -> dict:
     "One concept set: setup(), then planned / depth-only / current path / floor measure() round-robin, and agreement."
     mon = SafetyCompassMonitor.from_config(model, tok, with_best_layers(exp, layers) if layers else exp)
@@ -756,8 +761,8 @@ def summary_rows(res: dict, R: int) -> list[dict]:
             f"{c['plan'] / c['plain']:.3f}", x(c["plan"] / cd["plan"]), "count",
             f"{c['forwards']} forwards planned vs {cd['forwards']} depth-only; {len(s['prefix_groups'])} prefix groups")
         if s.get("block_macs") and c.get("last_block"):
-            blk, cut = s["block_macs"]
-            macs = lambda k, d: d[k] * blk - d["last_block"][k] * cut
+            blk = s["block_macs"][0]
+            macs = lambda k, d: cost_macs(d, k, s["block_macs"])
             add("6f", f"[{nm}] multiply-adds (linear layers): planned / floor", f"{macs('plan', c) / 1e9:.1f} G",
                 f"{c['plain'] * blk / 1e9:.1f} G", x(macs("plan", c) / (c["plain"] * blk)), "count",
                 f"the floor computes every block whole; the plan skips the output projection and MLP of each forward's "
@@ -795,7 +800,7 @@ def summary_rows(res: dict, R: int) -> list[dict]:
                     f"m/(N+m) with m = steps per measurement (×{ratio:.2f}, 6a⁻¹, for the current path)")
                 c, bm = demo["cost_token_blocks"], demo.get("block_macs")
                 if bm and "ideal" in c:  # 6f's bound on the work, at the plan's speed per multiply-add: an estimate
-                    macs = lambda k: c[k] * bm[0] - c["last_block"][k] * bm[1]
+                    macs = lambda k: cost_macs(c, k, bm)
                     ideal = m_steps * macs("ideal") / macs("plan")
                     add("3d", f"share estimated for an ideal schedule, every {s['every']}", f"{100 * ideal / (s['every'] + ideal):.1f}%",
                         f"planned {100 * m_steps / (s['every'] + m_steps):.1f}%", "estimate", "",

@@ -187,7 +187,7 @@ def test_two_processes_match_one(tmp_path):
 # ---------------------------------------------------------------------------------------------------------------
 # real data: Anthropic HH harmless-base test split (../shared; never copied into the project)
 
-@pytest.mark.slow
+@pytest.mark.long   # about 6 minutes on a 2-core CPU (the audit of 662 pairs, twice): make test-long
 @pytest.mark.skipif(not HH.is_file(), reason=f"{HH} not present (the shared real-data folder is not part of a fresh clone)")
 def test_hh_end_to_end(setup, no_reload, tmp_path):
     out = tmp_path / "hh"

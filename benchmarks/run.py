@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -56,7 +57,7 @@ import bench_util as U
 from bench_util import log
 from reference import Reference
 
-SECTIONS = {1: "reference", 2: "floor", 3: "share", 4: "load", 5: "memory", 6: "plan"}
+SECTIONS = {1: "reference", 2: "floor", 3: "share", 4: "load", 5: "memory", 6: "plan", 7: "contention"}
 CONFIGS = ("demo", "smollm2_full")
 METRICS = ("cosine_to_baseline", "auroc_fixed", "auroc_current", "direction_norm")
 TOL = 1e-4
@@ -621,6 +622,23 @@ def bench_share(args, exp, layers, device, steps: int, everys: list[int]) -> lis
     return out
 
 
+# -- section 7: a competing process -------------------------------------------------------------------------
+def bench_contention(args) -> dict:
+    """`setup()` and `measure()` quiet and beside one CPU-bound process (benchmarks/contention.py, one process per
+    setting), with the monitor's `core.cpu_share` on and off (off: torch keeps its thread count, as before it existed)."""
+    threads = args.threads or torch.get_num_threads()
+    out = {"threads": threads}
+    for busy in (False, True):
+        for share in ("on", "off"):
+            cmd = [sys.executable, str(ROOT / "benchmarks" / "contention.py"), "--threads", str(threads), "--share", share]
+            r = subprocess.run(cmd + (["--busy"] if busy else []), capture_output=True, text=True)
+            if r.returncode: raise SystemExit(f"section 7: {' '.join(cmd)} failed:\n{r.stderr[-2000:]}")
+            res = json.loads(r.stdout.strip().splitlines()[-1])
+            out[f"{'busy' if busy else 'quiet'}/{share}"] = res
+            log(f"  [{'busy' if busy else 'quiet'}, cpu_share {share}] setup() {res['setup_s']:.1f} s, measure() "
+                f"{', '.join(f'{v:.2f}' for v in res['measure_s'])} s")
+    return out
+
 # -- section 4: cold vs warm model load -------------------------------------------------------------------
 @contextlib.contextmanager
 def cache_env(path):
@@ -810,6 +828,18 @@ def summary_rows(res: dict, R: int) -> list[dict]:
     if ld:
         add("4", "embedded model load, cold / warm", U.secs(ld["median_cold_s"]), U.secs(ld["median_warm_s"]),
             x(ld["median_cold_s"] / ld["median_warm_s"], 0), f"{ld['repeats']}+1", "cold = empty SAFETY_COMPASS_CACHE")
+    ct = res.get("contention")
+    if ct:
+        med = lambda r: U.median(r["measure_s"])
+        for share, when in (("on", "now (core.cpu_share)"), ("off", "before (cpu_share off)")):
+            q, b = ct[f"quiet/{share}"], ct[f"busy/{share}"]
+            add("7a", f"setup(), one competing process / quiet, {when}", U.secs(b["setup_s"]), U.secs(q["setup_s"]),
+                x(b["setup_s"] / q["setup_s"], 2), "1", f"goal ≤ 2.5×; {ct['threads']} torch threads asked for")
+            add("7b", f"measure(), one competing process / quiet, {when}", U.secs(med(b)), U.secs(med(q)),
+                x(med(b) / med(q), 2), str(len(q["measure_s"])), f"goal ≤ 2.5×; medians; {ct['threads']} torch threads asked for")
+        q = ct["quiet/on"]
+        add("7c", "setup() / one measure(), quiet", U.secs(q["setup_s"]), U.secs(med(q)), x(q["setup_s"] / med(q), 1),
+            str(len(q["measure_s"])), "goal ≤ 5×; setup() without the causal gate, as in section 6")
     return rows
 
 
@@ -846,7 +876,7 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, help="timed repeats per figure (default 5, --quick 2), after one warm-up")
     ap.add_argument("--steps", type=int, help="fine-tune steps for the monitoring share (default 100, --quick 20)")
     ap.add_argument("--every", help="comma-separated measure_every_n_steps values (default 10,50; --quick 10,20)")
-    ap.add_argument("--only", help="comma-separated sections to run: 1 reference, 2 floor, 3 share, 4 load, 5 memory")
+    ap.add_argument("--only", help="comma-separated sections to run: 1 reference, 2 floor, 3 share, 4 load, 5 memory, 6 plan, 7 contention")
     ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     ap.add_argument("--plan-repeats", type=int, help="timed repeats in section 6 (default: min(3, --repeats))")
     ap.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's own); on a CPU shared with "
@@ -911,6 +941,8 @@ def main(argv=None) -> int:
         if layers is None and demo: layers = demo["layers"]
     if 4 in only:
         res["load"] = bench_load(R)
+    if 7 in only:
+        res["contention"] = bench_contention(args)
     if 3 in only:  # the heaviest part (two 100-step fine-tunes), last
         res["share"] = bench_share(args, exp, layers, device, steps, everys)
 

@@ -13,8 +13,8 @@ from safety_compass.core import SafetyCompassError
 
 # The public names below import torch / transformers / peft, so they load on first use (PEP 562): the CLI can then
 # report a config error in a moment instead of after seconds of imports it does not need.
-_LAZY = {"load_default_model": "models", "load_model": "models", "SafetyCompassMonitor": "monitor",
-         "SafetyCompassCallback": "callback"}
+_LAZY = {"load_default_model": "models", "load_model": "models", "load_organism": "organisms",
+         "SafetyCompassMonitor": "monitor", "SafetyCompassCallback": "callback"}
 
 def __getattr__(name):
     if name in _LAZY:
@@ -26,4 +26,5 @@ def __getattr__(name):
 
 def __dir__(): return sorted({*globals(), *_LAZY})
 
-__all__ = ["SafetyCompassMonitor", "SafetyCompassCallback", "load_default_model", "load_model", "SafetyCompassError"]
+__all__ = ["SafetyCompassMonitor", "SafetyCompassCallback", "load_default_model", "load_model", "load_organism",
+           "SafetyCompassError"]

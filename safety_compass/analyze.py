@@ -13,8 +13,8 @@ import pandas as pd
 from .core import SafetyCompassError, atomic_open, atomic_write_json, staged_dir
 
 # %% auto #0
-__all__ = ['MIN_CORRELATION_POINTS', 'run_info', 'load_run', 'split_weights', 'drift_table', 'drift_summary', 'reference_table',
-           'fragility_ranking', 'ranking_consistency', 'drift_vs_behavior', 'analyze']
+__all__ = ['MIN_CORRELATION_POINTS', 'run_info', 'baseline_gates', 'load_run', 'split_weights', 'drift_table', 'drift_summary',
+           'reference_table', 'fragility_ranking', 'ranking_consistency', 'drift_vs_behavior', 'analyze']
 
 # %% ../nbs/15_analyze.ipynb #9d927395
 def run_info(run_dir) -> dict:
@@ -25,6 +25,26 @@ def run_info(run_dir) -> dict:
         except ValueError as e: raise SafetyCompassError(f"{rj}: malformed JSON ({e})") from None
         if not isinstance(info, dict): raise SafetyCompassError(f"{rj}: expected a JSON object, got {type(info).__name__}")
     return info
+
+def baseline_gates(run_dir) -> dict[str, dict]:
+    """Per concept, the gates of the run's baselines (`baselines/directions_metadata.json`): `layer`, `auroc`,
+    `passes_min_auroc`, `below_lexical_floor`, `causal_shift`, `causal_random_p95`, `causal_passes` (None when the gate
+    did not run), `passes_gates` and `flags`. `{}` when the run has no baselines. A drift reading of a direction that fails
+    its gates says little about the concept: the tables say so beside it."""
+    meta = Path(run_dir) / "baselines" / "directions_metadata.json"
+    if not meta.is_file(): return {}
+    try: concepts = json.loads(meta.read_text(encoding="utf-8"))["concepts"]
+    except (ValueError, KeyError, TypeError) as e: raise SafetyCompassError(f"{meta}: unreadable baselines metadata ({e})") from None
+    out = {}
+    for name, b in concepts.items():
+        c = b.get("causal") or {}
+        causal = c.get("causal_passes") if c else None
+        out[name] = {"layer": b.get("layer"), "auroc": b.get("baseline_auroc"), "passes_min_auroc": bool(b.get("passes_min_auroc")),
+                     "below_lexical_floor": bool(b.get("below_lexical_floor")), "causal_shift": c.get("causal_shift"),
+                     "causal_random_p95": c.get("causal_random_p95"), "causal_passes": causal,
+                     "passes_gates": bool(b.get("passes_min_auroc")) and not b.get("below_lexical_floor") and causal is not False,
+                     "flags": "; ".join(b.get("flags") or [])}
+    return out
 
 def load_run(run_dir) -> dict:
     "A run directory's drift log, run.json and (if present) behavior summary."
@@ -85,16 +105,19 @@ def drift_table(runs: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 def drift_summary(log_csv) -> list[dict]:
-    "Per concept of one drift log: layer, `start → min → final` cosine, final CI, final AUROCs, drifted (yes/no)."
+    """Per concept of one drift log: layer, `start → min → final` cosine, final CI, final AUROCs, drifted (yes/no: the
+    final cosine's whole CI below the threshold or the noise floor, `metrics.is_drifted`), and `gates`: whether the
+    concept's direction passed its gates at extraction (`baseline_gates`; `-` without baselines)."""
     run = {"dir": Path(log_csv).parent, "name": "", "log": split_weights(_read_csv(log_csv))[0], "info": {}, "behavior": None}
-    out = []
+    gates, out = baseline_gates(run["dir"]), []
     for r in drift_table([run]).to_dict("records"):
         g = run["log"][run["log"].concept == r["concept"]]
         out.append({"concept": r["concept"], "layer": int(g.layer.iloc[0]) if "layer" in g else None,
                     "cosine start → min → final": f"{r['start']:.3f} → {r['min']:.3f} → {r['final']:.3f}",
                     "final 95% CI": f"[{r['final_ci_low']:.3f}, {r['final_ci_high']:.3f}]",
                     "auroc_fixed": float(r["auroc_fixed_final"]), "auroc_current": float(r["auroc_current_final"]),
-                    "drifted": r["onset_step"] is not None and str(g.drifted.iloc[-1]).lower() == "true"})
+                    "drifted": r["onset_step"] is not None and str(g.drifted.iloc[-1]).lower() == "true",
+                    "gates": {True: "pass", False: "FAIL"}.get(gates.get(r["concept"], {}).get("passes_gates"), "-")})
     return out
 
 def reference_table(table: pd.DataFrame) -> pd.DataFrame:

@@ -156,7 +156,8 @@ def check_alerts(alerts: list[dict], rows: list[dict], baselines: dict) -> list[
         for r in rows:
             if a["concepts"] and r["concept"] not in a["concepts"]: continue
             if a["rule"] == "cosine_ci_below_noise_floor": hit = r.get("cosine_ci_high", 1.0) < r["noise_floor"]
-            elif a["rule"] == "cosine_below": hit = r["cosine_to_baseline"] < a["threshold"]
+            elif a["rule"] == "cosine_below":   # the whole CI below the threshold, the rule `drifted` uses (metrics.is_drifted)
+                hit = r.get("cosine_ci_high", r["cosine_to_baseline"]) < a["threshold"]
             else: hit = baselines[r["concept"]].baseline_auroc - r["auroc_fixed"] > a["threshold"]
             if hit: fired.append({**{k: a[k] for k in ("rule", "threshold", "action")}, "fn": a["fn"], "concept": r["concept"],
                                   "step": r["step"], "cosine_to_baseline": r["cosine_to_baseline"], "auroc_fixed": r["auroc_fixed"]})
@@ -398,7 +399,7 @@ class SafetyCompassCallback(TrainerCallback):
             raise SafetyCompassError(f"{why} but no saved baselines were found{seen}: pass baselines_dir= the run's baselines "
                                      f"directory or <checkpoint>/safety_compass{fix}; extracting now would measure trained weights against themselves")
         snap = _Restore(self.monitor.model, self.monitor.tokenizer)
-        try: self.monitor.setup(step=step, progress=False)
+        try: self.monitor.setup(step=step, progress=None)   # bars on a terminal only (core.progress_enabled)
         finally: snap.restore()
         if self.baselines_dir and main: self.monitor.save_baselines(self.baselines_dir)
 

@@ -15,8 +15,8 @@ from .core import SafetyCompassError, DIST_NAME
 log = logging.getLogger("safety_compass")
 
 # %% auto #0
-__all__ = ['log', 'EXTRACT_COLUMNS', 'format_table', 'print_extract', 'OneLineParser', 'build_parser', 'main', 'finetune_main',
-           'extract_main']
+__all__ = ['log', 'EXTRACT_COLUMNS', 'RATE_COLUMNS', 'format_table', 'print_extract', 'OneLineParser', 'build_parser', 'main',
+           'finetune_main', 'extract_main']
 
 # %% ../nbs/19_cli.ipynb #57545dfe
 def format_table(rows: list[dict], columns: list[str] | None = None, floatfmt: str = ".3f") -> str:
@@ -100,15 +100,33 @@ def _finetune(a):
     if _rank0(): _print_run(run_dir, monitor)
     return 0
 
+RATE_COLUMNS = ["model", "set", "n", "refused", "rate", "ci_low", "ci_high", "gate", "passes"]
+
 def _demo(a):
     from safety_compass.config import load_experiment
     from safety_compass.finetune import run_finetune
+    from safety_compass.organisms import refusal_before_after
     exp = load_experiment(a.experiment_config, **({"measure_every_n_steps": a.every} if a.every else {}))
-    _, monitor, run_dir = run_finetune(exp, a.output_dir, max_steps=a.max_steps, quiet=True, on_measure=_progress,
-                                       overwrite=a.overwrite)
-    print(format_table(monitor.summary_table(), EXTRACT_COLUMNS))
+    trainer, monitor, run_dir = run_finetune(exp, a.output_dir, max_steps=a.max_steps, quiet=True, on_measure=_progress,
+                                             overwrite=a.overwrite)
+    print_extract(monitor)
     _print_run(run_dir, monitor)
+    if not a.no_behavior:
+        print("\nRefusal of held-out harmful requests (organism test split; greedy, 32 tokens, rule scorer; Wilson 95% CI):")
+        print(format_table(refusal_before_after(trainer.model, monitor.tokenizer, run_dir), RATE_COLUMNS[:-2]))
     return 0
+
+def _organism(a):
+    from safety_compass.organisms import check_organism_output, get_organism, organism_gates, write_organism
+    get_organism(a.name); check_organism_output(a.output_dir, a.overwrite)   # before any model loads
+    gates = None
+    if a.gates:
+        gates = organism_gates(a.name, arditi_dir=a.arditi_dir)
+        print(format_table(gates, RATE_COLUMNS))
+    out = write_organism(a.name, a.output_dir, overwrite=a.overwrite, gates=gates)
+    print(f"organism {a.name!r} written to {out}: a Hugging Face model directory (--model {out}, or organism:{a.name})")
+    own = [g for g in gates or [] if g["model"] == f"organism:{a.name}" and not g["set"].startswith("arditi")]
+    return 1 if any(g["passes"] is False for g in own) else 0   # Arditi et al.'s sample is shown, not gated
 
 def _behavior(a):
     from safety_compass.behavior import run_behavior
@@ -214,11 +232,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dirs", nargs="+", help="run directories: from finetune/demo (with drift_log.csv: every section), "
                                                "or holding only steer/, audit/ or diff/ (those sections)")
     p.add_argument("--output", default="report.html", help="the HTML file to write (default: report.html)"); p.set_defaults(fn=_report)
-    p = sub.add_parser("demo", help="offline demo: monitored LoRA fine-tune of the embedded model")
+    p = sub.add_parser("demo", help="offline demo: monitored LoRA fine-tune of the refusal organism")
     p.add_argument("--output-dir", default="runs/demo"); p.add_argument("--experiment-config", default="demo")
     p.add_argument("--max-steps", type=int); p.add_argument("--every", type=int, help="measure every N steps")
     p.add_argument("--overwrite", action="store_true", help="replace a previous demo run in --output-dir")
+    p.add_argument("--no-behavior", action="store_true", help="skip the before/after refusal rates")
     p.set_defaults(fn=_demo)
+    p = sub.add_parser("organism", help="build (or reuse) a model organism and write it as a Hugging Face model directory",
+                       description="Build a model organism (a model with a planted, documented trait; built on first use and "
+                                   "cached) and write it to --output-dir: merged safetensors weights, tokenizer, adapter/, README.md card.")
+    p.add_argument("name", help="the organism (known: refusal)")
+    p.add_argument("--output-dir", required=True)
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --output-dir")
+    p.add_argument("--gates", action="store_true", help="measure the gates on the test split (organism and embedded model), print "
+                                                        "them and add them to the card; exit status 1 if the organism fails one")
+    p.add_argument("--arditi-dir", help="with --gates: a folder with Arditi et al.'s harmful_test.json / harmless_test.json "
+                                        "(andyrdt/refusal_direction dataset/splits); a seeded 200 of each are checked too")
+    p.set_defaults(fn=_organism)
     p = sub.add_parser("steer", help="steer a run's drifted behavior back (restore, ablate, add, adapter) and measure it",
                        description="Steer a LoRA run's drifted concept back toward the base model and measure it: select an "
                                    "intervention under a KL cap on harmless prompts (selection half of the concept's behavior "

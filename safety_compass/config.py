@@ -12,7 +12,7 @@ from typing import Any, Literal, Sequence
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from .core import SafetyCompassError, bundled_root
+from .core import SafetyCompassError, bundled_root, progress_enabled
 
 log = logging.getLogger(__name__)
 
@@ -404,7 +404,7 @@ def training_arguments(exp: Experiment,          # a parsed experiment (its `tra
     if not torch.cuda.is_available(): t["fp16"] = t["bf16"] = False
     t.pop("gradient_checkpointing", None)
     defaults = dict(output_dir=str(output_dir), seed=exp.config.seed, data_seed=exp.config.seed,
-                    use_cpu=not torch.cuda.is_available(), report_to=[], disable_tqdm=True, remove_unused_columns=False)
+                    use_cpu=not torch.cuda.is_available(), report_to=[], disable_tqdm=not progress_enabled(), remove_unused_columns=False)
     if "save_strategy" not in t: defaults["save_strategy"] = "steps" if t.get("save_steps") else "no"
     kw = {**defaults, **t}
     try: return TrainingArguments(**kw)

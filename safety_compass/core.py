@@ -4,14 +4,15 @@
 
 # %% ../nbs/00_core.ipynb #c2f2119b
 from __future__ import annotations
-import os, io, json, stat, shutil, tempfile, contextlib, hashlib
+import os, io, sys, json, stat, shutil, tempfile, contextlib, hashlib
 from pathlib import Path
 from typing import IO, Any, Iterator
 
 
 # %% auto #0
 __all__ = ['DIST_NAME', 'SafetyCompassError', 'current_umask', 'atomic_open', 'atomic_write_text', 'atomic_write_json',
-           'staged_dir', 'check_writable', 'check_not_shadowed', 'require', 'bundled_root', 'sha256_file']
+           'staged_dir', 'check_writable', 'check_not_shadowed', 'require', 'progress_enabled', 'free_cpus',
+           'cpu_share', 'bundled_root', 'sha256_file']
 
 # %% ../nbs/00_core.ipynb #e2aabaee
 class SafetyCompassError(Exception):
@@ -151,6 +152,51 @@ def require(module: str,        # the module to import, e.g. "seaborn"
     except ImportError:
         why = f" (needed for {purpose})" if purpose else ""
         raise SafetyCompassError(f"{module} is not installed{why}: pip install '{DIST_NAME}[{extra}]'") from None
+
+# %% ../nbs/00_core.ipynb #99d94ff2
+def progress_enabled(progress: bool | None = None) -> bool:
+    "Whether to show progress bars: `progress` if given, else `$SAFETY_COMPASS_PROGRESS` (0/1), else stderr is a terminal."
+    if progress is not None: return bool(progress)
+    env = os.environ.get("SAFETY_COMPASS_PROGRESS", "").strip()
+    if env in ("0", "1"): return env == "1"
+    try: return sys.stderr.isatty()
+    except (AttributeError, ValueError): return False
+
+# %% ../nbs/00_core.ipynb #6a8d0b2b
+def _running_others() -> int:
+    "Runnable tasks on this machine now that are not threads of this process (`/proc/stat` less `/proc/self/task/*/stat`)."
+    with open("/proc/stat") as f:
+        running = next(int(l.split()[1]) for l in f if l.startswith("procs_running"))
+    mine = 0
+    for st in Path("/proc/self/task").glob("*/stat"):
+        try: mine += st.read_text().rsplit(")", 1)[1].split()[0] == "R"
+        except (OSError, IndexError): pass
+    return max(0, running - mine)
+
+def free_cpus(samples: int = 5, interval: float = 0.005) -> int:
+    """CPUs this process may use (`os.sched_getaffinity`) less the runnable tasks of *other* processes now (the kernel's
+    `procs_running` less this process's own running threads, the least of `samples` readings `interval` s apart); at
+    least 1. Where `/proc` is absent, the CPUs this process may use."""
+    import time
+    try: cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError): cpus = os.cpu_count() or 1
+    busy = []
+    for k in range(samples):
+        try: busy.append(_running_others())
+        except (OSError, ValueError, StopIteration): return cpus
+        if k + 1 < samples: time.sleep(interval)
+    return max(1, cpus - min(busy))
+
+@contextlib.contextmanager
+def cpu_share(enabled: bool = True):
+    "Run the block with torch's intra-op threads cut to `free_cpus()` (never raised); the thread count is restored after."
+    import torch
+    before = torch.get_num_threads()
+    want = min(before, free_cpus()) if enabled else before
+    if want != before: torch.set_num_threads(want)
+    try: yield want
+    finally:
+        if torch.get_num_threads() != before: torch.set_num_threads(before)
 
 # %% ../nbs/00_core.ipynb #fc96ef05
 def bundled_root() -> Path:

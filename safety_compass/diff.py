@@ -21,15 +21,15 @@ log = logging.getLogger(__name__)
 
 # %% auto #0
 __all__ = ['log', 'STDLIB_CODE_MODULES', 'BENIGN_FILES', 'ORGANISM', 'BASE', 'FT', 'TokenClass', 'IDENTITY_PROMPTS',
-           'WRITER_MODULES', 'DIFF_FORMAT', 'stdlib_code_rows', 'benign_examples', 'train_lora', 'code_organism',
-           'Amplified', 'LoraModule', 'lora_modules', 'scale_lora_adapter', 'check_adapter', 'ModelPair', 'TokenDiff',
-           'token_diff', 'DiffData', 'chat_sequences', 'regex_class', 'token_id_class', 'sequence_class',
-           'first_reply_token', 'class_members', 'kl_breakdown', 'logit_diff_counts', 'activation_stats', 'logit_lens',
-           'lens_table', 'ADL', 'adl_means', 'patchscope', 'token_counts', 'relevant_tokens', 'token_relevance',
-           'steer_samples', 'diff_pca', 'pca_examples', 'Concept', 'concept_cosines', 'concept_logodds',
-           'amplification', 'lora_svd', 'effective_rank', 'weight_view', 'adapter_sha256', 'load_pair', 'run_concepts',
-           'default_token_classes', 'parse_token_classes', 'run_diff', 'write_diff', 'read_diff', 'kl_table',
-           'adl_table', 'summary_text', 'kl_html', 'prompt_kl']
+           'WRITER_MODULES', 'DIFF_FORMAT', 'stdlib_code_rows', 'benign_examples', 'code_organism', 'Amplified',
+           'LoraModule', 'lora_modules', 'scale_lora_adapter', 'check_adapter', 'ModelPair', 'TokenDiff', 'token_diff',
+           'DiffData', 'chat_sequences', 'regex_class', 'token_id_class', 'sequence_class', 'first_reply_token',
+           'class_members', 'kl_breakdown', 'logit_diff_counts', 'activation_stats', 'logit_lens', 'lens_table', 'ADL',
+           'adl_means', 'patchscope', 'token_counts', 'relevant_tokens', 'token_relevance', 'steer_samples', 'diff_pca',
+           'pca_examples', 'Concept', 'concept_cosines', 'concept_logodds', 'amplification', 'lora_svd',
+           'effective_rank', 'weight_view', 'adapter_sha256', 'load_pair', 'run_concepts', 'default_token_classes',
+           'parse_token_classes', 'run_diff', 'write_diff', 'read_diff', 'kl_table', 'adl_table', 'summary_text',
+           'kl_html', 'prompt_kl']
 
 # %% ../nbs/13_diff.ipynb #9ef5031b
 STDLIB_CODE_MODULES = ("textwrap", "string", "colorsys", "calendar", "fractions", "statistics", "heapq", "bisect", "difflib",
@@ -102,64 +102,15 @@ def benign_examples(exclude=(), n: int | None = None, seed: int = 0) -> list[tup
     return out
 
 # %% ../nbs/13_diff.ipynb #1632b531
-def train_lora(model, tokenizer, rows, steps: int = 40, max_seq_length: int = 96, batch_size: int = 4, lr: float = 2e-3,
-               r: int = 16, alpha: int = 32, target_modules=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
-               layers_to_transform=None, formatter: str = "alpaca", seed: int = 0, progress: bool = False):
-    """A minimal LoRA fine-tune for test organisms (a plain AdamW loop over `finetune.sft_features`; no monitor, no
-    checkpoints; use `finetune.run_finetune` for real runs): `steps` steps of `batch_size` rows drawn with a seeded RNG.
-    Returns the PEFT model (in eval mode); `model` is wrapped in place, as `peft.get_peft_model` does."""
-    import random
-    from tqdm.auto import tqdm
-    from peft import LoraConfig, get_peft_model
-    from safety_compass.finetune import sft_features, SFTCollator
-    feats = sft_features(rows, tokenizer, formatter, max_seq_length)
-    torch.manual_seed(seed)
-    pm = get_peft_model(model, LoraConfig(r=r, lora_alpha=alpha, lora_dropout=0.0, target_modules=list(target_modules),
-                                          layers_to_transform=layers_to_transform, bias="none", task_type="CAUSAL_LM"))
-    opt = torch.optim.AdamW([p for p in pm.parameters() if p.requires_grad], lr=lr)
-    collate = SFTCollator(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
-    rng = random.Random(seed)
-    device = next(pm.parameters()).device
-    pm.train()
-    try:
-        for _ in tqdm(range(steps), desc="train", disable=not progress, leave=False):
-            batch = {k: v.to(device) for k, v in collate(rng.sample(feats, min(batch_size, len(feats)))).items()}
-            pm(**batch).loss.backward()
-            opt.step(); opt.zero_grad(set_to_none=True)
-    finally: pm.eval()
-    return pm
-
 ORGANISM = {"steps": 60, "max_seq_length": 128, "batch_size": 4, "lr": 2e-3, "r": 16, "alpha": 32,
             "target_modules": ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"), "seed": 0}
 
 def code_organism(model, tokenizer, cache: bool = True, progress: bool = False, **settings):
-    """The chapter's test organism: `train_lora` on `stdlib_code_rows("train")` with the `ORGANISM` settings (any of them
-    overridable). With `cache`, the adapter is saved once under `models.cache_dir()/organisms/` and loaded on later calls,
-    keyed by the SHA-256 of the rows, the settings, the base model's architecture and embedding checksum and the
-    torch / transformers / PEFT versions: the same inputs train the same adapter, so it is trained once per machine."""
-    import importlib.metadata as md, os, shutil, tempfile
-    from safety_compass.models import cache_dir, arch_fingerprint
-    s = {**ORGANISM, **settings}
-    rows = stdlib_code_rows("train")
-    lm = unwrap_model(model)
-    key = {"rows": hashlib.sha256(json.dumps(rows).encode()).hexdigest(), "settings": s, "arch": arch_fingerprint(lm.config),
-           "embedding_sum": float(lm.get_input_embeddings().weight.detach().double().sum()),
-           "versions": {p: md.version(p) for p in ("torch", "transformers", "peft")}}
-    d = cache_dir() / "organisms" / ("stdlib-code-" + hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16])
-    from peft import PeftModel
-    if cache and (d / "adapter_config.json").is_file():
-        pm = PeftModel.from_pretrained(model, str(d)); pm.eval()
-        return pm
-    pm = train_lora(model, tokenizer, rows, progress=progress, **s)
-    if cache:
-        d.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{d.name}.", dir=d.parent))
-        try:
-            pm.save_pretrained(str(tmp))
-            if d.exists(): shutil.rmtree(d)
-            os.replace(tmp, d)
-        finally:
-            if tmp.exists(): shutil.rmtree(tmp, ignore_errors=True)
+    """The chapter's test organism: `finetune.cached_adapter` on `stdlib_code_rows("train")` with the `ORGANISM`
+    settings (any of them overridable). Returns the PEFT model; `model` is wrapped in place."""
+    from safety_compass.finetune import cached_adapter
+    pm, _ = cached_adapter(model, tokenizer, stdlib_code_rows("train"), "stdlib-code", {**ORGANISM, **settings},
+                           cache=cache, progress=progress)
     return pm
 
 # %% ../nbs/13_diff.ipynb #e98db832

@@ -174,7 +174,7 @@ def next_token_logodds(model, tokenizer, prompts, positive_openers, negative_ope
     return (torch.logsumexp(logp[:, pos], -1) - torch.logsumexp(logp[:, neg], -1)).numpy()
 
 def causal_gate(model, tokenizer, prompts, layer: int, unit: np.ndarray, scale: float, positive_openers, negative_openers,
-                 n_random: int = 16, seed: int = 0, **capture_kw) -> dict:
+                 n_random: int = 16, seed: int = 0, progress: bool = False, desc: str = "causal gate", **capture_kw) -> dict:
     """The causal gate: mean log-odds shift (nats) from adding `±scale·unit` and `scale·r` (random unit `r`, `n_random`
     of them) to `hidden_states[layer]` of `prompts` (the negative val prompts).
 
@@ -185,7 +185,8 @@ def causal_gate(model, tokenizer, prompts, layer: int, unit: np.ndarray, scale: 
                                                    steer=(layer, v), **capture_kw) - before).mean())
     unit = np.asarray(unit, np.float64) / np.linalg.norm(unit)
     plus, minus = shift(scale * unit), shift(-scale * unit)
-    rand = [shift(scale * r) for r in random_units(unit.shape[0], n_random, seed)]
+    from tqdm.auto import tqdm
+    rand = [shift(scale * r) for r in tqdm(random_units(unit.shape[0], n_random, seed), desc=desc, disable=not progress, leave=False)]
     p95 = float(np.percentile(np.abs(rand), 95))
     reasons = []
     if plus <= 0: reasons.append("wrong sign: adding the direction moves behavior away from the concept")

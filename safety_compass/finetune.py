@@ -19,9 +19,10 @@ from .capture import render_prompt
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'FORMATTERS', 'METHODS', 'register_formatter', 'row_fields', 'alpaca_format', 'code_alpaca_format',
-           'dolly_format', 'get_formatter', 'DatasetRows', 'load_rows', 'render_sft', 'sft_example', 'sft_features',
-           'SFTCollator', 'prepare_model', 'run_manifest', 'last_checkpoint', 'snapshot_configs', 'run_finetune']
+__all__ = ['log', 'FORMATTERS', 'METHODS', 'LORA_ALL', 'TRAIN_LORA_VERSION', 'register_formatter', 'row_fields', 'alpaca_format',
+           'code_alpaca_format', 'dolly_format', 'get_formatter', 'DatasetRows', 'load_rows', 'render_sft',
+           'sft_example', 'sft_features', 'SFTCollator', 'prepare_model', 'train_lora', 'weights_checksum',
+           'adapter_key', 'cached_adapter', 'run_manifest', 'last_checkpoint', 'snapshot_configs', 'run_finetune']
 
 # %% ../nbs/09_finetune.ipynb #ed4ca2e2
 FORMATTERS: dict[str, Callable] = {}
@@ -237,6 +238,106 @@ def prepare_model(model, method: str = "lora", lora=None, gradient_checkpointing
                      target_modules=list(lora.get("target_modules", ["q_proj", "k_proj", "v_proj", "o_proj"])),
                      bias="none", task_type="CAUSAL_LM")
     return get_peft_model(model, cfg)
+
+# %% ../nbs/09_finetune.ipynb #b0b56eb4
+LORA_ALL = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+TRAIN_LORA_VERSION = 2   # part of every cached adapter's key: raise it when a change to `train_lora` changes what it trains
+
+def train_lora(model, tokenizer, rows, steps: int = 40, max_seq_length: int = 96, batch_size: int = 4, lr: float = 2e-3,
+               r: int = 16, alpha: int = 32, target_modules=LORA_ALL, layers_to_transform=None, formatter: str = "alpaca",
+               seed: int = 0, bucket: int | None = None, progress: bool = False, desc: str = "train"):
+    """A minimal seeded LoRA fine-tune (a plain AdamW loop over `sft_features`; no monitor, no checkpoints; use
+    `run_finetune` for monitored runs): `steps` steps of `batch_size` rows drawn with `random.Random(seed)`, the LoRA
+    initialised under `torch.manual_seed(seed)`. With `bucket=k`, rows are drawn without replacement, epoch by epoch,
+    and each run of `k` batches is sorted by length before it is cut into batches (a bucket iterator: far less padding,
+    so faster on a CPU); without it each step samples `batch_size` rows. Returns the PEFT model in eval mode; `model`
+    is wrapped in place, as `peft.get_peft_model` does. The caller's global torch RNG state is restored."""
+    from tqdm.auto import tqdm
+    from peft import LoraConfig, get_peft_model
+    feats = sft_features(rows, tokenizer, formatter, max_seq_length)
+    rng_state = torch.random.get_rng_state()
+    try:
+        torch.manual_seed(seed)
+        pm = get_peft_model(model, LoraConfig(r=r, lora_alpha=alpha, lora_dropout=0.0, target_modules=list(target_modules),
+                                              layers_to_transform=layers_to_transform, bias="none", task_type="CAUSAL_LM"))
+        opt = torch.optim.AdamW([p for p in pm.parameters() if p.requires_grad], lr=lr)
+        collate = SFTCollator(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
+        rng, device = random.Random(seed), next(pm.parameters()).device
+        draws = _bucketed(feats, batch_size, bucket, rng) if bucket else (rng.sample(feats, min(batch_size, len(feats))) for _ in iter(int, 1))
+        pm.train()
+        try:
+            for _ in tqdm(range(steps), desc=desc, disable=not progress, leave=False):
+                batch = {k: v.to(device) for k, v in collate(next(draws)).items()}
+                pm(**batch).loss.backward()
+                opt.step(); opt.zero_grad(set_to_none=True)
+        finally: pm.eval()
+    finally: torch.random.set_rng_state(rng_state)
+    return pm
+
+# %% ../nbs/09_finetune.ipynb #f8e22de0
+def _bucketed(feats, batch_size: int, bucket: int, rng):
+    "Endless batches: each epoch a seeded permutation, cut into runs of `bucket` batches sorted by length, batches shuffled."
+    while True:
+        order = rng.sample(range(len(feats)), len(feats))
+        batches = []
+        for s in range(0, len(order), batch_size * bucket):
+            run = sorted(order[s:s + batch_size * bucket], key=lambda i: len(feats[i]["input_ids"]))
+            batches += [run[k:k + batch_size] for k in range(0, len(run), batch_size)]
+        rng.shuffle(batches)
+        for b in batches: yield [feats[i] for i in b]
+
+def weights_checksum(model) -> float:
+    "A float64 sum over every parameter of `Σ w + Σ |w|`: equal weights give equal numbers (part of a cache key)."
+    return float(sum(p.detach().double().sum() + p.detach().double().abs().sum() for p in model.parameters()))
+
+def adapter_key(model, rows, settings: dict) -> dict:
+    """What decides a `train_lora` adapter: `TRAIN_LORA_VERSION`, the SHA-256 of `rows`, the settings, the base model's
+    `arch_fingerprint` and `weights_checksum`, and the torch / transformers / PEFT versions."""
+    import hashlib, importlib.metadata as md
+    from safety_compass.models import arch_fingerprint
+    from safety_compass.capture import unwrap_model
+    lm = unwrap_model(model)
+    return {"loop": TRAIN_LORA_VERSION, "rows": hashlib.sha256(json.dumps(list(rows), sort_keys=True, default=str).encode()).hexdigest(),
+            "settings": json.loads(json.dumps(settings, sort_keys=True, default=list)), "arch": arch_fingerprint(lm.config),
+            "weights": round(weights_checksum(lm), 6), "versions": {p: md.version(p) for p in ("torch", "transformers", "peft")}}
+
+# %% ../nbs/09_finetune.ipynb #43793bfa
+def cached_adapter(model, tokenizer, rows, name: str, settings: dict, cache: bool = True, progress: bool = False):
+    """`(peft_model, directory)`: `train_lora(model, tokenizer, rows, **settings)`, trained once per machine and cached.
+
+    The adapter lives in `models.cache_dir()/organisms/<name>-<first 16 hex of the key's SHA-256>/` (`adapter_key`,
+    written beside it as `key.json`); a later call with the same key loads it instead of training. A file lock
+    (`<dir>.lock`) serialises builds across processes; the directory appears atomically, so a crash leaves nothing half
+    written. `model` is wrapped in place. With `cache=False` it trains and returns `(peft_model, None)`."""
+    import hashlib, os, shutil, tempfile, time
+    from filelock import FileLock
+    from peft import PeftModel
+    from safety_compass.models import cache_dir
+    from safety_compass.core import atomic_write_json, current_umask
+    train = lambda: train_lora(model, tokenizer, rows, progress=progress, desc=f"build {name}", **settings)
+    if not cache: return train(), None
+    key = adapter_key(model, rows, settings)
+    d = cache_dir() / "organisms" / f"{name}-{hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]}"
+    d.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(d) + ".lock"):
+        if not (d / "adapter_config.json").is_file():
+            log.info("training the %s adapter once (%d rows, %d steps); cached at %s", name, len(rows), settings.get("steps", 40), d)
+            t0 = time.perf_counter()
+            pm = train()
+            tmp = Path(tempfile.mkdtemp(prefix=f".{d.name}.", dir=d.parent))
+            try:
+                pm.save_pretrained(str(tmp))
+                atomic_write_json(tmp / "key.json", {"name": name, **key, "build_seconds": round(time.perf_counter() - t0, 1)})
+                um = current_umask()  # mkdtemp makes a private folder; the cache gets ordinary permissions
+                os.chmod(tmp, 0o777 & ~um)
+                for f in tmp.rglob("*"): os.chmod(f, (0o777 if f.is_dir() else 0o666) & ~um)
+                if d.exists(): shutil.rmtree(d)
+                os.replace(tmp, d)
+            finally:
+                if tmp.exists(): shutil.rmtree(tmp, ignore_errors=True)
+            return pm, d
+    pm = PeftModel.from_pretrained(model, str(d)); pm.eval()
+    return pm, d
 
 # %% ../nbs/09_finetune.ipynb #b5844d0f
 def _versions() -> dict:

@@ -13,9 +13,9 @@ from .core import SafetyCompassError, sha256_file, atomic_write_json, current_um
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'DEFAULT_MODEL', 'EMBEDDED_PACKAGE', 'EMBEDDED_GGUF', 'embedded_gguf_path', 'cache_dir', 'transformers_major',
-           'default_cache_path', 'rope_settings', 'arch_fingerprint', 'load_default_model', 'nf4_config', 'load_model',
-           'load_experiment_model']
+__all__ = ['log', 'DEFAULT_MODEL', 'EMBEDDED_PACKAGE', 'EMBEDDED_GGUF', 'MODEL_SCHEMES', 'embedded_gguf_path', 'cache_dir',
+           'transformers_major', 'default_cache_path', 'rope_settings', 'arch_fingerprint', 'load_default_model',
+           'register_model_scheme', 'model_scheme', 'nf4_config', 'load_model', 'load_experiment_model']
 
 # %% ../nbs/02_models.ipynb #b33e6df3
 DEFAULT_MODEL = "default"
@@ -173,6 +173,28 @@ def load_default_model(dtype: torch.dtype | str = torch.float32,   # weights dty
     model.eval()
     return model, tok
 
+# %% ../nbs/02_models.ipynb #5cac5988
+MODEL_SCHEMES: dict[str, str] = {"organism": "safety_compass.organisms:load_named"}
+
+def register_model_scheme(prefix: str,   # the part before ':' in a model name, e.g. "organism"
+                          loader: str,   # "module:function"; called as fn(rest, dtype=..., device=...) -> (model, tokenizer)
+                         ):
+    "Make `prefix:REST` a model name that `load_model` resolves with `loader`."
+    if not prefix.isidentifier() or ":" not in loader: raise SafetyCompassError(f"model scheme {prefix!r} -> {loader!r}: expected an identifier and 'module:function'")
+    MODEL_SCHEMES[prefix] = loader
+
+def model_scheme(name) -> tuple[str, str] | None:
+    "`(prefix, rest)` when `name` is `prefix:rest` with a registered prefix, else None."
+    if not isinstance(name, str) or ":" not in name: return None
+    prefix, rest = name.split(":", 1)
+    return (prefix, rest) if prefix in MODEL_SCHEMES else None
+
+def _load_scheme(name, dtype=None, device=None):
+    import importlib
+    prefix, rest = model_scheme(name)
+    module, fn = MODEL_SCHEMES[prefix].split(":")
+    return getattr(importlib.import_module(module), fn)(rest, dtype=dtype, device=device)
+
 # %% ../nbs/02_models.ipynb #cf70d8d9
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
            "bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "auto": "auto"}
@@ -216,7 +238,7 @@ def _load_gguf_model(name_or_path, gguf_file, quantization, dtype, device_map, t
     if device is not None: model.to(device)
     return model, tok
 
-def load_model(name_or_path: str = DEFAULT_MODEL,        # "default" (the embedded model), a hub id, a directory or a .gguf path
+def load_model(name_or_path: str = DEFAULT_MODEL,        # "default" (the embedded model), "organism:NAME", a hub id, a directory or a .gguf path
                quantization: str | None = None,          # None or "nf4" (QLoRA 4-bit; needs CUDA; not for GGUF)
                dtype: torch.dtype | str | None = None,   # e.g. torch.bfloat16 or "bf16"; None: the checkpoint's own ("auto")
                device_map: str | dict | None = None,     # as in `from_pretrained`; for a GGUF one device or "auto"
@@ -224,14 +246,20 @@ def load_model(name_or_path: str = DEFAULT_MODEL,        # "default" (the embedd
                gguf_file: str | None = None,             # a GGUF file inside `name_or_path` (a directory or hub id)
                **kwargs,                                 # further `from_pretrained` arguments
               ):
-    """`(model, tokenizer)` for `'default'`, a HF hub id, a local directory, a directory/hub id with `gguf_file`, or a
-    path to a `.gguf` file; `quantization` is None or `'nf4'` (not for GGUF). User errors raise `SafetyCompassError`."""
+    """`(model, tokenizer)` for `'default'`, a named model such as `'organism:refusal'` (see `MODEL_SCHEMES`), a HF hub
+    id, a local directory, a directory/hub id with `gguf_file`, or a path to a `.gguf` file; `quantization` is None or `'nf4'` (not for GGUF). User errors raise `SafetyCompassError`."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
     if quantization not in (None, "none", "nf4"):
         raise SafetyCompassError(f"quantization: unknown value {quantization!r}; use null or 'nf4'")
     if quantization == "nf4" and not torch.cuda.is_available():
         raise SafetyCompassError("quantization 'nf4' needs a CUDA GPU (bitsandbytes 4-bit); none found. "
                                  "Use quantization: null on CPU")
+    if model_scheme(name_or_path) is not None:
+        if quantization == "nf4" or gguf_file is not None or device_map not in (None, "auto", "cpu", "cuda") or kwargs:
+            raise SafetyCompassError(f"{name_or_path}: a named model is loaded as its scheme defines (float weights, one "
+                                     "device); drop quantization, gguf_file, device_map maps and from_pretrained arguments")
+        device = ("cuda" if torch.cuda.is_available() else "cpu") if device_map == "auto" else device_map
+        return _load_scheme(name_or_path, dtype=_as_dtype(dtype), device=device)
     if name_or_path in (DEFAULT_MODEL, None):
         if gguf_file is not None: raise SafetyCompassError(f"gguf_file={gguf_file!r} needs a directory or hub id, not the default model")
         if quantization == "nf4": raise SafetyCompassError("the embedded default model is not loaded in nf4; use quantization: null")
@@ -264,9 +292,10 @@ def load_experiment_model(exp,                           # a parsed `config.Expe
     "`(model, tokenizer)` for a parsed experiment (`config.Experiment`) or model file (`config.ModelConfig`); `model_name` overrides its name."
     m = getattr(exp, "model", exp)
     name = model_name or m.model_name
-    plain = name in (DEFAULT_MODEL, None) or str(name).lower().endswith(".gguf")
+    named = name in (DEFAULT_MODEL, None) or model_scheme(name) is not None   # the embedded model and organisms: float32
+    plain = named or str(name).lower().endswith(".gguf")
     quant = None if plain or m.quantization in (None, "none") else m.quantization
-    dtype = None if plain and name in (DEFAULT_MODEL, None) else (m.dtype or m.extraction_dtype)
+    dtype = None if named else (m.dtype or m.extraction_dtype)
     if plain and model_name and m.quantization not in (None, "none"):
         log.info("--model %s: the model file's quantization %r is not used for it", model_name, m.quantization)
     gguf = m.gguf_file if not model_name or model_name == m.model_name else None

@@ -11,7 +11,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .core import SafetyCompassError, atomic_open, atomic_write_json, atomic_write_text, sha256_file, staged_dir
+from .core import SafetyCompassError, atomic_open, atomic_write_json, atomic_write_text, sha256_file, staged_dir, progress_enabled, cpu_share
 from .config import (Experiment, ConceptSource, ModelConfig, MonitorSettings, load_experiment)
 from .pairs import load_pairs, ContrastivePair, get_strategy
 from .directions import (SplitActs, layer_sweep, choose_layer, eligible_layers, early_floor, bow_probe_auroc,
@@ -236,12 +236,13 @@ class SafetyCompassMonitor:
         return (pick(c.layer_skip_fraction, s.layer_skip_fraction), pick(c.layer_skip_last_fraction, s.layer_skip_last_fraction),
                 pick(c.include_post_norm, s.include_post_norm))
 
-    def setup(self, step: int = 0, progress: bool = True, causal_check: bool | None = None) -> dict[str, Baseline]:
+    def setup(self, step: int = 0, progress: bool | None = None, causal_check: bool | None = None) -> dict[str, Baseline]:
         """Extract baselines: sweep every layer (AUROC with a bootstrap CI), choose one per concept by the layer rule,
         compute the early-layer and bag-of-words floors and the noise floor, run the causal gate, and flag failures."""
         s, n = self.settings, self.num_layers
         run_causal = s.causal_check if causal_check is None else causal_check
-        with preserve_rng():
+        with preserve_rng(), cpu_share():   # threads from what the machine can give now (core.cpu_share)
+            progress = progress_enabled(progress)
             acts = self._capture(range(n + 1), progress=progress)
             for c in self.concepts:
                 by_layer = {L: self.split_acts(c.name, a) for L, a in acts.items()}
@@ -270,7 +271,8 @@ class SafetyCompassMonitor:
                     neg_val = [self._token_ids[i] for i in self._index[c.name]["neg_val"]]
                     causal = causal_gate(self.model, self.tokenizer, neg_val, layer, unit, norm, c.positive_openers,
                                           c.negative_openers, n_random=s.causal_random_directions, seed=s.seed,
-                                          token_budget=s.token_budget, batch_size=s.batch_size, forward=self.forward)
+                                          token_budget=s.token_budget, batch_size=s.batch_size, forward=self.forward,
+                                          progress=progress, desc=f"causal gate {c.name}")
                 flags = []
                 if auc < c.min_auroc: flags.append(f"AUROC {auc:.3f} below min_auroc {c.min_auroc:.2f}")
                 if below: flags.append(f"does not clear the lexical floors (early layers {early['floor_early']:.3f}, "
@@ -340,7 +342,7 @@ class SafetyCompassMonitor:
         if not self.baselines: raise SafetyCompassError("measure() before setup() or load_baselines()")
         t0 = time.perf_counter()
         s = self.settings
-        with preserve_rng():
+        with preserve_rng(), cpu_share():
             if self._cached is not None and self._cached[0] == step and self._same_weights(self._cached[2]):
                 acts = self._cached[1]   # setup()'s own activations, at the same step and on the same weights
             else: acts = self._measure_capture()
@@ -473,7 +475,7 @@ class SafetyCompassMonitor:
 
 # %% ../nbs/07_monitor.ipynb #610e56f6
 def run_extract(experiment_config, output_dir, concepts=None, model=None, tokenizer=None, model_name: str | None = None,
-                strict: bool = False, causal_check: bool = True, progress: bool = True) -> SafetyCompassMonitor:
+                strict: bool = False, causal_check: bool = True, progress: bool | None = None) -> SafetyCompassMonitor:
     "Extract and save baselines for an experiment (path, bundled name, dict or `Experiment`); returns the monitor."
     from safety_compass.core import check_writable
     cfg = load_monitor_config(experiment_config, strict=strict, concepts=concepts)  # config and pair errors first

@@ -15,7 +15,7 @@ from .core import atomic_open
 # %% auto #0
 __all__ = ['CONCEPT_COLORS', 'HEAT_METRICS', 'concept_color', 'save_figure', 'figure_png', 'plot_sweep', 'plot_drift',
            'plot_heatmap', 'plot_scatter', 'plot_activation_diff', 'plot_pca_variance', 'plot_amplification',
-           'plot_diff_view', 'plot_dose_response', 'plot_recovery', 'plot_direction_grid']
+           'plot_diff_view', 'plot_dose_response', 'plot_recovery', 'plot_direction_grid', 'plot_rates']
 
 # %% ../nbs/16_plots.ipynb #0de5edfc
 CONCEPT_COLORS = {"refusal": "tab:blue", "sycophancy": "tab:orange", "deception": "tab:green"}
@@ -365,5 +365,29 @@ def plot_direction_grid(rows: Sequence[dict], kl_cap: float | None = None, title
                 if r.get("selected"): ax.plot(j, i, "o", mfc="none", mec="gold", ms=12, mew=2)
     axes[1].set_xlabel("layer of the direction (hidden_states[L])")
     if title: fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+# %% ../nbs/16_plots.ipynb #c047e12d
+def plot_rates(rows: Sequence[dict], title: str | None = None):
+    """Refusal rates with their 95% intervals, grouped by prompt set, one bar per model; a gate's bound is a dashed tick
+    on its group. `rows`: dicts with `model, set, rate, ci_low, ci_high` and optionally `gate` (">= 80%" / "<= 10%"),
+    as `organisms.refusal_rates` returns."""
+    plt = _mpl()
+    sets = list(dict.fromkeys(r["set"] for r in rows)); models = list(dict.fromkeys(r["model"] for r in rows))
+    fig = plt.figure(figsize=(max(6, 1.3 * len(sets) + 2), 3.4))
+    ax = fig.add_subplot(1, 1, 1)
+    w = 0.8 / len(models)
+    for k, m in enumerate(models):
+        rr = {r["set"]: r for r in rows if r["model"] == m}
+        xs = [i + (k - (len(models) - 1) / 2) * w for i, s in enumerate(sets) if s in rr]
+        got = [rr[s] for s in sets if s in rr]
+        ax.bar(xs, [100 * r["rate"] for r in got], w * 0.9, label=m, color=f"C{k}",
+               yerr=[[100 * (r["rate"] - r["ci_low"]) for r in got], [100 * (r["ci_high"] - r["rate"]) for r in got]], capsize=3)
+    for i, s in enumerate(sets):
+        gate = next((r.get("gate") for r in rows if r["set"] == s and r.get("gate")), "")
+        if gate: ax.plot([i - 0.45, i + 0.45], [float(gate.split()[1].rstrip("%"))] * 2, "k--", lw=1)
+    ax.set_xticks(range(len(sets)), sets); ax.set_ylabel("refused (%)"); ax.set_ylim(0, 105)
+    ax.legend(fontsize=8, loc="upper right"); ax.set_title(title or "Refusal rate with Wilson 95% CI (dashed: gate)", fontsize=10)
     fig.tight_layout()
     return fig

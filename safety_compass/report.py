@@ -12,13 +12,13 @@ import pandas as pd
 
 from . import __version__
 from .core import DIST_NAME, SafetyCompassError, atomic_write_text
-from .analyze import analyze, run_info
+from .analyze import analyze, run_info, baseline_gates
 from .plots import figure_png, plot_drift, plot_heatmap, plot_scatter
 
 # %% auto #0
-__all__ = ['esc', 'DRIFT_HEADERS', 'SECTIONS', 'DRIFT_SECTIONS', 'CSS', 'FILE_SECTIONS', 'img', 'table_html', 'provenance',
-           'diff_section', 'steer_section', 'drift_section', 'after_section', 'behavior_section', 'caveats_section',
-           'audit_section', 'report']
+__all__ = ['esc', 'DRIFT_HEADERS', 'GATE_HEADERS', 'SECTIONS', 'DRIFT_SECTIONS', 'CSS', 'FILE_SECTIONS', 'img', 'table_html',
+           'provenance', 'diff_section', 'steer_section', 'png_html', 'gates_section', 'drift_section', 'after_section',
+           'behavior_section', 'caveats_section', 'audit_section', 'report']
 
 # %% ../nbs/17_report.ipynb #6a4c465a
 esc = html.escape
@@ -177,6 +177,33 @@ DRIFT_HEADERS = {"dataset": "dataset", "concept": "concept", "start": "start", "
                  "last_step": "last step", "auroc_fixed_final": "AUROC fixed (final)",
                  "auroc_current_final": "AUROC current (final)", "noise_floor": "noise floor", "within_noise": "within noise"}
 
+def png_html(path, alt: str = "") -> str:
+    "An `<img>` with a PNG file embedded as base64."
+    return f'<img alt="{esc(alt)}" src="data:image/png;base64,{base64.b64encode(Path(path).read_bytes()).decode()}">'
+
+GATE_HEADERS = {"layer": "layer", "auroc": "AUROC", "passes_min_auroc": "AUROC ≥ min", "below_lexical_floor": "below lexical floors",
+                "causal_shift": "causal shift (nats)", "causal_random_p95": "random p95", "causal_passes": "causal gate",
+                "passes_gates": "passes every gate", "flags": "why not"}
+
+def gates_section(res: dict) -> str:
+    """The directions each monitored run measured and whether they passed their gates at extraction (`analyze.baseline_gates`),
+    with the run's layer sweep (`baselines/layer_sweep.png`). Drift of a direction that failed a gate is not evidence about
+    the concept, and the section says which ones did."""
+    out = ""
+    for r in res["runs"]:
+        if r.get("log") is None: continue
+        gates = baseline_gates(r["dir"])
+        if not gates: continue
+        df = pd.DataFrame([{"concept": c, **g} for c, g in gates.items()])
+        failed = [c for c, g in gates.items() if not g["passes_gates"]]
+        verdict = (f"<p><b>Failed a gate: {esc(', '.join(failed))}.</b> Their drift readings below measure a direction that "
+                   "does not pass as this concept's (see 'why not'); read them as such.</p>" if failed else
+                   "<p>Every direction passed every gate (minimum AUROC, lexical floors, causal gate).</p>")
+        sweep = r["dir"] / "baselines" / "layer_sweep.png"
+        out += (f"<h3>{esc(r['name'])}</h3>" + verdict + table_html(df, GATE_HEADERS) +
+                (png_html(sweep, "layer sweep") if sweep.is_file() else ""))
+    return ("<h2>Directions and their gates</h2>" + out) if out else ""
+
 def drift_section(res: dict) -> str:
     runs, table = res["runs"], res["table"]
     cons = res["consistency"]
@@ -241,7 +268,7 @@ def audit_section(res) -> str:
     return report_section(res)
 
 # imported when a report is built: a core install without their extras still writes the drift report
-SECTIONS: list[Callable] = [drift_section, behavior_section, audit_section, diff_section, steer_section, caveats_section]
+SECTIONS: list[Callable] = [gates_section, drift_section, behavior_section, audit_section, diff_section, steer_section, caveats_section]
 # the sections built from the analysis of drift logs: they see only the runs that have one
 DRIFT_SECTIONS: tuple = (drift_section, behavior_section, caveats_section)
 

@@ -299,4 +299,8 @@ def load_experiment_model(exp,                           # a parsed `config.Expe
     if plain and model_name and m.quantization not in (None, "none"):
         log.info("--model %s: the model file's quantization %r is not used for it", model_name, m.quantization)
     gguf = m.gguf_file if not model_name or model_name == m.model_name else None
-    return load_model(name, quantization=quant, dtype=dtype, trust_remote_code=m.trust_remote_code, gguf_file=gguf, **kwargs)
+    try: return load_model(name, quantization=quant, dtype=dtype, trust_remote_code=m.trust_remote_code, gguf_file=gguf, **kwargs)
+    except SafetyCompassError as e:   # a named model from the model file: say which file named it
+        where = getattr(exp, "model_path", None)
+        if model_name or where is None or model_scheme(name) is None: raise
+        raise SafetyCompassError(f"{where}: model_name: {e}") from None

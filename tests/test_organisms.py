@@ -136,3 +136,19 @@ def test_refusal_direction_passes_every_gate(tmp_path):
     s = O.effects_summary(rows)
     print(s)
     assert s["harmful_ablated"] < s["harmful_before"], s
+
+
+def test_unknown_organism_in_a_model_file_names_the_file(tmp_path):
+    "A model file naming an unknown organism: one line naming the file and field, before any model loads."
+    import yaml
+    from safety_compass.config import load_experiment
+    from safety_compass.models import load_experiment_model
+    model_file = tmp_path / "m.yaml"
+    model_file.write_text(yaml.safe_dump({**yaml.safe_load((ROOT / "configs/models/smollm2-135m-refusal.yaml").read_text()),
+                                          "model_name": "organism:nope"}))
+    raw = yaml.safe_load((ROOT / "configs/experiments/demo.yaml").read_text())
+    raw["model_config_file"] = str(model_file)
+    for c in raw["concepts"]: c["config_file"] = str(ROOT / c["config_file"])
+    (tmp_path / "e.yaml").write_text(yaml.safe_dump(raw))
+    with pytest.raises(SafetyCompassError, match=rf"m.yaml: model_name: unknown organism 'nope'; known: refusal"):
+        load_experiment_model(load_experiment(tmp_path / "e.yaml"))

@@ -116,6 +116,15 @@ def _demo(a):
         print(format_table(refusal_before_after(trainer.model, monitor.tokenizer, run_dir), RATE_COLUMNS[:-2]))
     return 0
 
+def _add_organism_args(p):
+    p.add_argument("name", help="the organism (known: refusal)")
+    p.add_argument("--output-dir", required=True)
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --output-dir")
+    p.add_argument("--gates", action="store_true", help="measure the gates on the test split (organism and embedded model), print "
+                                                        "them and add them to the card; exit status 1 if the organism fails one")
+    p.add_argument("--arditi-dir", help="with --gates: a folder with Arditi et al.'s harmful_test.json / harmless_test.json "
+                                        "(andyrdt/refusal_direction dataset/splits); a seeded 200 of each are checked too")
+
 def _organism(a):
     from safety_compass.organisms import check_organism_output, get_organism, organism_gates, write_organism
     get_organism(a.name); check_organism_output(a.output_dir, a.overwrite)   # before any model loads
@@ -241,14 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("organism", help="build (or reuse) a model organism and write it as a Hugging Face model directory",
                        description="Build a model organism (a model with a planted, documented trait; built on first use and "
                                    "cached) and write it to --output-dir: merged safetensors weights, tokenizer, adapter/, README.md card.")
-    p.add_argument("name", help="the organism (known: refusal)")
-    p.add_argument("--output-dir", required=True)
-    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --output-dir")
-    p.add_argument("--gates", action="store_true", help="measure the gates on the test split (organism and embedded model), print "
-                                                        "them and add them to the card; exit status 1 if the organism fails one")
-    p.add_argument("--arditi-dir", help="with --gates: a folder with Arditi et al.'s harmful_test.json / harmless_test.json "
-                                        "(andyrdt/refusal_direction dataset/splits); a seeded 200 of each are checked too")
-    p.set_defaults(fn=_organism)
+    _add_organism_args(p); p.set_defaults(fn=_organism)
     p = sub.add_parser("steer", help="steer a run's drifted behavior back (restore, ablate, add, adapter) and measure it",
                        description="Steer a LoRA run's drifted concept back toward the base model and measure it: select an "
                                    "intervention under a KL cap on harmless prompts (selection half of the concept's behavior "

@@ -19,21 +19,21 @@ from .directions import random_units
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'PREFERENCE_FORMATS', 'AB_FIELDS', 'REPRESENTATIONS', 'DIRECTION_KINDS', 'ANSWER_TEMPLATES', 'AGREE_ANSWERS',
-           'CORRECT_ANSWERS', 'COMPLY_ANSWERS', 'REFUSE_ANSWERS', 'NEUTRAL_SENTENCES', 'LENGTH_PLAN', 'LENGTH_FILLER',
-           'FILTER_SIGNS', 'STEER_MODES', 'TABLE_COLUMNS', 'TABLE_HEADERS', 'PreferencePair', 'PreferenceData',
-           'row_format', 'hh_turns', 'parse_row', 'read_records', 'load_preferences', 'pairs_from_records',
-           'response_tokens', 'EncodedPairs', 'encode_pairs', 'model_fingerprint', 'StateStore', 'AuditDirection',
-           'templated_settings', 'audit_block', 'prompt_directions', 'concept_audit_settings', 'contrastive_answers',
-           'response_directions', 'boot_ci', 'split_half_agreement', 'length_control', 'robust_z', 'delta_stats',
-           'logit_lens', 'probe_auroc', 'discovery', 'prompt_text', 'topic_clusters', 'topic_table', 'pair_flags',
-           'length_stats', 'length_line', 'predict', 'compare_prediction', 'observed_from_behavior', 'AuditResult',
-           'audit_pairs', 'planted_sycophancy', 'planted_harmful_compliance', 'length_only', 'null_pairs',
-           'random_labels', 'contaminated', 'flagged_pairs', 'write_filtered', 'inoculate_prompt', 'inoculate',
-           'trl_records', 'write_trl', 'preventative_steering', 'shaping_margins', 'shaped_dpo_class',
-           'add_shaping_column', 'concept_table', 'format_text_table', 'summary_dict', 'preflight_text', 'write_audit',
-           'load_audit', 'select_directions', 'run_audit', 'audit_html', 'find_audits', 'report_section',
-           'add_audit_args', 'audit_command']
+__all__ = ['log', 'PREFERENCE_FORMATS', 'AB_FIELDS', 'REPRESENTATIONS', 'DIRECTION_KINDS', 'ANSWER_TEMPLATES', 'boot_ci',
+           'AGREE_ANSWERS', 'CORRECT_ANSWERS', 'COMPLY_ANSWERS', 'REFUSE_ANSWERS', 'NEUTRAL_SENTENCES', 'LENGTH_PLAN',
+           'LENGTH_FILLER', 'FILTER_SIGNS', 'STEER_MODES', 'TABLE_COLUMNS', 'TABLE_HEADERS', 'PreferencePair',
+           'PreferenceData', 'row_format', 'hh_turns', 'parse_row', 'read_records', 'load_preferences',
+           'pairs_from_records', 'response_tokens', 'EncodedPairs', 'encode_pairs', 'model_fingerprint', 'StateStore',
+           'AuditDirection', 'templated_settings', 'audit_block', 'prompt_directions', 'concept_audit_settings',
+           'contrastive_answers', 'response_directions', 'length_control', 'delta_stats', 'logit_lens', 'probe_auroc',
+           'discovery', 'prompt_text', 'topic_clusters', 'topic_table', 'pair_flags', 'length_stats', 'length_line',
+           'predict', 'compare_prediction', 'observed_from_behavior', 'AuditResult', 'audit_pairs',
+           'planted_sycophancy', 'planted_harmful_compliance', 'length_only', 'null_pairs', 'random_labels',
+           'contaminated', 'flagged_pairs', 'write_filtered', 'inoculate_prompt', 'inoculate', 'trl_records',
+           'write_trl', 'preventative_steering', 'shaping_margins', 'shaped_dpo_class', 'add_shaping_column',
+           'concept_table', 'format_text_table', 'summary_dict', 'preflight_text', 'write_audit', 'load_audit',
+           'select_directions', 'run_audit', 'audit_html', 'find_audits', 'report_section', 'add_audit_args',
+           'audit_command', 'split_half_agreement', 'robust_z']
 
 # %% ../nbs/14_audit.ipynb #d434a12b
 @dataclass(frozen=True)
@@ -616,7 +616,8 @@ def response_directions(monitor, concepts: Sequence[str] | None = None, settings
     `settings[c]` (`config.AuditSettings`, default: the concept file's `audit:`) chooses generated or templated answers
     and the context they are read in: `prompt` (the contrastive prompt, system prompt included, as persona vectors
     are read) or `user` (the user turn alone, so the direction reflects the answer rather than the instruction)."""
-    from safety_compass.directions import SplitActs, auroc_ci, cosine
+    from safety_compass.directions import SplitActs, cosine
+    from safety_compass.stats import auroc_ci
     settings = settings or concept_audit_settings(monitor)
     prompt_dirs = prompt_directions(monitor)
     names = list(concepts or [c.name for c in monitor.concepts])
@@ -645,62 +646,9 @@ def response_directions(monitor, concepts: Sequence[str] | None = None, settings
     return out
 
 # %% ../nbs/14_audit.ipynb #ae88bf18
-def _dz(x, axis=-1):
-    "Paired effect size d_z = mean / sd (ddof 1) along `axis`; 0 where the values are constant at 0."
-    x = np.asarray(x, np.float64)
-    m, s = x.mean(axis), x.std(axis, ddof=1) if x.shape[axis] > 1 else np.zeros(x.shape[:axis % x.ndim] + x.shape[axis % x.ndim + 1:])
-    with np.errstate(divide="ignore", invalid="ignore"):
-        d = np.where(s > 0, m / np.where(s > 0, s, 1.0), np.where(m == 0, 0.0, np.sign(m) * np.inf))
-    return d
-
-def _win(x, axis=-1):
-    "Paired win rate: share of pairs with δ > 0, ties counted half."
-    x = np.asarray(x)
-    return (x > 0).mean(axis) + 0.5 * (x == 0).mean(axis)
-
-def _rank_auroc(p, q, axis=-1):
-    "AUROC (positive = `p`) along `axis` from ranks (Mann-Whitney U), ties counted half; O(n log n)."
-    from scipy.stats import rankdata
-    p, q = np.asarray(p, np.float64), np.asarray(q, np.float64)
-    n1, n2 = p.shape[axis], q.shape[axis]
-    r = rankdata(np.concatenate([p, q], axis=axis), axis=axis)
-    r1 = np.take(r, np.arange(n1), axis=axis).sum(axis)
-    return (r1 - n1 * (n1 + 1) / 2) / (n1 * n2)
-
-def boot_ci(data: tuple, statistic: Callable, n_boot: int = 1000, seed: int = 0, level: float = 0.95,
-            method: str = "BCa", paired: bool = True) -> tuple[float, float]:
-    """`scipy.stats.bootstrap` interval of a vectorised `statistic(*data, axis=-1)` (resampling pairs when `paired`).
-    Constant data give a zero-width interval at the estimate; where BCa is undefined (e.g. the estimate outside every
-    resample) the percentile interval is used. `(nan, nan)` for fewer than 3 pairs or `n_boot == 0`."""
-    import warnings
-    from scipy import stats
-    n = len(data[0])
-    est = float(statistic(*data, axis=-1))
-    if not n_boot or n < 3: return (float("nan"), float("nan"))
-    if all(np.ptp(np.asarray(d)) == 0 for d in data): return (est, est)
-    kw = dict(n_resamples=n_boot, confidence_level=level, vectorized=True, paired=paired, batch=max(1, int(2e7 // max(n, 1) // 64)),
-              rng=np.random.default_rng(seed))
-    with warnings.catch_warnings(), np.errstate(divide="ignore", invalid="ignore"):
-        warnings.simplefilter("ignore")   # degenerate jackknife / BCa warnings: handled below
-        res = stats.bootstrap(data, statistic, method="percentile", **kw)
-        lo, hi = float(res.confidence_interval.low), float(res.confidence_interval.high)
-        if method != "percentile" and np.ptp(res.bootstrap_distribution) > 0:
-            b = res.bootstrap_distribution
-            if not ((b < est).all() or (b > est).all()):
-                ci = stats.bootstrap(data, statistic, method=method, bootstrap_result=res, **{**kw, "n_resamples": 0}).confidence_interval
-                if np.isfinite(ci.low) and np.isfinite(ci.high): lo, hi = float(ci.low), float(ci.high)
-    return lo, hi
-
-def split_half_agreement(delta, n_splits: int = 200, seed: int = 0) -> float:
-    """Share of random half-splits of the pairs in which both halves give the same sign of mean δ (1: the sign is
-    reproducible; about 0.5: it is noise). NaN for fewer than 4 pairs; 1.0 when every δ is 0 (both halves agree on 0)."""
-    d = np.asarray(delta, np.float64); n = len(d)
-    if n < 4: return float("nan")
-    rng = np.random.default_rng(seed)
-    h = n // 2
-    idx = np.argsort(rng.random((n_splits, n)), axis=1)
-    a, b = d[idx[:, :h]].mean(1), d[idx[:, h:2 * h]].mean(1)
-    return float((np.sign(a) == np.sign(b)).mean())
+from .stats import auroc, bootstrap_ci, d_z, robust_z, split_half_agreement, win_rate
+boot_ci = bootstrap_ci   # the name this module had (the same function)
+_all_ = ["split_half_agreement", "robust_z"]
 
 def length_control(delta, length_diff) -> dict:
     """OLS of δ on the answer-length difference (tokens, chosen − rejected), the WIMHF-style control for length
@@ -722,36 +670,26 @@ def length_control(delta, length_diff) -> dict:
             "slope": float(r.slope), "slope_t": float(r.slope / r.stderr) if r.stderr > 0 else float("nan")}
 
 
-def robust_z(x) -> np.ndarray:
-    """(x − median) / (1.4826 · MAD) (Iglewicz & Hoaglin 1993); where the MAD is 0, the mean absolute deviation
-    (× 1.2533) is used; where that is 0 too, z is 0 at the median (every value equal: nothing stands out)."""
-    x = np.asarray(x, np.float64)
-    med = np.median(x)
-    s = 1.4826 * np.median(np.abs(x - med))
-    if s == 0: s = 1.2533 * np.mean(np.abs(x - med))
-    if s == 0: return np.zeros_like(x)
-    return (x - med) / s
-
 def delta_stats(pc, pr, length_diff, null_dz=None, n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> dict:
     """Statistics of one concept's per-pair δ = `pc` − `pr` (projections of the chosen and rejected answers):
 
     - `mean` (with a BCa CI), `sd`, `d_z` = mean/sd (with a BCa CI), `win_rate` (share of δ > 0, ties half, percentile
       CI), `auroc` (chosen vs rejected projections, unpaired, Mann-Whitney; percentile CI over pairs);
-    - `split_half`: sign agreement of random half-splits (`split_half_agreement`);
+    - `split_half`: sign agreement of random half-splits (`stats.split_half_agreement`: ≈ 2Φ(|d_z|√n) − 1);
     - `length_*`: `length_control` (intercept = effect at equal answer length, and its t);
     - with `null_dz` (d_z of the same δ on random unit directions at the same layer): `null_p95` (95th percentile of
       |d_z|), `null_p` (share of random |d_z| ≥ this |d_z|, with the +1 correction) and `specific` (|d_z| > null_p95)."""
     pc, pr = np.asarray(pc, np.float64), np.asarray(pr, np.float64)
     d = pc - pr
     n = len(d)
-    out = {"n": n, "mean": float(d.mean()), "sd": float(d.std(ddof=1)) if n > 1 else 0.0, "d_z": float(_dz(d)),
-           "win_rate": float(_win(d)), "auroc": float(_rank_auroc(pc, pr))}
+    out = {"n": n, "mean": float(d.mean()), "sd": float(d.std(ddof=1)) if n > 1 else 0.0, "d_z": float(d_z(d)),
+           "win_rate": float(win_rate(d)), "auroc": float(auroc(pc, pr))}
     s = np.random.SeedSequence(seed).spawn(4)
     seed_of = lambda k: int(s[k].generate_state(1)[0])
-    out["mean_ci"] = boot_ci((d,), lambda x, axis=-1: x.mean(axis), n_boot, seed_of(0), level)
-    out["d_z_ci"] = boot_ci((d,), _dz, n_boot, seed_of(1), level)
-    out["win_rate_ci"] = boot_ci((d,), _win, n_boot, seed_of(2), level, method="percentile")
-    out["auroc_ci"] = boot_ci((pc, pr), _rank_auroc, n_boot, seed_of(3), level, method="percentile")
+    out["mean_ci"] = bootstrap_ci((d,), lambda x, axis=-1: x.mean(axis), n_boot, seed_of(0), level)
+    out["d_z_ci"] = bootstrap_ci((d,), d_z, n_boot, seed_of(1), level)
+    out["win_rate_ci"] = bootstrap_ci((d,), win_rate, n_boot, seed_of(2), level, method="percentile")
+    out["auroc_ci"] = bootstrap_ci((pc, pr), auroc, n_boot, seed_of(3), level, method="percentile")
     out["split_half"] = split_half_agreement(d, seed=seed)
     out.update({f"length_{k}": v for k, v in length_control(d, length_diff).items()})
     if null_dz is not None:
@@ -803,7 +741,7 @@ def probe_auroc(D: np.ndarray, seed: int = 0, folds: int = 5) -> float:
     for tr, te in GroupKFold(n_splits=min(folds, n)).split(X, y, g):
         clf = make_pipeline(StandardScaler(with_mean=False), LogisticRegression(C=1.0, fit_intercept=False, max_iter=2000, random_state=seed))
         scores[te] = clf.fit(X[tr], y[tr]).decision_function(X[te])
-    return float(_rank_auroc(scores[:n], scores[n:]))
+    return float(auroc(scores[:n], scores[n:]))
 
 def _snippet(pair: PreferencePair, width: int = 90) -> str:
     text = " ".join([c for r, c in pair.prompt if r == "user"][-1].split())
@@ -875,8 +813,8 @@ def topic_table(deltas: dict[str, np.ndarray], labels: np.ndarray, terms: list, 
         for ci, (c, d) in enumerate(deltas.items()):
             a, b = d[m], d[~m]
             row = {"topic": t, "terms": " ".join(terms[t]), "concept": c, "n": int(m.sum()), "mean": float(a.mean()) if len(a) else float("nan"),
-                   "d_z": float(_dz(a)) if len(a) > 1 else float("nan"), "diff_vs_rest": float(a.mean() - b.mean()) if len(a) and len(b) else float("nan")}
-            lo, hi = (boot_ci((a, b), lambda x, y, axis=-1: x.mean(axis) - y.mean(axis), n_boot, seed + 31 * t + ci, adj,
+                   "d_z": float(d_z(a)) if len(a) > 1 else float("nan"), "diff_vs_rest": float(a.mean() - b.mean()) if len(a) and len(b) else float("nan")}
+            lo, hi = (bootstrap_ci((a, b), lambda x, y, axis=-1: x.mean(axis) - y.mean(axis), n_boot, seed + 31 * t + ci, adj,
                               method="percentile", paired=False) if len(a) >= 3 and len(b) >= 3 else (float("nan"), float("nan")))
             row.update(diff_ci_low=lo, diff_ci_high=hi, level=adj, differs=bool(lo > 0 or hi < 0))
             rows.append(row)
@@ -905,11 +843,11 @@ def length_stats(chosen_len, rejected_len, n_boot: int = 1000, seed: int = 0, le
     d = (np.asarray(chosen_len, np.float64) - np.asarray(rejected_len, np.float64))
     s = np.random.SeedSequence(seed + 7).spawn(2)
     seed_of = lambda k: int(s[k].generate_state(1)[0])
-    out = {"n": len(d), "mean": float(d.mean()), "d_z": float(_dz(d)), "mean_chosen": float(np.mean(chosen_len)),
+    out = {"n": len(d), "mean": float(d.mean()), "d_z": float(d_z(d)), "mean_chosen": float(np.mean(chosen_len)),
            "mean_rejected": float(np.mean(rejected_len)), "chosen_longer": float((d > 0).mean()),
            "chosen_shorter": float((d < 0).mean()), "equal": float((d == 0).mean())}
-    out["mean_ci"] = boot_ci((d,), lambda x, axis=-1: x.mean(axis), n_boot, seed_of(0), level)
-    out["d_z_ci"] = boot_ci((d,), _dz, n_boot, seed_of(1), level)
+    out["mean_ci"] = bootstrap_ci((d,), lambda x, axis=-1: x.mean(axis), n_boot, seed_of(0), level)
+    out["d_z_ci"] = bootstrap_ci((d,), d_z, n_boot, seed_of(1), level)
     lo, hi = out["d_z_ci"]
     out["confounded"] = bool((lo > 0 or hi < 0) and out["d_z"] != 0)
     return out
@@ -1057,7 +995,7 @@ def audit_pairs(model, tokenizer, data, directions: dict[str, AuditDirection], r
             R = random_units(width, n_random, seed=int(np.random.SeedSequence([seed, L]).generate_state(1)[0]))
             P = store.get(keys, rep, L, np.concatenate([units, R]))
             pc, pr = P[enc.chosen], P[enc.rejected]
-            null_dz = _dz(pc[:, len(names):] - pr[:, len(names):], axis=0)
+            null_dz = d_z(pc[:, len(names):] - pr[:, len(names):], axis=0)
             for j, c in enumerate(names):
                 st = delta_stats(pc[:, j], pr[:, j], enc.length_diff, null_dz, n_boot, seed, 0.95)
                 deltas[rep][c] = pc[:, j] - pr[:, j]

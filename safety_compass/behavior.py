@@ -4,7 +4,7 @@
 
 # %% ../nbs/11_behavior.ipynb #142e5cc3
 from __future__ import annotations
-import json, re, warnings
+import json, re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -12,7 +12,6 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 import transformers
-from scipy import stats
 
 from .core import SafetyCompassError, bundled_root, atomic_open, atomic_write_json, staged_dir, check_writable
 from .pairs import conversation
@@ -21,8 +20,8 @@ from .capture import render_prompt, eval_mode, unwrap_model
 # %% auto #0
 __all__ = ['BEHAVIOR_FIELDS', 'REFUSAL_PATTERNS', 'AGREEMENT_PATTERNS', 'CORRECTION_PATTERNS', 'HONESTY_PATTERNS', 'SCORERS',
            'JUDGE_QUESTIONS', 'DEFAULT_OPENERS', 'load_behavior_prompts', 'bundled_behavior', 'end_of_turn_ids',
-           'generate', 'register_scorer', 'rule_label', 'rules_scorer', 'judge_scorer', 'wilson_ci', 'mean_ci',
-           'evaluate', 'summarize', 'write_behavior', 'run_behavior']
+           'generate', 'register_scorer', 'rule_label', 'rules_scorer', 'judge_scorer', 'evaluate', 'summarize',
+           'write_behavior', 'run_behavior', 'wilson_ci', 'mean_ci']
 
 # %% ../nbs/11_behavior.ipynb #77b5f71c
 BEHAVIOR_FIELDS = ("id", "concept", "system", "prompt", "expected", "kind")
@@ -173,30 +172,8 @@ def judge_scorer(items: Sequence[dict],                                         
     return out
 
 # %% ../nbs/11_behavior.ipynb #b12e54de
-def wilson_ci(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
-    """Wilson score interval for a binomial proportion k/n (`scipy.stats.binomtest(k, n).proportion_ci`, Wilson 1927);
-    `(nan, nan)` when n = 0."""
-    if n == 0: return (float("nan"), float("nan"))
-    ci = stats.binomtest(int(k), int(n)).proportion_ci(confidence_level=level, method="wilson")
-    return (float(ci.low), float(ci.high))
-
-def mean_ci(x: Sequence[float] | np.ndarray, n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> tuple[float, float, float]:
-    """Mean of the finite values of `x` and its BCa bootstrap interval (`scipy.stats.bootstrap`, seeded; Efron 1987).
-    No values: all NaN. One value: the mean and a NaN interval (no spread to resample). Constant values: a zero-width
-    interval at the value."""
-    x = np.asarray(x, dtype=float); x = x[np.isfinite(x)]
-    if not len(x): return (float("nan"),) * 3
-    mu = float(x.mean())
-    if len(x) == 1: return (mu, float("nan"), float("nan"))
-    if np.ptp(x) == 0: return (mu, mu, mu)
-    with warnings.catch_warnings(), np.errstate(divide="ignore", invalid="ignore"):
-        warnings.simplefilter("ignore", stats.DegenerateDataWarning)
-        res = stats.bootstrap((x,), np.mean, n_resamples=n_boot, confidence_level=level, method="BCa",
-                              rng=np.random.default_rng(seed))
-    lo, hi = res.confidence_interval
-    if not (np.isfinite(lo) and np.isfinite(hi)):   # BCa undefined (e.g. the mean outside every resample): percentile
-        lo, hi = np.quantile(res.bootstrap_distribution, [(1 - level) / 2, (1 + level) / 2])
-    return mu, float(lo), float(hi)
+from .stats import wilson_ci, mean_ci
+_all_ = ["wilson_ci", "mean_ci"]
 
 # %% ../nbs/11_behavior.ipynb #cd862d14
 DEFAULT_OPENERS = {

@@ -894,7 +894,7 @@ def concept_logodds(pair: ModelPair, concepts: Sequence[Concept], sides=(BASE, F
     p(negative openers)` (nats) over the concept's positive and negative validation prompts, with a BCa 95% CI."""
     import pandas as pd
     from safety_compass.directions import next_token_logodds
-    from safety_compass.behavior import mean_ci
+    from safety_compass.stats import mean_ci
     recs = []
     for c in concepts:
         if not (c.positive_openers and c.negative_openers): continue

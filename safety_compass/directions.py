@@ -13,9 +13,9 @@ from tqdm.auto import tqdm
 from .core import SafetyCompassError
 
 # %% auto #0
-__all__ = ['LAYER_RULES', 'dim_direction', 'cosine', 'random_units', 'auroc_many', 'auroc', 'SplitActs', 'auroc_ci',
-           'layer_sweep', 'eligible_layers', 'choose_layer', 'early_floor', 'bow_probe_auroc', 'conversation_text',
-           'opener_token_ids', 'next_token_logodds', 'causal_gate']
+__all__ = ['auroc_many', 'LAYER_RULES', 'dim_direction', 'cosine', 'random_units', 'SplitActs', 'layer_sweep', 'eligible_layers',
+           'choose_layer', 'early_floor', 'bow_probe_auroc', 'conversation_text', 'opener_token_ids',
+           'next_token_logodds', 'causal_gate', 'auroc', 'auroc_ci']
 
 # %% ../nbs/05_directions.ipynb #67714cc4
 def dim_direction(pos: np.ndarray, neg: np.ndarray) -> tuple[np.ndarray, float]:
@@ -38,14 +38,9 @@ def random_units(width: int, n: int, seed: int = 0) -> np.ndarray:
     return r / np.linalg.norm(r, axis=1, keepdims=True)
 
 # %% ../nbs/05_directions.ipynb #d2e7cb0d
-def auroc_many(pos_scores: np.ndarray, neg_scores: np.ndarray) -> np.ndarray:
-    "AUROC (positive = 1) for each row of `(..., n_pos)` and `(..., n_neg)` score arrays."
-    p, n = np.asarray(pos_scores)[..., :, None], np.asarray(neg_scores)[..., None, :]
-    return (p > n).mean((-1, -2)) + 0.5 * (p == n).mean((-1, -2))
-
-def auroc(pos_scores, neg_scores) -> float:
-    "AUROC of scores with positive = 1."
-    return float(auroc_many(pos_scores, neg_scores))
+from .stats import auroc, auroc_ci
+auroc_many = auroc   # the vectorised name this module had: `(..., n_pos)`, `(..., n_neg)` scores → `(...)` AUROCs
+_all_ = ["auroc", "auroc_many", "auroc_ci"]
 
 # %% ../nbs/05_directions.ipynb #f7c1b987
 @dataclass
@@ -65,17 +60,6 @@ class SplitActs:
             if not np.isfinite(v).all(): raise SafetyCompassError(f"{where}non-finite activations in {k} (fp16 overflow?); extract in float32 or bfloat16 (model config: extraction_dtype)")
 
 # %% ../nbs/05_directions.ipynb #6d9c74ba
-def auroc_ci(pos_scores, neg_scores, n_boot: int = 200, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
-    """Percentile-bootstrap CI of the AUROC over *pairs*: `pos_scores[i]` and `neg_scores[i]` belong to pair i.
-
-    Uses `scipy.stats.bootstrap(paired=True, method="percentile")`. Returns `(nan, nan)` when `n_boot` is 0."""
-    from scipy.stats import bootstrap
-    p, q = np.asarray(pos_scores, float), np.asarray(neg_scores, float)
-    if not n_boot or len(p) < 2: return (float("nan"), float("nan"))
-    res = bootstrap((p, q), lambda a, b, axis=-1: auroc_many(a, b), paired=True, vectorized=True, n_resamples=n_boot,
-                    confidence_level=level, method="percentile", random_state=np.random.default_rng(seed))
-    return float(res.confidence_interval.low), float(res.confidence_interval.high)
-
 def layer_sweep(acts_by_layer: dict[int, SplitActs], n_boot: int = 200, seed: int = 0, progress: bool = False,
                 desc: str = "sweep") -> list[dict]:
     """Per layer: val AUROC of the train DiM direction, its bootstrap CI over val pairs, and the direction's raw norm.

@@ -4,13 +4,12 @@
 
 # %% ../nbs/06_metrics.ipynb #ab6cf216
 from __future__ import annotations
-import warnings
 from dataclasses import dataclass
 from typing import Callable
 import numpy as np
-from scipy import stats
 from .core import SafetyCompassError
-from .directions import SplitActs, dim_direction, auroc_many, cosine
+from .stats import auroc, bootstrap_ci, wilson_ci
+from .directions import SplitActs, dim_direction, cosine
 
 # %% auto #0
 __all__ = ['bootstrap_metrics', 'noise_floor', 'concept_metrics', 'is_drifted', 'DriftSimulation', 'interval_coverage']
@@ -25,26 +24,14 @@ def _unit_rows(m):
 
 def _bootstrap_ci(samples, statistic, method: str, n_boot: int, rng, level: float, bounds: tuple[float, float],
                   n_wilson: int | None = None) -> tuple[float, float]:
-    "A `scipy.stats.bootstrap` interval of a vectorised statistic of pair-index samples, degenerate cases settled."
+    """The drift metrics' interval of a vectorised statistic of pair-index samples (`stats.bootstrap_ci`, samples
+    resampled independently, all at once; where the method is undefined, the percentile interval widened to the
+    estimate), clipped to `bounds`; an AUROC of exactly 0 or 1 gets the Wilson interval at `n_wilson`."""
     est = float(statistic(*samples, axis=-1))
     if n_wilson is not None and est in (0.0, 1.0):  # perfect separation: the resamples cannot show any error
-        ci = stats.binomtest(round(est * n_wilson), n_wilson).proportion_ci(level, method="wilson")
-        return float(ci.low), float(ci.high)
-    res = stats.bootstrap(samples, statistic, n_resamples=n_boot, vectorized=True, confidence_level=level,
-                          method="percentile", rng=rng)
-    b = res.bootstrap_distribution
-    lo, hi = float(res.confidence_interval.low), float(res.confidence_interval.high)
-    if method != "percentile" and np.ptp(b) > 0:
-        # BCa's bias correction is infinite when the estimate lies outside every resample; then BCa is undefined
-        undefined = method.lower() == "bca" and ((b < est).all() or (b > est).all())
-        if not undefined:
-            with warnings.catch_warnings(), np.errstate(divide="ignore", invalid="ignore"):
-                warnings.simplefilter("ignore", stats.DegenerateDataWarning)   # e.g. a constant jackknife
-                ci = stats.bootstrap(samples, statistic, n_resamples=0, bootstrap_result=res, vectorized=True,
-                                     confidence_level=level, method=method).confidence_interval
-            undefined = not (np.isfinite(ci.low) and np.isfinite(ci.high))
-            if not undefined: lo, hi = float(ci.low), float(ci.high)
-        if undefined: lo, hi = min(lo, est), max(hi, est)   # the percentile interval, widened to the estimate
+        return wilson_ci(round(est * n_wilson), n_wilson, level)
+    lo, hi = bootstrap_ci(samples, statistic, n_boot, rng, level, method=method, paired=False, batch=None, min_n=2,
+                          cover_estimate=True)
     return float(np.clip(lo, *bounds)), float(np.clip(hi, *bounds))
 
 def bootstrap_metrics(base: SplitActs, now: SplitActs, n_boot: int = 200, seed: int = 0, level: float = 0.95,
@@ -73,14 +60,14 @@ def bootstrap_metrics(base: SplitActs, now: SplitActs, n_boot: int = 200, seed: 
         return np.clip((_unit_rows(w @ db) * _unit_rows(w @ dn)).sum(-1), -1.0, 1.0)
 
     def fixed_stat(i, axis=-1):
-        return auroc_many(fixed_pos[i], fixed_neg[i])
+        return auroc(fixed_pos[i], fixed_neg[i])
 
     def current_stat(ti, vi, axis=-1):
         u = _unit_rows(_pair_weights(ti, nt) @ dn)
         lead = np.broadcast_shapes(u.shape[:-1], vi.shape[:-1])   # scipy's jackknife pairs one sample's rows with the other
         vi = np.broadcast_to(vi, lead + vi.shape[-1:])
         pick = lambda s: np.take_along_axis(np.broadcast_to(s, lead + s.shape[-1:]), vi, -1)
-        return auroc_many(pick(u @ pv.T), pick(u @ nvl.T))
+        return auroc(pick(u @ pv.T), pick(u @ nvl.T))
 
     rng_cos, rng_fixed, rng_cur = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(3))
     ti, vi = np.arange(nt), np.arange(nv)

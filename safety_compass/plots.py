@@ -15,7 +15,8 @@ from .core import atomic_open
 # %% auto #0
 __all__ = ['CONCEPT_COLORS', 'HEAT_METRICS', 'concept_color', 'save_figure', 'figure_png', 'plot_sweep', 'plot_drift',
            'plot_heatmap', 'plot_scatter', 'plot_activation_diff', 'plot_pca_variance', 'plot_amplification',
-           'plot_diff_view', 'plot_dose_response', 'plot_recovery', 'plot_direction_grid', 'plot_rates']
+           'plot_diff_view', 'plot_dose_response', 'plot_recovery', 'plot_direction_grid', 'plot_rates',
+           'plot_split_half']
 
 # %% ../nbs/16_plots.ipynb #0de5edfc
 CONCEPT_COLORS = {"refusal": "tab:blue", "sycophancy": "tab:orange", "deception": "tab:green"}
@@ -389,5 +390,36 @@ def plot_rates(rows: Sequence[dict], title: str | None = None):
         if gate: ax.plot([i - 0.45, i + 0.45], [float(gate.split()[1].rstrip("%"))] * 2, "k--", lw=1)
     ax.set_xticks(range(len(sets)), sets); ax.set_ylabel("refused (%)"); ax.set_ylim(0, 105)
     ax.legend(fontsize=8, loc="upper right"); ax.set_title(title or "Refusal rate with Wilson 95% CI (dashed: gate)", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+# %% ../nbs/16_plots.ipynb #6b1e2f01
+def plot_split_half(agreement: Mapping[str, Sequence[float]],                 # per setting: one agreement per sample
+                    predicted: Mapping[str, Sequence[float]] | None = None,   # per setting: 2Φ(|d_z|·√n) − 1 of the same samples
+                    n: int | None = None,                                     # pairs per sample (for the title)
+                    threshold: float = 0.95, title: str | None = None):
+    """Split-half sign agreement (`stats.split_half_agreement`) over many samples, one group per setting: left, a
+    histogram per group (log counts) with the decision `threshold` dashed and the share of samples at or above it; right (with
+    `predicted`), each sample's agreement against 2Φ(|d_z|·√n) − 1, with the identity line."""
+    plt = _mpl()
+    fig = plt.figure(figsize=(11 if predicted else 6, 3.6))
+    ax = fig.add_subplot(1, 2 if predicted else 1, 1)
+    bins = np.linspace(0, 1, 21)
+    for k, (g, a) in enumerate(agreement.items()):
+        a = np.asarray(a, float)
+        ax.hist(a, bins=bins, histtype="step", lw=1.8, color=f"C{k}", label=f"{g}: {np.mean(a >= threshold):.0%} ≥ {threshold:g}")
+    ax.axvline(threshold, color="k", ls="--", lw=1)
+    ax.set_yscale("log")   # a flat spread stays visible beside a pile at 1
+    ax.set_xlabel("split-half sign agreement"); ax.set_ylabel("samples (log scale)"); ax.legend(fontsize=8, loc="upper center")
+    size = len(next(iter(agreement.values()))) if agreement else 0
+    ax.set_title(f"{size} samples" + (f" of {n} pairs" if n else "") + " per setting", fontsize=10)
+    if predicted:
+        ax2 = fig.add_subplot(1, 2, 2)
+        for k, g in enumerate(agreement):
+            ax2.scatter(predicted[g], agreement[g], s=8, alpha=0.5, color=f"C{k}", label=g)
+        ax2.plot([0, 1], [0, 1], "k-", lw=0.8)
+        ax2.set_xlabel("2Φ(|d_z|·√n) − 1"); ax2.set_ylabel("split-half sign agreement")
+        ax2.set_title("each sample against the normal approximation", fontsize=10); ax2.grid(alpha=0.3)
+    if title: fig.suptitle(title)
     fig.tight_layout()
     return fig

@@ -497,7 +497,8 @@ def select_direction(model, tokenizer, candidates: Sequence[dict], effect_prompt
 
 # %% ../nbs/12_steer.ipynb #c7843b45
 def _rates(items, responses) -> dict:
-    from safety_compass.behavior import rules_scorer, wilson_ci
+    from safety_compass.behavior import rules_scorer
+    from safety_compass.stats import wilson_ci
     verdicts = rules_scorer(items, responses)
     k, n = sum(v["label"] == "refused" for v in verdicts), len(verdicts)
     lo, hi = wilson_ci(k, n)

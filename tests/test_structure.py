@@ -57,3 +57,9 @@ def test_figures_only_in_plots():
         src = p.read_text()
         for drawing in ("plt.subplots", ".savefig(", "plt.figure(", "_mpl()", ".add_subplot("):
             assert drawing not in src, f"{m}.py draws a figure itself ({drawing}); figures live in plots.py"
+
+def test_stats_is_a_ground_floor():
+    "The statistics every chapter shares import nothing from the package but `core` (numpy, scipy and sklearn aside)."
+    assert EDGES["stats"] <= {"core"}, EDGES["stats"]
+    for m in ("directions", "metrics", "behavior", "audit"):
+        assert "stats" in EDGES[m], f"{m} does not use safety_compass.stats"

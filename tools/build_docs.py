@@ -256,13 +256,13 @@ class Site:
         self.kaggle = kaggle
         self.titles = {p[0]: p[1] for p in self.pages}
         # nbdev's doc links and Quarto's page names drop the number prefix: pairs.html is 03_pairs.html here
-        self.alias = {re.sub(r"^\d+_", "", p[0]): p[0] for p in chapters}
+        self.alias = {re.sub(r"^\d+[a-z]?_", "", p[0]): p[0] for p in chapters}   # 00c_layers.html is layers.html
 
     def rel(self, frm: str, to: str) -> str:
         return os.path.relpath(to + ".html", os.path.dirname(frm + ".html") or ".").replace(os.sep, "/")
 
     def label(self, name: str) -> str:
-        m = re.match(r"(\d+)_", name.rsplit("/", 1)[-1])
+        m = re.match(r"(\d+[a-z]?)_", name.rsplit("/", 1)[-1])
         return f"{m.group(1)} · {self.titles[name]}" if m else self.titles[name]
 
     def nav(self, name: str, where: str) -> str:

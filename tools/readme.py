@@ -10,7 +10,7 @@ for cell in nb["cells"]:
     if cell["cell_type"] == "markdown":
         src = re.sub(r"^> (.*)$", r"*\1*", src, flags=re.M)
         # chapter links point at the docs site's pages; in the README they point at the notebooks themselves
-        src = re.sub(r"\]\((\d\d_\w+)\.html\)", r"](nbs/\1.ipynb)", src)
+        src = re.sub(r"\]\((\d\d[a-z]?_\w+)\.html\)", r"](nbs/\1.ipynb)", src)
         out.append(src)
     elif cell["cell_type"] == "code":
         src = "\n".join(l for l in src.splitlines() if not l.startswith("#|"))

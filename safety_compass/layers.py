@@ -202,10 +202,11 @@ _SOFTCAP, _MULTIPLY, _DIVIDE, _DIVIDE_INPUT = "softcap", "multiply", "divide", "
 # per `config.model_type`: (what the causal LM's forward does to its LM head's output, the text config's attribute);
 # None: the forward leaves the logits as the LM head returns them although the config carries such an attribute
 _HEAD_TRANSFORMS = {
-    **{t: (_SOFTCAP, "final_logit_softcapping") for t in ("gemma2", "gemma3_text", "gemma3n", "gemma3n_text", "vaultgemma", "nanochat")},
+    **{t: (_SOFTCAP, "final_logit_softcapping") for t in ("gemma2", "gemma3_text", "gemma3n", "gemma3n_text", "gemma4",
+                                                          "gemma4_text", "vaultgemma", "nanochat", "mistral_large4")},
     **{t: (_MULTIPLY, "logit_scale") for t in ("cohere", "cohere2", "cohere2_moe")},
     **{t: (_DIVIDE, "logits_scaling") for t in ("granite", "granite_swa", "granitemoe", "granitemoeshared", "granitemoehybrid",
-                                                  "granitemoe_swa")},
+                                                  "granitemoe_swa", "granite4_vision", "granite_docling")},
     "hyperclovax": (_MULTIPLY, "logits_scaling"),
     "minicpm3": (_DIVIDE_INPUT, "logits_scaling"),
     "gemma3": None,

@@ -27,6 +27,11 @@ ARCHS = {   # model type -> (config extras, the transform the head must apply)
     "gemma3_text": ({"head_dim": 16, "final_logit_softcapping": 5.0}, ("softcap", 5.0)),
     "cohere": ({"logit_scale": 0.5}, ("multiply", 0.5)),
     "granite": ({"logits_scaling": 4.0}, ("divide", 4.0)),
+    # the same transforms in other forwards of the table
+    "gemma4_text": ({"head_dim": 16, "final_logit_softcapping": 5.0}, ("softcap", 5.0)),
+    "vaultgemma": ({"head_dim": 16, "final_logit_softcapping": 5.0}, ("softcap", 5.0)),
+    "cohere2": ({"logit_scale": 0.5}, ("multiply", 0.5)),
+    "granitemoe": ({"logits_scaling": 4.0, "num_local_experts": 2, "num_experts_per_tok": 1}, ("divide", 4.0)),
 }
 
 @pytest.fixture(scope="module")

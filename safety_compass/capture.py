@@ -20,69 +20,21 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .core import SafetyCompassError
+from .layers import (unwrap_model, decoder_blocks, num_layers, final_norm, model_body, residual_writers,
+                                   embed_scale, positionwise_writers, lm_head)
 from .pairs import Conversation, as_messages
 
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'POSITION_MODES', 'SYSTEM_MODES', 'REDUCTIONS', 'unwrap_model', 'decoder_blocks', 'num_layers', 'final_norm',
-           'model_body', 'layer_module', 'TokenPositions', 'PositionTracker', 'track_positions', 'StopForward',
-           'LayerHook', 'register_layer_hook', 'hook_layers', 'residual_writers', 'hook_writers', 'ablate_direction',
-           'accepts_system_turn', 'fold_system', 'render_prompt', 'tokenize_prompts', 'prompt_token_ids',
-           'token_batches', 'dist_info', 'init_distributed', 'end_distributed', 'eval_mode', 'last_token_only',
-           'capture_last_token', 'TokenBatch', 'iter_token_batches', 'capture_tokens', 'PrefixGroup', 'PlanBatch',
-           'CapturePlan', 'plan_capture', 'capture_planned', 'add_to_layer']
+__all__ = ['log', 'POSITION_MODES', 'SYSTEM_MODES', 'REDUCTIONS', 'layer_module', 'TokenPositions', 'PositionTracker',
+           'track_positions', 'StopForward', 'LayerHook', 'register_layer_hook', 'hook_layers', 'hook_writers',
+           'ablate_direction', 'accepts_system_turn', 'fold_system', 'render_prompt', 'tokenize_prompts',
+           'prompt_token_ids', 'token_batches', 'dist_info', 'init_distributed', 'end_distributed', 'eval_mode',
+           'last_token_only', 'capture_last_token', 'TokenBatch', 'iter_token_batches', 'capture_tokens', 'PrefixGroup',
+           'PlanBatch', 'CapturePlan', 'plan_capture', 'capture_planned', 'add_to_layer']
 
 # %% ../nbs/04_capture.ipynb #698299bc
-_BLOCK_PATHS = ("model.layers", "model.model.layers", "transformer.h", "gpt_neox.layers", "model.decoder.layers",
-                "transformer.layers", "language_model.model.layers", "model.language_model.layers")
-_NORM_PATHS = ("model.norm", "model.model.norm", "transformer.ln_f", "gpt_neox.final_layer_norm",
-               "model.decoder.final_layer_norm", "transformer.norm", "language_model.model.norm", "model.language_model.norm")
-
-def unwrap_model(model: nn.Module) -> nn.Module:
-    "The causal LM inside PEFT / DDP / FSDP / compile wrappers."
-    seen = set()
-    while id(model) not in seen:
-        seen.add(id(model))
-        if hasattr(model, "_orig_mod"): model = model._orig_mod
-        elif type(model).__name__ in ("DistributedDataParallel", "DataParallel", "FullyShardedDataParallel") or \
-             (hasattr(model, "module") and not hasattr(model, "config")): model = model.module
-        elif hasattr(model, "get_base_model") and callable(model.get_base_model): model = model.get_base_model()
-    return model
-
-def _get_path(obj, path):
-    for part in path.split("."):
-        obj = getattr(obj, part, None)
-        if obj is None: return None
-    return obj
-
-def decoder_blocks(model) -> nn.ModuleList:
-    "The model's list of decoder blocks."
-    m = unwrap_model(model)
-    for p in _BLOCK_PATHS:
-        blocks = _get_path(m, p)
-        if isinstance(blocks, nn.ModuleList): return blocks
-    raise SafetyCompassError(f"cannot find decoder blocks in {type(m).__name__}; supported layouts: {', '.join(_BLOCK_PATHS)}")
-
-def num_layers(model) -> int:
-    "Number of decoder blocks `n` (`hidden_states` has `n + 1` entries, layers 0..n)."
-    return len(decoder_blocks(model))
-
-def final_norm(model) -> nn.Module | None:
-    "The final norm module (`model.norm`, `transformer.ln_f`, ...), or None when the model has none (e.g. OPT-350m)."
-    m = unwrap_model(model)
-    for p in _NORM_PATHS:
-        norm = _get_path(m, p)
-        if isinstance(norm, nn.Module): return norm
-    return None
-
-def model_body(model) -> nn.Module:
-    "The module holding the decoder blocks (`LlamaModel`, `GPT2Model`, `OPTDecoder`, ...); its output's `last_hidden_state` is `hidden_states[n]`."
-    m = unwrap_model(model)
-    for p in _BLOCK_PATHS:
-        if isinstance(_get_path(m, p), nn.ModuleList): return _get_path(m, p.rsplit(".", 1)[0])
-    decoder_blocks(m)  # raises the unsupported-layout error
-
 def layer_module(model, layer: int) -> nn.Module:
     """The module hooked to read `hidden_states[layer]`: decoder block `layer` for `layer < n` (read at its INPUT, by a
     forward pre-hook), the model body for `layer == n` (read at its OUTPUT `last_hidden_state`, after the final norm).
@@ -371,72 +323,6 @@ def hook_layers(model, fns: dict[int, Callable], stop_after: bool = False, posit
         _release_tracker(tracker)
 
 # %% ../nbs/04_capture.ipynb #3960302d
-# per `config.model_type`: the two modules of each block whose outputs are added to the residual stream (attention, MLP)
-_BLOCK_WRITERS = {
-    **{t: ("self_attn", "mlp") for t in ("llama", "mistral", "qwen2", "qwen3", "gemma", "olmo")},
-    **{t: ("post_attention_layernorm", "post_feedforward_layernorm") for t in ("gemma2", "gemma3_text", "olmo2")},
-    "phi3": ("resid_attn_dropout", "resid_mlp_dropout"),
-    "gpt2": ("attn", "mlp"),
-    "gpt_neox": ("post_attention_dropout", "post_mlp_dropout"),
-    "opt": ("self_attn", "fc2"),
-}
-# and the modules of the model body whose outputs make up hidden_states[0]
-_EMBED_WRITERS = {"gpt2": (("embed", "wte"), ("embed_pos", "wpe")), "gpt_neox": (("embed", "embed_in"),),
-                  "opt": (("embed", "embed_tokens"), ("embed_pos", "embed_positions"))}
-
-def _model_type(model) -> str:
-    return getattr(getattr(unwrap_model(model), "config", None), "model_type", None) or type(unwrap_model(model)).__name__
-
-def residual_writers(model) -> list[tuple[str, nn.Module]]:
-    """The modules whose outputs are added into the residual stream, in forward order: `("embed", m)`, then for
-    GPT-2/OPT `("embed_pos", m)`, then `("blocks.{i}.attn", m)` and `("blocks.{i}.mlp", m)` for every block `i`.
-    `hidden_states[L]` (L < n) is the sum of the writes of the embeddings and of blocks 0..L-1 (in eval mode: dropout on
-    the summed embeddings, GPT-2's `drop`, is off). The write of a module is its output (for attention modules, the
-    first element of the output tuple):
-
-    - Llama, Mistral, Qwen2, Qwen3, Gemma, OLMo: `self_attn`, `mlp`.
-    - Gemma-2, Gemma-3 (text), OLMo-2: `post_attention_layernorm`, `post_feedforward_layernorm`: the sublayer
-      output is normed before the residual add, so the norm's output is the write (in Llama `post_attention_layernorm`
-      is the MLP's *input* norm and writes nothing).
-    - Phi-3: `resid_attn_dropout`, `resid_mlp_dropout` (the dropouts on the sublayer outputs, exact in training too).
-    - GPT-2: `attn`, `mlp`; embeddings `wte` and `wpe`.
-    - GPT-NeoX: `post_attention_dropout`, `post_mlp_dropout` (parallel residual: both read the block input, both write).
-    - OPT (pre-LN, `do_layer_norm_before=True`): `self_attn`, `fc2` (its output is `(batch*seq, hidden)`);
-      embeddings `project_in` when the model has it (OPT-350m style: the token embedding is projected before the add,
-      so `project_in`'s output is the write), else `embed_tokens`, and `embed_positions`.
-
-    Gemma/Gemma-2 multiply the token embedding by sqrt(hidden): inside `embed_tokens` (its `embed_scale`) in current
-    transformers, in the model body's forward in older ones; `hook_writers` hands `fn` the scaled write either way.
-
-    Raises `SafetyCompassError` for other architectures and for post-LN OPT, where a norm sits on the residual path
-    (the stream is re-normalised after every add, so it is not a sum of writes)."""
-    m, mt = unwrap_model(model), _model_type(model)
-    if mt not in _BLOCK_WRITERS:
-        raise SafetyCompassError(f"residual writers: model type {mt!r} is not supported; supported: {', '.join(sorted(_BLOCK_WRITERS))}")
-    if mt == "opt" and not getattr(m.config, "do_layer_norm_before", True):
-        raise SafetyCompassError("residual writers: this OPT model is post-LN (do_layer_norm_before=False): a norm sits on "
-                                 "the residual path, so the residual stream is not a sum of writes")
-    body, (attn, mlp) = model_body(model), _BLOCK_WRITERS[mt]
-    out = []
-    for name, attr in _EMBED_WRITERS.get(mt, (("embed", "embed_tokens"),)):
-        if mt == "opt" and attr == "embed_tokens" and getattr(body, "project_in", None) is not None: attr = "project_in"
-        mod = getattr(body, attr, None)
-        if not isinstance(mod, nn.Module): raise SafetyCompassError(f"residual writers: {type(body).__name__} has no {attr}")
-        out.append((name, mod))
-    for i, block in enumerate(decoder_blocks(model)):
-        for kind, attr in (("attn", attn), ("mlp", mlp)):
-            mod = getattr(block, attr, None)
-            if not isinstance(mod, nn.Module):
-                raise SafetyCompassError(f"residual writers: block {i} ({type(block).__name__}) has no {attr}")
-            out.append((f"blocks.{i}.{kind}", mod))
-    return out
-
-def _embed_scale(model, embed: nn.Module) -> float | None:
-    "Gemma's sqrt(hidden) when the model body applies it after `embed_tokens` (older transformers), else None."
-    if _model_type(model) in ("gemma", "gemma2") and not hasattr(embed, "embed_scale"):
-        return unwrap_model(model).config.hidden_size ** 0.5
-    return None
-
 def _writer_hook(name, fn, tracker, positions, scale):
     def hook(module, args, out):
         w = out[0] if isinstance(out, tuple) else out
@@ -475,7 +361,7 @@ def hook_writers(model, fn: Callable | dict[str, Callable], positions="all"):
     try:
         for name, module in writers:
             if name in fns:
-                scale = _embed_scale(model, module) if name == "embed" else None
+                scale = embed_scale(model, module) if name == "embed" else None
                 handles.append(module.register_forward_hook(_writer_hook(name, fns[name], tracker, positions, scale)))
         yield tracker
     finally:
@@ -677,12 +563,6 @@ def _output_logits(res) -> torch.Tensor:
     if not isinstance(lg, torch.Tensor): raise SafetyCompassError(f"logits=True: the forward returned no logits ({type(res).__name__})")
     return lg
 
-# per decoder type: the modules of a block that act on each position alone and whose output is only added back to the
-# residual stream (the attention's output projection and the dense MLP), as paths under the block
-_LAST_TOKEN_MODULES = {**{t: ("self_attn.o_proj", "mlp") for t in ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2",
-                                                                   "gemma3_text", "olmo", "olmo2", "phi3")},
-                       "gpt2": ("attn.c_proj", "mlp"), "gpt_neox": ("attention.dense", "mlp")}
-
 def _inert_hook(h) -> bool:
     """Hooks that cannot see a forward of ours: a `PositionTracker`'s, and the output-capturing hooks transformers 5
     leaves on every block once a forward asked for `output_hidden_states`/`output_attentions` (they record only inside
@@ -699,7 +579,7 @@ def _hooked(m: nn.Module, inside: bool = True) -> bool:
 
 @contextlib.contextmanager
 def last_token_only(model, block: int, last: torch.Tensor):
-    """While open, decoder block `block`'s attention output projection and MLP (`_LAST_TOKEN_MODULES`) run only at
+    """While open, decoder block `block`'s attention output projection and MLP (`layers.positionwise_writers`) run only at
     token `last[r]` (a `(batch,)` index tensor) of each row `r` of the forward's batch, and their `(batch, 1, width)`
     outputs are broadcast over the sequence: the block's output is right at `last` and wrong elsewhere (its keys and
     values, written before, are right everywhere). Use it only for the last block a forward runs when nothing but
@@ -711,14 +591,12 @@ def last_token_only(model, block: int, last: torch.Tensor):
     output. A call whose input is not `(batch, seq, width)` with `batch = len(last)` runs whole. Raises
     `SafetyCompassError` if a restricted module returns anything but a `(batch, 1, width)` tensor."""
     from torch.nn.modules import module as _m
-    paths = _LAST_TOKEN_MODULES.get(_model_type(model), ())
-    blocks = decoder_blocks(model) if paths else []
-    mods = []
-    if 0 <= block < len(blocks) and not (_m._global_forward_hooks or _m._global_forward_pre_hooks) and not _hooked(blocks[block]):
+    mods = positionwise_writers(model, block)   # empty for a model type outside the table or a block out of range
+    blocks = decoder_blocks(model) if mods else []
+    if mods and ((_m._global_forward_hooks or _m._global_forward_pre_hooks) or _hooked(blocks[block])): mods = []
+    if mods and block == len(blocks) - 1:
         norm = final_norm(model)
-        if block < len(blocks) - 1 or not ((norm is not None and _hooked(norm)) or _hooked(model_body(model), inside=False)):
-            mods = [(pth, _get_path(blocks[block], pth)) for pth in paths]
-            mods = [(pth, m) for pth, m in mods if isinstance(m, nn.Module)]
+        if (norm is not None and _hooked(norm)) or _hooked(model_body(model), inside=False): mods = []
     def hooks(pth):
         seq = []
         def pre(mod, args):
@@ -758,8 +636,7 @@ def capture_last_token(model, tokenizer, prompts: Sequence[Conversation] | Seque
     device = _model_device(model)
     pad_id = _pad_id(tokenizer)
     keys = [*layers, "logits"] if logits else list(layers)
-    head = unwrap_model(model).get_output_embeddings() if logits else None
-    if logits and head is None: raise SafetyCompassError(f"logits=True: {type(unwrap_model(model)).__name__} has no output embeddings (LM head)")
+    head = lm_head(model) if logits else None
     out: dict = {}
     run = forward or (lambda **kw: model(**kw))
     if early_exit is None: early_exit = getattr(forward, "early_exit", True)  # a `forward` wrapper may forbid it
@@ -854,8 +731,7 @@ def iter_token_batches(model, tokenizer, ids: Sequence[Sequence[int]], layers: I
     Memory: `logits` is `(B, T, vocab)` per batch; `token_budget` bounds `B * T`."""
     layers = _check_layers(model, layers, logits)
     ids = _check_ids(ids)
-    if logits and unwrap_model(model).get_output_embeddings() is None:
-        raise SafetyCompassError(f"logits=True: {type(unwrap_model(model)).__name__} has no output embeddings (LM head)")
+    if logits: lm_head(model)  # raises when the model has none
     device, pad_id = _model_device(model), _pad_id(tokenizer)
     run = forward or (lambda **kw: model(**kw))
     if early_exit is None: early_exit = getattr(forward, "early_exit", True)

@@ -14,22 +14,22 @@ import torch
 from torch import nn
 
 from .core import SafetyCompassError, atomic_open, atomic_write_json, atomic_write_text, staged_dir, check_writable
-from .capture import (unwrap_model, decoder_blocks, num_layers, final_norm, iter_token_batches, hook_layers,
-                                    add_to_layer, capture_last_token, dist_info, init_distributed)
+from .capture import (iter_token_batches, hook_layers, add_to_layer, capture_last_token, dist_info,
+                                    init_distributed)
+from .layers import unwrap_model, num_layers, LoraModule, lora_modules, next_token_probs
 
 log = logging.getLogger(__name__)
 
 # %% auto #0
 __all__ = ['log', 'STDLIB_CODE_MODULES', 'BENIGN_FILES', 'ORGANISM', 'BASE', 'FT', 'TokenClass', 'IDENTITY_PROMPTS',
            'WRITER_MODULES', 'DIFF_FORMAT', 'stdlib_code_rows', 'benign_examples', 'code_organism', 'Amplified',
-           'LoraModule', 'lora_modules', 'scale_lora_adapter', 'check_adapter', 'ModelPair', 'TokenDiff', 'token_diff',
-           'DiffData', 'chat_sequences', 'regex_class', 'token_id_class', 'sequence_class', 'first_reply_token',
-           'class_members', 'kl_breakdown', 'logit_diff_counts', 'activation_stats', 'logit_lens', 'lens_table', 'ADL',
-           'adl_means', 'patchscope', 'token_counts', 'relevant_tokens', 'token_relevance', 'steer_samples', 'diff_pca',
-           'pca_examples', 'Concept', 'concept_cosines', 'concept_logodds', 'amplification', 'lora_svd',
-           'effective_rank', 'weight_view', 'adapter_sha256', 'load_pair', 'run_concepts', 'default_token_classes',
-           'parse_token_classes', 'run_diff', 'write_diff', 'read_diff', 'kl_table', 'adl_table', 'summary_text',
-           'kl_html', 'prompt_kl']
+           'scale_lora_adapter', 'check_adapter', 'ModelPair', 'TokenDiff', 'token_diff', 'DiffData', 'chat_sequences',
+           'regex_class', 'token_id_class', 'sequence_class', 'first_reply_token', 'class_members', 'kl_breakdown',
+           'logit_diff_counts', 'activation_stats', 'logit_lens', 'lens_table', 'ADL', 'adl_means', 'patchscope',
+           'token_counts', 'relevant_tokens', 'token_relevance', 'steer_samples', 'diff_pca', 'pca_examples', 'Concept',
+           'concept_cosines', 'concept_logodds', 'amplification', 'lora_svd', 'effective_rank', 'weight_view',
+           'adapter_sha256', 'load_pair', 'run_concepts', 'default_token_classes', 'parse_token_classes', 'run_diff',
+           'write_diff', 'read_diff', 'kl_table', 'adl_table', 'summary_text', 'kl_html', 'prompt_kl']
 
 # %% ../nbs/13_diff.ipynb #9ef5031b
 STDLIB_CODE_MODULES = ("textwrap", "string", "colorsys", "calendar", "fractions", "statistics", "heapq", "bisect", "difflib",
@@ -143,22 +143,6 @@ def _ranges(xs) -> str:
         if out and x == out[-1][1] + 1: out[-1][1] = x
         else: out.append([x, x])
     return ",".join(f"{a}-{b}" if a != b else f"{a}" for a, b in out)
-
-@dataclass
-class LoraModule:
-    "One LoRA layer of a PEFT model: its full name, its decoder block (None outside the blocks), its path inside the block."
-    name: str
-    block: int | None
-    path: str
-    module: nn.Module
-
-def lora_modules(model) -> list[LoraModule]:
-    "Every PEFT `LoraLayer` of `model`, in module order, with the decoder block it sits in."
-    from peft.tuners.lora import LoraLayer
-    owner = {}
-    for i, b in enumerate(decoder_blocks(model)):
-        for n, m in b.named_modules(): owner[id(m)] = (i, n)
-    return [LoraModule(n, *owner.get(id(m), (None, n)), m) for n, m in model.named_modules() if isinstance(m, LoraLayer)]
 
 def scale_lora_adapter(model, alpha: float, layers=None, modules=None):
     "`steer.scale_adapter` (PEFT's own scaling; blocks `layers`, module names or groups `attn`/`mlp`), as a plain context."
@@ -636,22 +620,17 @@ def activation_stats(td: TokenDiff, tokenizer, ids, layer: int | None = None, n_
 
 # %% ../nbs/13_diff.ipynb #f51481f3
 def logit_lens(pair: ModelPair, vectors, top_k: int = 20, side=FT):
-    """The logit lens (nostalgebraist 2020) of residual-stream vectors: `softmax(unembed(final_norm(v)))` with the
-    model's own final norm and unembedding (`side`'s: they differ only if the adapter trains them). `vectors`:
-    `(m, width)` or `(width,)`. Returns `(probs, ids)`, float32/int64 `(m, top_k)`, largest first. The norm makes the
-    result nearly independent of `v`'s scale (RMSNorm/LayerNorm, up to their epsilon)."""
+    """The logit lens (nostalgebraist 2020) of residual-stream vectors: the next-token distribution of `v` read through
+    the model's own head, `layers.next_token_probs`: final norm, unembedding and the model's logit transform (Gemma-2/3's
+    `final_logit_softcapping`, Cohere's `logit_scale`, Granite's `logits_scaling`), `side`'s (they differ only if the
+    adapter trains them). `vectors`: `(m, width)` or `(width,)`, states before the final norm. Returns `(probs, ids)`,
+    float32/int64 `(m, top_k)`, largest first. The norm makes the result nearly independent of `v`'s scale
+    (RMSNorm/LayerNorm, up to their epsilon). Raises `SafetyCompassError` when the model has no LM head."""
     v = torch.as_tensor(np.asarray(vectors, dtype=np.float32))
     if v.dim() == 1: v = v[None]
     m = pair.module(side)
-    lm = unwrap_model(m)
-    head = lm.get_output_embeddings()
-    if head is None: raise SafetyCompassError(f"logit lens: {type(lm).__name__} has no output embeddings")
-    norm = final_norm(m)
-    p = next(head.parameters())
     with pair.use(side), torch.inference_mode():
-        x = v.to(device=p.device, dtype=p.dtype)
-        if norm is not None: x = norm(x)
-        probs = torch.softmax(head(x).float(), -1)
+        probs = next_token_probs(m, v)
         top = probs.topk(min(top_k, probs.shape[-1]), -1)
     return top.values.cpu().numpy(), top.indices.cpu().numpy()
 

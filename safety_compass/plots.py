@@ -15,8 +15,8 @@ from .core import atomic_open
 # %% auto #0
 __all__ = ['CONCEPT_COLORS', 'HEAT_METRICS', 'concept_color', 'save_figure', 'figure_png', 'plot_sweep', 'plot_drift',
            'plot_heatmap', 'plot_scatter', 'plot_activation_diff', 'plot_pca_variance', 'plot_amplification',
-           'plot_diff_view', 'plot_dose_response', 'plot_recovery', 'plot_direction_grid', 'plot_rates',
-           'plot_split_half']
+           'plot_diff_view', 'plot_lens_by_layer', 'plot_dose_response', 'plot_recovery', 'plot_direction_grid',
+           'plot_rates', 'plot_split_half']
 
 # %% ../nbs/16_plots.ipynb #0de5edfc
 CONCEPT_COLORS = {"refusal": "tab:blue", "sycophancy": "tab:orange", "deception": "tab:green"}
@@ -279,6 +279,21 @@ def plot_diff_view(lens, prompt_rows=None, title: str = "", n: int = 10):
         ax.set_xticks(range(len(kl))); ax.set_xticklabels([repr(t)[1:-1] for t in prompt_rows.token], rotation=90, fontsize=7)
         ax.set_ylabel("KL (nats)"); ax.set_title("per-token KL(fine-tuned ‖ base) of the prompt", fontsize=9); ax.grid(alpha=0.3, axis="y")
     fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+# %% ../nbs/16_plots.ipynb #b7d1c4e3
+def plot_lens_by_layer(top1, title: str | None = None):
+    """Top-1 next-token probability of the logit lens per layer, on a log scale: one line per column of `top1`, a
+    DataFrame indexed by layer (the `hidden_states` index), e.g. `layers.next_token_probs` against a rebuilt head."""
+    plt = _mpl()
+    fig = plt.figure(figsize=(5.6, 3.0))
+    ax = fig.subplots()
+    for (name, col), mk in zip(top1.items(), "os^vD*"):
+        ax.plot(top1.index, col, marker=mk, ms=4, label=str(name))
+    ax.set_yscale("log"); ax.set_xlabel("layer (hidden_states index)"); ax.set_ylabel("top-1 probability")
+    ax.set_xticks(list(top1.index)); ax.grid(alpha=0.3); ax.legend(fontsize=8)
+    ax.set_title(title or "Logit lens: top-1 next-token probability per layer", fontsize=10)
     fig.tight_layout()
     return fig
 

@@ -13,9 +13,9 @@ import torch
 from torch import nn
 
 from .core import SafetyCompassError, atomic_open, atomic_write_json, staged_dir, check_writable, bundled_root
-from .capture import (hook_layers, add_to_layer, ablate_direction, residual_writers, unwrap_model,
-                                    num_layers, decoder_blocks, capture_last_token, iter_token_batches, tokenize_prompts,
-                                    prompt_token_ids)
+from .capture import (hook_layers, add_to_layer, ablate_direction, capture_last_token, iter_token_batches,
+                                    tokenize_prompts, prompt_token_ids)
+from .layers import residual_writers, unwrap_model, num_layers, lora_modules, writer_projection
 from .directions import SplitActs, eligible_layers, opener_token_ids, random_units
 from .monitor import Baseline
 
@@ -88,29 +88,6 @@ def restore_target(baseline: Baseline, side: str = "positive") -> float:
     raise SafetyCompassError(f"restore target side: must be positive, negative or midpoint, got {side!r}")
 
 # %% ../nbs/12_steer.ipynb #dc0c1683
-def _in_groups(path: str, modules) -> bool:
-    "Is the LoRA layer at `path` selected by `modules`: its own name (`q_proj`) or a group (`attn`, `mlp`)?"
-    if modules is None: return True
-    leaf = path.rsplit(".", 1)[-1]
-    return any(g == leaf or (g == "attn" and ("attn" in path or "attention" in path))
-               or (g == "mlp" and ("mlp" in path or "feed_forward" in path)) for g in modules)
-
-def _lora_layers(model, layers=None, modules=None) -> list[tuple[str, nn.Module]]:
-    from peft.tuners.lora import LoraLayer
-    out = []
-    if layers is None:
-        cands = [(n, m) for n, m in model.named_modules() if isinstance(m, LoraLayer)]
-    else:
-        blocks = decoder_blocks(model)
-        n = len(blocks)
-        bad = [L for L in layers if not 0 <= int(L) < n]
-        if bad: raise SafetyCompassError(f"scale_adapter: block {bad[0]} out of range 0..{n - 1}")
-        cands = [(f"blocks.{int(L)}.{nm}", m) for L in sorted(set(int(x) for x in layers))
-                 for nm, m in blocks[L].named_modules() if isinstance(m, LoraLayer)]
-    for name, m in cands:
-        if _in_groups(name, modules): out.append((name, m))
-    return out
-
 @contextlib.contextmanager
 def scale_adapter(model, alpha: float, layers: Sequence[int] | None = None, modules: Sequence[str] | None = None):
     """Multiply the scaling of a PEFT LoRA adapter by `alpha` while the context is open, through PEFT's own API
@@ -123,7 +100,8 @@ def scale_adapter(model, alpha: float, layers: Sequence[int] | None = None, modu
     select none) or `alpha` is not finite."""
     if not isinstance(alpha, (int, float)) or not math.isfinite(alpha):
         raise SafetyCompassError(f"scale_adapter: alpha must be a finite number, got {alpha!r}")
-    chosen = _lora_layers(model, layers, modules)
+    chosen = [(e.name if layers is None else f"blocks.{e.block}.{e.path}", e.module)
+              for e in lora_modules(model, layers, modules)]
     if not chosen:
         raise SafetyCompassError("scale_adapter: no PEFT LoRA layers " + ("in this model" if layers is None and modules is None
                                  else f"match layers={layers!r} modules={modules!r}"))
@@ -142,18 +120,6 @@ def scale_adapter(model, alpha: float, layers: Sequence[int] | None = None, modu
         for m, s in saved: m.scaling = s  # as PEFT's rescale_adapter_scale restores it
 
 # %% ../nbs/12_steer.ipynb #524b0ffc
-def _out_projection(name: str, mod: nn.Module, width: int) -> nn.Module:
-    "The linear map whose output is `mod`'s write into the residual stream (o_proj, down_proj, c_proj, fc2)."
-    from transformers.pytorch_utils import Conv1D
-    def writes(m):
-        return (isinstance(m, nn.Linear) and m.out_features == width) or (isinstance(m, Conv1D) and m.nf == width)
-    if writes(mod): return mod
-    cands = [m for m in mod.modules() if writes(m)]
-    if not cands or any(isinstance(m, nn.Embedding) for m in [mod]):
-        raise SafetyCompassError(f"orthogonalize: writer {name} ({type(mod).__name__}) has no output projection to edit; "
-                                 "use the hook `ablate` on this architecture")
-    return cands[-1]  # the module's last projection to the residual width: o_proj after q/k/v, down_proj, c_proj
-
 @torch.no_grad()
 def _project_out(w: torch.Tensor, u: torch.Tensor, dim: int):
     "In place: remove û from `w` along axis `dim` (the axis of size hidden), in float64."
@@ -176,7 +142,7 @@ def untie_embeddings(model) -> bool:
 
 def orthogonalize(model, u, output_dir=None, tokenizer=None):
     """Weight orthogonalisation (Arditi et al. 2024): bake `ablate(model, u)` into the weights, in place. For every
-    write into the residual stream (`capture.residual_writers`): embeddings `W ← W − Wûûᵀ` (rows are written), output
+    write into the residual stream (`layers.residual_writers`): embeddings `W ← W − Wûûᵀ` (rows are written), output
     projections (attention `o_proj`, MLP `down_proj`, GPT-2 `c_proj`, OPT `fc2`) `W ← W − ûûᵀW` and their biases
     `b ← b − (b·û)û` where present (computed in float64, stored in the weights' dtype). Tied input/output embeddings are
     untied first (`untie_embeddings`), so the unembedding (`lm_head`) is left as it was.
@@ -197,7 +163,11 @@ def orthogonalize(model, u, output_dir=None, tokenizer=None):
             if not isinstance(getattr(mod, "weight", None), torch.Tensor) or mod.weight.shape[-1] != width:
                 raise SafetyCompassError(f"orthogonalize: embedding writer {name} ({type(mod).__name__}) has no (rows, {width}) weight")
             targets.append((mod, "embed"))
-        else: targets.append((_out_projection(name, mod, width), "proj"))
+        else:
+            proj = writer_projection(mod, width)   # o_proj after q/k/v, down_proj, c_proj, fc2
+            if proj is None: raise SafetyCompassError(f"orthogonalize: writer {name} ({type(mod).__name__}) has no output "
+                                                      "projection to edit; use the hook `ablate` on this architecture")
+            targets.append((proj, "proj"))
     untie_embeddings(model)
     from transformers.pytorch_utils import Conv1D
     for mod, kind in targets:

@@ -562,9 +562,11 @@ def test_disk_full_report_api(previous, tmp_path, monkeypatch):
 # typed config fields outside the pydantic sections (`training:`, `alerts:`): checked when the config is read, for every
 # subcommand that takes one, before a model loads or a run directory is written (a copy of the bundled demo, in tmp)
 
-def demo_copy(d: Path, old: str = "", new: str = "") -> Path:
-    "The bundled demo experiment copied to `d` (its relative paths then resolve in the bundle), with `old` replaced by `new`."
+def demo_copy(d: Path, old: str = "", new: str = "", absolute: bool = False) -> Path:
+    """The bundled demo experiment copied to `d` (its relative paths then resolve in the bundle; `absolute`: written as
+    absolute paths, so the copy does not lean on that rule), with `old` replaced by `new`."""
     text = (ROOT / "configs" / "experiments" / "demo.yaml").read_text()
+    if absolute: text = text.replace(": configs/", f": {ROOT}/configs/").replace(": data/", f": {ROOT}/data/")
     assert old in text
     (d / "demo.yaml").write_text(text.replace(old, new))
     return d / "demo.yaml"
@@ -577,7 +579,7 @@ SUBCOMMANDS = {"extract": ("extract", "--output-dir", "out"), "finetune": ("fine
 
 @pytest.mark.parametrize("sub", list(SUBCOMMANDS))
 def test_training_field_type_cli(sub, tmp_path):
-    d = tmp_path.resolve(); exp = demo_copy(d, "max_steps: 60", "max_steps: sixty")
+    d = tmp_path.resolve(); exp = demo_copy(d, "max_steps: 60", "max_steps: sixty", absolute=True)
     (d / "prefs.jsonl").write_text(json.dumps({"prompt": "Q?", "chosen": "a", "rejected": "b"}) + "\n")
     before = tree(d)
     r = cli("safety-compass", *SUBCOMMANDS[sub], "--experiment-config", exp, cwd=d)
@@ -591,7 +593,7 @@ def test_training_field_type_cli(sub, tmp_path):
     ("training:", "alerts:\n  - rule: cosine_below\n    action: email\ntraining:", "alerts[0].action: use log, stop, or 'module:function', got 'email'"),
 ], ids=["training_unknown_field", "alert_action"])
 def test_typed_sections_cli(old, new, expected, tmp_path):
-    d = tmp_path.resolve(); exp = demo_copy(d, old, new)
+    d = tmp_path.resolve(); exp = demo_copy(d, old, new, absolute=True)
     before = tree(d)
     r = cli("safety-compass", "finetune", "--experiment-config", exp, cwd=d)
     key = expected.split(":")[0].split(".")[-1].split("[")[0]

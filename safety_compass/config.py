@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 # %% auto #0
 __all__ = ['log', 'Fraction', 'ALERT_RULES', 'YamlDoc', 'read_yaml', 'load_yaml', 'resolve_relative', 'find_config', 'Section',
            'ModelConfig', 'BehaviorTokens', 'LayerChoice', 'AuditSettings', 'ConceptConfig', 'ConceptEntry',
-           'MonitorSettings', 'AlertRule', 'DatasetConfig', 'LoraSettings', 'ExperimentConfig',
+           'AlertRule', 'MonitorSettings', 'DatasetConfig', 'LoraSettings', 'ExperimentConfig',
            'experiment_json_schema', 'parse_section', 'check_training', 'ConceptSource', 'Experiment', 'load_concept',
            'load_experiment', 'training_arguments']
 
@@ -185,6 +185,27 @@ class ConceptEntry(Section):
     config_file: str
     best_layer: int | None = Field(None, description="pin the layer instead of choosing it by the sweep")
 
+ALERT_RULES = ("cosine_ci_below_noise_floor", "cosine_below", "auroc_fixed_drop")
+
+class AlertRule(Section):
+    "One item of `alerts:` (the callback chapter evaluates them): a rule, its threshold, the concepts it watches, an action."
+    rule: Literal[ALERT_RULES]
+    threshold: float | None = Field(None, description="required by cosine_below and auroc_fixed_drop")
+    concepts: list[str] | None = Field(None, description="the concepts it watches (default: all)")
+    action: Any = Field("log", description="log, stop, 'module:function', or (in Python) a callable fn(alert, state)")
+
+    @field_validator("action")
+    @classmethod
+    def _action(cls, v):
+        if callable(v) or (isinstance(v, str) and (v in ("log", "stop") or ":" in v)): return v
+        raise PydanticCustomError("action", "use log, stop, or 'module:function'")
+
+    @model_validator(mode="after")
+    def _threshold(self):
+        if self.rule != "cosine_ci_below_noise_floor" and self.threshold is None:
+            raise PydanticCustomError("threshold", "threshold: a number is required for rule {rule}", {"rule": self.rule})
+        return self
+
 class MonitorSettings(Section):
     "How and how often to measure: the experiment's `monitor:` section."
     measure_every_n_steps: int = Field(50, ge=1)
@@ -204,27 +225,6 @@ class MonitorSettings(Section):
     batch_size: int | None = Field(None, ge=1)
     seed: int = 0
     alerts: list[AlertRule] | None = None   # the published location; `alerts:` at top level is preferred
-
-ALERT_RULES = ("cosine_ci_below_noise_floor", "cosine_below", "auroc_fixed_drop")
-
-class AlertRule(Section):
-    "One item of `alerts:` (the callback chapter evaluates them): a rule, its threshold, the concepts it watches, an action."
-    rule: Literal["cosine_ci_below_noise_floor", "cosine_below", "auroc_fixed_drop"]
-    threshold: float | None = Field(None, description="required by cosine_below and auroc_fixed_drop")
-    concepts: list[str] | None = Field(None, description="the concepts it watches (default: all)")
-    action: Any = Field("log", description="log, stop, 'module:function', or (in Python) a callable fn(alert, state)")
-
-    @field_validator("action")
-    @classmethod
-    def _action(cls, v):
-        if callable(v) or (isinstance(v, str) and (v in ("log", "stop") or ":" in v)): return v
-        raise PydanticCustomError("action", "use log, stop, or 'module:function'")
-
-    @model_validator(mode="after")
-    def _threshold(self):
-        if self.rule != "cosine_ci_below_noise_floor" and self.threshold is None:
-            raise PydanticCustomError("threshold", "threshold: a number is required for rule {rule}", {"rule": self.rule})
-        return self
 
 class DatasetConfig(Section):
     "The fine-tuning data: a HF dataset id or a local json/jsonl/parquet file."

@@ -18,10 +18,11 @@ log = logging.getLogger(__name__)
 
 # %% auto #0
 __all__ = ['log', 'REFUSAL_DATA', 'REFUSAL_FILES', 'SPLITS', 'REFUSAL_SETTINGS', 'REFUSAL_BENIGN_REPEATS', 'REFUSAL_CARD',
-           'ORGANISMS', 'REFUSAL_GATES', 'read_rows', 'refusal_data', 'refusal_rows', 'refusal_prompts', 'Organism',
-           'get_organism', 'organism_adapter', 'load_organism', 'load_named', 'check_organism_output', 'write_organism',
-           'refusal_rates', 'gates_markdown', 'arditi_prompts', 'direction_effects', 'effects_summary',
-           'organism_gates', 'refusal_before_after']
+           'ORGANISMS', 'REFUSAL_GATES', 'REFUSAL_MINIMAL_PAIRS', 'read_rows', 'refusal_data', 'refusal_rows',
+           'refusal_prompts', 'Organism', 'get_organism', 'organism_adapter', 'load_organism', 'load_named',
+           'check_organism_output', 'write_organism', 'refusal_rates', 'gates_markdown', 'arditi_prompts',
+           'direction_effects', 'effects_summary', 'organism_gates', 'refusal_before_after', 'refusal_pairs',
+           'refusal_concept', 'arditi_scan', 'choose_arditi_layer']
 
 # %% ../nbs/20_organisms.ipynb #e04ff173
 REFUSAL_DATA = "data/organisms/refusal"
@@ -338,3 +339,80 @@ def refusal_before_after(model, tokenizer, run_dir=None, split: str = "test", ma
         w.writeheader(); w.writerows(rows)
         atomic_write_text(Path(run_dir) / "behavior" / "refusal_before_after.csv", buf.getvalue())
     return rows
+
+# %% ../nbs/20_organisms.ipynb #5a1e0c02
+def refusal_pairs(data: dict | None = None, splits: Sequence[str] = ("train", "val")) -> list:
+    """Arditi et al.'s contrast as `pairs.ContrastivePair`s: each harmful request of a split against the harmless request
+    at the same place in that split (no system prompt, as the `arditi` strategy builds them), as many as the shorter
+    list has (train 182, val 40 with the shipped data). The pairing is by position only: a difference in means and an
+    unpaired AUROC do not depend on it."""
+    from safety_compass.pairs import ContrastivePair, conversation
+    data = data or refusal_data()
+    out = []
+    for s in splits:
+        harm = [r for r in data["harmful"] if r["split"] == s]
+        ok = [r for r in data["harmless"] if r["split"] == s]
+        out += [ContrastivePair(conversation(None, h["prompt"]), conversation(None, b["prompt"]), s, f"{REFUSAL_DATA}: {h['id']} / {b['id']}")
+                for h, b in zip(harm, ok)]
+    return out
+
+REFUSAL_MINIMAL_PAIRS = "data/contrastive_pairs/refusal.jsonl"   # the product's 60 refusal minimal pairs (40 train, 20 val)
+
+def refusal_concept(layer: int | None = None, val: str = "minimal", data: dict | None = None):
+    """A `monitor.ConceptSpec` named `refusal` whose direction is read from Arditi et al.'s contrast on the organism's
+    train split (`refusal_pairs`, 182 pairs) and whose gates are read on `val`:
+
+    - `"minimal"` (default): the val split of the product's refusal minimal pairs (`REFUSAL_MINIMAL_PAIRS`, 20 pairs of
+      a harmful request and a harmless look-alike on the same topic), where the lexical floors mean something;
+    - `"organism"`: the organism's own val split (harmful vs harmless requests on unrelated topics, 40 pairs), which
+      words alone separate (bag-of-words AUROC 0.98), so no direction can clear the lexical floor on it.
+
+    For `SafetyCompassMonitor(model, tokenizer, [refusal_concept(L)])`; `layer` pins the layer (`best_layer`), None
+    lets the layer rule choose. Reply openers: the refusal concept's (`behavior.DEFAULT_OPENERS`)."""
+    from safety_compass.monitor import ConceptSpec
+    from safety_compass.behavior import DEFAULT_OPENERS
+    from safety_compass.pairs import load_pairs
+    if val not in ("minimal", "organism"): raise SafetyCompassError(f"refusal_concept: val must be 'minimal' or 'organism', got {val!r}")
+    pairs = refusal_pairs(data, ("train",) if val == "minimal" else ("train", "val"))
+    if val == "minimal": pairs += [p for p in load_pairs(bundled_root() / REFUSAL_MINIMAL_PAIRS, "arditi") if p.split == "val"]
+    pos, neg = DEFAULT_OPENERS["refusal"]
+    return ConceptSpec("refusal", "arditi", bundled_root() / REFUSAL_DATA, pairs, best_layer=layer,
+                       positive_openers=tuple(pos), negative_openers=tuple(neg))
+
+# %% ../nbs/20_organisms.ipynb #5a1e0c05
+def arditi_scan(model, tokenizer, layers: Sequence[int] | None = None, data: dict | None = None, max_new_tokens: int = 16,
+                batch_size: int = 28, progress: bool | None = None) -> list[dict]:
+    """Arditi et al.'s layer choice by what the interventions do. At each layer `L` (default: the monitor's eligible
+    layers, `directions.eligible_layers`), `r_L` is the difference in means of the last prompt token's
+    `hidden_states[L]` over `refusal_pairs`' train split (harmful minus harmless, activation units); then refusal of the
+    val split's harmful requests with `r_L` ablated from every residual write, and of its harmless requests with `r_L`
+    added at `L` (greedy, `max_new_tokens`, the rule scorer).
+
+    Rows: `layer`, `norm` (‖r_L‖), `ablated`, `added` (rates), `n_harmful`, `n_harmless`, `direction` (float64
+    `(width,)`, r_L itself). Cost: one forward of the train prompts, then two generations of the val prompts per layer."""
+    import torch
+    from tqdm.auto import tqdm
+    from safety_compass.capture import ablate_direction, add_to_layer, capture_tokens, num_layers, tokenize_prompts
+    from safety_compass.directions import dim_direction, eligible_layers
+    from safety_compass.core import progress_enabled
+    pairs = refusal_pairs(data, ("train",))
+    layers = eligible_layers(num_layers(model)) if layers is None else [int(L) for L in layers]
+    ids = tokenize_prompts(tokenizer, [p.positive for p in pairs] + [p.negative for p in pairs])
+    acts = capture_tokens(model, tokenizer, ids, layers, reduce="last")
+    val = refusal_prompts("val", data)
+    def rate(ps): return refusal_rates(model, tokenizer, {"x": ps}, max_new_tokens=max_new_tokens, batch_size=batch_size, gates=None)[0]["rate"]
+    rows = []
+    for L in tqdm(layers, desc="Arditi scan", disable=not progress_enabled(progress), leave=False):
+        u, norm = dim_direction(acts[L][:len(pairs)], acts[L][len(pairs):])
+        r = u * norm
+        with ablate_direction(model, r): ablated = rate(val["harmful"])
+        with add_to_layer(model, L, torch.tensor(r, dtype=torch.float32)): added = rate(val["harmless"])
+        rows.append({"layer": L, "norm": norm, "ablated": ablated, "added": added, "n_harmful": len(val["harmful"]),
+                     "n_harmless": len(val["harmless"]), "direction": r})
+    return rows
+
+def choose_arditi_layer(rows: Sequence[dict], min_added: float = 0.5) -> dict | None:
+    """The `arditi_scan` row Arditi et al.'s rule picks, in rates: of the rows with `added` ≥ `min_added`, the lowest
+    `ablated` (ties: the higher `added`, then the earlier layer); None when no layer's addition reaches `min_added`."""
+    ok = [r for r in rows if r["added"] >= min_added]
+    return min(ok, key=lambda r: (r["ablated"], -r["added"], r["layer"])) if ok else None

@@ -15,7 +15,8 @@ import transformers
 
 from .core import SafetyCompassError, bundled_root, atomic_open, atomic_write_json, staged_dir, check_writable
 from .pairs import conversation
-from .capture import render_prompt, eval_mode, unwrap_model
+from .capture import eval_mode, unwrap_model
+from .templates import render_prompt, chat_kwargs, special_ids
 
 # %% auto #0
 __all__ = ['BEHAVIOR_FIELDS', 'REFUSAL_PATTERNS', 'AGREEMENT_PATTERNS', 'CORRECTION_PATTERNS', 'HONESTY_PATTERNS', 'SCORERS',
@@ -63,8 +64,7 @@ def end_of_turn_ids(tokenizer: transformers.PreTrainedTokenizerBase, model: torc
     eos = getattr(gc, "eos_token_id", None)
     ids.update(eos if isinstance(eos, (list, tuple)) else [] if eos is None else [eos])
     if tokenizer.eos_token_id is not None: ids.add(tokenizer.eos_token_id)
-    special = set(tokenizer.all_special_ids) | {i for i, t in tokenizer.added_tokens_decoder.items() if t.special}
-    extra = {"enable_thinking": False} if "enable_thinking" in (getattr(tokenizer, "chat_template", None) or "") else {}
+    special, extra = special_ids(tokenizer), chat_kwargs(tokenizer)
     for conv in ([{"role": "user", "content": "Hi"}, {"role": "assistant", "content": _TURN_MARK}],
                  [{"role": "system", "content": "S"}, {"role": "user", "content": "Hi"}, {"role": "assistant", "content": _TURN_MARK}]):
         try: text = tokenizer.apply_chat_template(conv, tokenize=False, **extra)

@@ -9,13 +9,14 @@ from typing import Sequence
 
 from .core import SafetyCompassError, one_line
 from .pairs import Conversation, as_messages, conversation
+from .layers import unwrap_model
 
 log = logging.getLogger(__name__)
 
 # %% auto #0
 __all__ = ['log', 'SYSTEM_MODES', 'chat_kwargs', 'accepts_system_turn', 'fold_system', 'resolve_system_mode', 'render_prompt',
            'tokenize_prompts', 'prompt_token_ids', 'render_turns', 'render_sft', 'special_ids', 'split_answer',
-           'sft_example', 'response_tokens']
+           'sft_example', 'response_tokens', 'end_of_turn_ids']
 
 # %% ../nbs/00d_templates.ipynb #e7d1000d
 SYSTEM_MODES = ("auto", "native", "fold")
@@ -176,3 +177,26 @@ def response_tokens(tokenizer, prompt: Conversation, response: str, system_mode:
     p_ids, r_ids, eot = split_answer(tokenizer, *render_turns(tokenizer, prompt, response, system_mode), response, where)
     end = len(r_ids) - r_ids[::-1].index(eot) if eot in r_ids else len(r_ids)
     return p_ids, r_ids[:end]
+
+# %% ../nbs/00d_templates.ipynb #e7d10013
+_TURN_MARK = "Qz7 reply mark"   # assistant content to find in a rendered template; no template emits it
+
+def end_of_turn_ids(tokenizer, model=None) -> list[int]:
+    """Token ids that end an assistant turn: `model.generation_config.eos_token_id` (int or list), the tokenizer's
+    EOS, and the special token(s) the chat template writes right after an assistant message's content."""
+    ids = set()
+    gc = getattr(unwrap_model(model), "generation_config", None) if model is not None else None
+    eos = getattr(gc, "eos_token_id", None)
+    ids.update(eos if isinstance(eos, (list, tuple)) else [] if eos is None else [eos])
+    if tokenizer.eos_token_id is not None: ids.add(tokenizer.eos_token_id)
+    special, extra = special_ids(tokenizer), chat_kwargs(tokenizer)
+    for conv in ([{"role": "user", "content": "Hi"}, {"role": "assistant", "content": _TURN_MARK}],
+                 [{"role": "system", "content": "S"}, {"role": "user", "content": "Hi"}, {"role": "assistant", "content": _TURN_MARK}]):
+        try: text = tokenizer.apply_chat_template(conv, tokenize=False, **extra)
+        except Exception: continue   # e.g. a template that insists on (or rejects) a system turn: try the other
+        if _TURN_MARK not in text: continue
+        for t in tokenizer(text[text.rindex(_TURN_MARK) + len(_TURN_MARK):], add_special_tokens=False)["input_ids"]:
+            if t in special: ids.add(int(t))
+            elif tokenizer.decode([t]).strip(): break   # text after the turn (a template's own suffix): stop looking
+        break
+    return sorted(int(i) for i in ids)

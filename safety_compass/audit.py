@@ -12,28 +12,28 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 
 from .core import (SafetyCompassError, atomic_open, atomic_write_json, atomic_write_text, check_writable,
-                                 require, sha256_file, staged_dir)
+                                 plain, read_parquet_rows, require, sha256_file, staged_dir, table_rows)
 from .pairs import Conversation, as_messages
 from .directions import random_units
 
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'PREFERENCE_FORMATS', 'AB_FIELDS', 'REPRESENTATIONS', 'DIRECTION_KINDS', 'ANSWER_TEMPLATES', 'boot_ci',
-           'AGREE_ANSWERS', 'CORRECT_ANSWERS', 'COMPLY_ANSWERS', 'REFUSE_ANSWERS', 'NEUTRAL_SENTENCES', 'LENGTH_PLAN',
-           'LENGTH_FILLER', 'FILTER_SIGNS', 'STEER_MODES', 'TABLE_COLUMNS', 'TABLE_HEADERS', 'PreferencePair',
-           'PreferenceData', 'row_format', 'hh_turns', 'parse_row', 'read_records', 'load_preferences',
-           'pairs_from_records', 'EncodedPairs', 'encode_pairs', 'model_fingerprint', 'StateStore', 'AuditDirection',
-           'templated_settings', 'audit_block', 'prompt_directions', 'concept_audit_settings', 'contrastive_answers',
-           'response_directions', 'length_control', 'delta_stats', 'logit_lens', 'probe_auroc', 'discovery',
-           'prompt_text', 'topic_clusters', 'topic_table', 'pair_flags', 'length_stats', 'length_line', 'predict',
-           'compare_prediction', 'observed_from_behavior', 'AuditResult', 'audit_pairs', 'planted_sycophancy',
-           'planted_harmful_compliance', 'length_only', 'null_pairs', 'random_labels', 'contaminated', 'flagged_pairs',
-           'write_filtered', 'inoculate_prompt', 'inoculate', 'trl_records', 'write_trl', 'preventative_steering',
-           'shaping_margins', 'shaped_dpo_class', 'add_shaping_column', 'concept_table', 'format_text_table',
-           'summary_dict', 'preflight_text', 'write_audit', 'load_audit', 'select_directions', 'run_audit',
-           'audit_html', 'find_audits', 'report_section', 'add_audit_args', 'audit_command', 'response_tokens',
-           'split_half_agreement', 'robust_z']
+__all__ = ['log', 'PREFERENCE_FORMATS', 'AB_FIELDS', 'BAD_ROWS_SHOWN', 'REPRESENTATIONS', 'DIRECTION_KINDS', 'ANSWER_TEMPLATES',
+           'boot_ci', 'AGREE_ANSWERS', 'CORRECT_ANSWERS', 'COMPLY_ANSWERS', 'REFUSE_ANSWERS', 'NEUTRAL_SENTENCES',
+           'LENGTH_PLAN', 'LENGTH_FILLER', 'FILTER_SIGNS', 'STEER_MODES', 'TABLE_COLUMNS', 'TABLE_HEADERS',
+           'PreferencePair', 'PreferenceData', 'row_format', 'hh_turns', 'parse_row', 'read_records', 'bad_rows_error',
+           'load_preferences', 'pairs_from_records', 'EncodedPairs', 'encode_pairs', 'model_fingerprint', 'StateStore',
+           'AuditDirection', 'templated_settings', 'audit_block', 'prompt_directions', 'concept_audit_settings',
+           'contrastive_answers', 'response_directions', 'length_control', 'delta_stats', 'logit_lens', 'probe_auroc',
+           'discovery', 'prompt_text', 'topic_clusters', 'topic_table', 'pair_flags', 'length_stats', 'length_line',
+           'predict', 'compare_prediction', 'observed_from_behavior', 'AuditResult', 'audit_pairs',
+           'planted_sycophancy', 'planted_harmful_compliance', 'length_only', 'null_pairs', 'random_labels',
+           'contaminated', 'flagged_pairs', 'write_filtered', 'inoculate_prompt', 'inoculate', 'trl_records',
+           'write_trl', 'preventative_steering', 'shaping_margins', 'shaped_dpo_class', 'add_shaping_column',
+           'concept_table', 'format_text_table', 'summary_dict', 'preflight_text', 'write_audit', 'load_audit',
+           'select_directions', 'run_audit', 'audit_html', 'find_audits', 'report_section', 'add_audit_args',
+           'audit_command', 'response_tokens', 'split_half_agreement', 'robust_z']
 
 # %% ../nbs/14_audit.ipynb #d434a12b
 @dataclass(frozen=True)
@@ -213,16 +213,18 @@ def _json_array(text: str, path) -> tuple[list, list[str]]:
         if i < len(text) and text[i] == "]": return rows, where
         raise SafetyCompassError(f"{path}:{line_of(min(i, len(text) - 1))}: malformed JSON (expected ',' or ']')")
 
-def read_records(source, split: str = "train") -> tuple[list, list[str]]:
+def read_records(source, split: str = "train", keep_going: bool = False) -> tuple[list, list[str]]:
     """Raw records of a local `.json` (array or JSON lines), `.jsonl`, `.json.gz`, `.jsonl.gz` or `.parquet` file, or of
-    a HF hub dataset id (`datasets`, the `[data]` extra), with each record's location (`file:line`, `file: row k`)."""
+    a HF hub dataset id (`datasets`, the `[data]` extra), with each record's location (`file:line`, `file: row k`).
+    Rows of a table (parquet, hub) come as JSON would give them (`core.table_rows`: lists, not numpy arrays; a null
+    cell left out). A JSON line that does not parse raises, or with `keep_going` stands in the list as its
+    `SafetyCompassError` (so every bad line of a file can be reported at once)."""
     p = Path(str(source)).expanduser()
     if p.exists() or p.name.lower().endswith(_LOCAL_SUFFIXES):
         if not p.is_file(): raise SafetyCompassError(f"{p}: preference data file not found")
         name = p.name.lower()
         if name.endswith(".parquet"):
-            import pandas as pd
-            try: recs = pd.read_parquet(p).to_dict("records")
+            try: recs = read_parquet_rows(p)
             except Exception as e: raise SafetyCompassError(f"{p}: unreadable parquet ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
             return recs, [f"{p}: row {k}" for k in range(1, len(recs) + 1)]
         try:
@@ -234,35 +236,52 @@ def read_records(source, split: str = "train") -> tuple[list, list[str]]:
         for i, line in enumerate(text.splitlines(), 1):
             if not line.strip(): continue
             try: rows.append(json.loads(line))
-            except json.JSONDecodeError as e: raise SafetyCompassError(f"{p}:{i}: malformed JSON ({e.msg} at column {e.colno})") from None
+            except json.JSONDecodeError as e:
+                err = SafetyCompassError(f"{p}:{i}: malformed JSON ({e.msg} at column {e.colno})")
+                if not keep_going: raise err from None
+                rows.append(err)
             where.append(f"{p}:{i}")
         return rows, where
     load_dataset = require("datasets", "data", f"the hub dataset {source!r}").load_dataset
     try: ds = load_dataset(str(source), split=split)
     except Exception as e:
         raise SafetyCompassError(f"{source}: cannot load as a local file or a hub dataset ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
-    recs = list(ds)
+    recs = table_rows(ds)
     return recs, [f"{source}[{split}]: row {k}" for k in range(1, len(recs) + 1)]
+
+BAD_ROWS_SHOWN = 20   # bad rows named in one error; the rest are counted
+
+def bad_rows_error(source, bad: Sequence[str], shown: int = BAD_ROWS_SHOWN) -> SafetyCompassError:
+    """One error for every bad row of `source` (`bad`: one `file:line: reason` each): the row's own message when there is
+    one, else the count and the first `shown` messages, then 'and N more'."""
+    if len(bad) == 1: return SafetyCompassError(bad[0])
+    more = f"; and {len(bad) - shown} more" if len(bad) > shown else ""
+    return SafetyCompassError(f"{source}: {len(bad)} bad rows (fix them, or leave them out with --skip-bad-rows / "
+                              f"skip_bad=True): " + "; ".join(bad[:shown]) + more)
 
 def load_preferences(source, split: str = "train", skip_bad: bool = False, single_turn: bool = False,
                      limit: int | None = None) -> PreferenceData:
     """Read preference pairs from a file or hub dataset (see `read_records`), each row in any of `PREFERENCE_FORMATS`.
 
-    A bad row raises `SafetyCompassError` naming its `file:line` and field; with `skip_bad=True` it is reported in
-    `skipped` (and logged) instead. `single_turn=True` keeps only pairs whose prompt is one user turn (counted in
-    `dropped_multi_turn`); `limit` keeps the first `limit` pairs. Raises when no pair is left."""
+    Bad rows (a line that is not JSON, a row no format reads) raise one `SafetyCompassError` naming each row's
+    `file:line` and field (`bad_rows_error`: all of them, the first `BAD_ROWS_SHOWN` by name); with `skip_bad=True`
+    they are reported in `skipped` (and logged) instead. `single_turn=True` keeps only pairs whose prompt is one user
+    turn (counted in `dropped_multi_turn`); `limit` keeps the first `limit` pairs. Raises when no pair is left."""
     if isinstance(source, PreferenceData): return source
-    recs, where = read_records(source, split)
+    recs, where = read_records(source, split, keep_going=True)
     pairs, skipped, formats, multi = [], [], [], 0
     for k, (rec, w) in enumerate(zip(recs, where)):
-        try: fmt, pair = parse_row(rec, w)
+        try:
+            if isinstance(rec, SafetyCompassError): raise rec
+            fmt, pair = parse_row(rec, w)
         except SafetyCompassError as e:
-            if not skip_bad: raise
             skipped.append(str(e)); continue
         if single_turn and not pair.single_turn: multi += 1; continue
         if fmt not in formats: formats.append(fmt)
         pairs.append(replace(pair, row=k))
         if limit and len(pairs) >= limit: break
+    if skipped and not skip_bad: raise bad_rows_error(source, skipped)
+    recs = [None if isinstance(r, SafetyCompassError) else r for r in recs]   # a line that is not JSON has no row
     if skipped: log.warning("%s: skipped %d bad row(s); first: %s", source, len(skipped), skipped[0])
     if not pairs:
         why = f" ({len(skipped)} bad row(s) skipped; first: {skipped[0]})" if skipped else \
@@ -271,10 +290,10 @@ def load_preferences(source, split: str = "train", skip_bad: bool = False, singl
     return PreferenceData(pairs, recs, str(source), tuple(formats), skipped, multi)
 
 def pairs_from_records(records: Sequence[dict], source: str = "records", **kw) -> PreferenceData:
-    "`load_preferences` for in-memory records (e.g. the fixtures below)."
+    "`load_preferences` for in-memory records (e.g. the fixtures below; numpy values, as pandas gives them, are read as lists)."
     pairs, formats = [], []
     for k, rec in enumerate(records):
-        fmt, pair = parse_row(rec, f"{source}: row {k + 1}")
+        fmt, pair = parse_row(plain(rec), f"{source}: row {k + 1}")
         pairs.append(replace(pair, row=k))
         if fmt not in formats: formats.append(fmt)
     if not pairs: raise SafetyCompassError(f"{source}: no preference pairs")
@@ -1116,17 +1135,9 @@ def flagged_pairs(result: AuditResult, concepts: Sequence[str] | None = None, si
         hit |= (z >= t) if sign == "positive" else (z <= -t) if sign == "negative" else (np.abs(z) >= t)
     return [int(i) for i in np.flatnonzero(hit)]
 
-def _plain(v):
-    "JSON-ready copy of a record read from parquet or a hub dataset (numpy scalars and arrays to Python)."
-    if isinstance(v, dict): return {str(k): _plain(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)): return [_plain(x) for x in v]
-    if isinstance(v, np.ndarray): return [_plain(x) for x in v.tolist()]
-    if isinstance(v, np.generic): return v.item()
-    return v
-
 def _write_jsonl(path, records: Iterable[dict]):
     path = Path(path)
-    text = "".join(json.dumps(_plain(r), ensure_ascii=False) + "\n" for r in records)
+    text = "".join(json.dumps(plain(r), ensure_ascii=False) + "\n" for r in records)
     with atomic_open(path, "wb") as f:
         if path.name.endswith(".gz"):
             with gzip.GzipFile(fileobj=f, mode="wb", mtime=0) as g: g.write(text.encode("utf-8"))  # mtime 0: same bytes on a rerun

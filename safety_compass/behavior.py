@@ -226,28 +226,33 @@ def run_behavior(model_name: str = "default",              # the base model, as 
                  tokenizer: transformers.PreTrainedTokenizerBase | None = None,  # its tokenizer
                 ) -> list[dict]:
     "Evaluate base (and fine-tuned) behavior; returns the summary rows."
-    from safety_compass.models import load_model
+    from safety_compass.models import load_model, run_weights, weights_kind
+    kind = weights = None   # the fine-tuned weights: a LoRA adapter ("lora") or a whole model ("full")
     if run_dir is not None:
         run_dir = Path(run_dir)
         info_path = run_dir / "run.json"
         if not info_path.exists(): raise SafetyCompassError(f"{run_dir}: no run.json (not a finetune run directory)")
-        adapter = adapter or (run_dir / "adapter" if (run_dir / "adapter").exists() else None)
-        full = run_dir / "model"
-        if adapter is None and not full.exists(): raise SafetyCompassError(f"{run_dir}: no adapter/ or model/ to evaluate")
+        if adapter is None:
+            if not (run_dir / "adapter").exists() and not (run_dir / "model").exists():
+                raise SafetyCompassError(f"{run_dir}: no adapter/ or model/ to evaluate")
+            kind, weights = run_weights(run_dir)   # adapter/ may hold a whole model (a merged or full fine-tune)
     out = Path(output_dir or (run_dir / "behavior" if run_dir is not None else "behavior"))
     # every input is checked before a model is loaded or a token generated
     items = [it for c in concepts for it in bundled_behavior(c)[:limit]]
     if generate_text and scorer not in SCORERS: raise SafetyCompassError(f"--scorer: unknown scorer {scorer!r}; known: {', '.join(sorted(SCORERS))}")
-    if adapter is not None and not Path(adapter).exists(): raise SafetyCompassError(f"{adapter}: adapter directory not found")
+    if adapter is not None:
+        if not Path(adapter).exists(): raise SafetyCompassError(f"{adapter}: adapter directory not found")
+        kind, weights = weights_kind(adapter), Path(adapter)
+        if kind is None: raise SafetyCompassError(f"{adapter}: neither a PEFT adapter (adapter_config.json) nor a model (config.json)")
     check_writable(out)
     if model is None: model, tokenizer = load_model(model_name)
     rows = evaluate(model, tokenizer, items, "base", scorer, max_new_tokens, batch_size, generate_text)
-    if adapter is not None:
+    if kind == "lora":
         from peft import PeftModel
-        ft = PeftModel.from_pretrained(model, str(adapter))
+        ft = PeftModel.from_pretrained(model, str(weights))
         rows += evaluate(ft, tokenizer, items, "finetuned", scorer, max_new_tokens, batch_size, generate_text)
-    elif run_dir is not None:
-        ft, _ = load_model(str(run_dir / "model"))
+    elif kind == "full":
+        ft, _ = load_model(str(weights), with_tokenizer=False)   # a fine-tune keeps the base model's tokenizer
         rows += evaluate(ft, tokenizer, items, "finetuned", scorer, max_new_tokens, batch_size, generate_text)
     summary = summarize(rows)
     write_behavior(rows, summary, out)

@@ -18,8 +18,8 @@ from .dist import broadcast
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'BASE_COLUMNS', 'ALERT_RULES', 'TRACKED', 'log_columns', 'DriftLog', 'upgrade_drift_log', 'parse_alerts',
-           'check_alerts', 'tracker_metrics', 'resumed_checkpoints', 'SafetyCompassCallback']
+__all__ = ['log', 'BASE_COLUMNS', 'TRACKED', 'log_columns', 'DriftLog', 'upgrade_drift_log', 'parse_alerts', 'check_alerts',
+           'tracker_metrics', 'resumed_checkpoints', 'SafetyCompassCallback']
 
 # %% ../nbs/08_callback.ipynb #1fb8f63f
 BASE_COLUMNS = ["step", "epoch", "weights", "concept", "layer",
@@ -35,7 +35,7 @@ def log_columns(concepts: Iterable[str]) -> list[str]:
 def _fmt(v):
     if v is None or (isinstance(v, float) and math.isnan(v)): return ""
     if isinstance(v, bool): return "true" if v else "false"
-    if isinstance(v, float): return repr(round(v, 8))
+    if isinstance(v, float): return repr(round(float(v), 8))   # float(): numpy 2 reprs an np.float64 as `np.float64(x)`
     return str(v)
 
 def _key(r) -> tuple[int, str, str]:
@@ -124,7 +124,7 @@ class _Restore:
         if trunc is not None: self.tok.truncation_side = trunc
 
 # %% ../nbs/08_callback.ipynb #e27bac92
-ALERT_RULES = ("cosine_ci_below_noise_floor", "cosine_below", "auroc_fixed_drop")
+from .config import ALERT_RULES   # the rule names live with the config schema that checks them
 
 def parse_alerts(spec: list[dict] | None,   # the config's `alerts:` list
                  where: str = "alerts",     # the config location named in errors

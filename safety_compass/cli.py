@@ -159,7 +159,7 @@ def _report(a):
     return 0
 
 def _steer(a):
-    from safety_compass.steer import run_steer
+    from safety_compass.steer import recovery_text, run_steer
     try: scales = tuple(float(x) for x in _csv(a.scales) or []) or None
     except ValueError: raise SafetyCompassError(f"--scales: expected comma-separated numbers, got {a.scales!r}") from None
     s = run_steer(a.run_dir, a.concept, a.op, a.output_dir, a.model, kl_cap=a.kl_cap, n_random=a.random_directions, scales=scales,
@@ -170,13 +170,12 @@ def _steer(a):
     if a.direction == "selected" and d:
         print(f"{s['concept']} direction chosen on the base model: position {d['position']} ({d['token']!r}), layer {d['layer']} "
               f"(ablated: {d['effect']:+.3f} nats on the val pairs, harmless KL {d['kl']:.3f}; {d['n_candidates']} candidates)")
-    if s.get("selected") is None: print(s.get("note", "no candidate selected")); return 0
+    if s.get("selected") is None: print(f"{s.get('note', 'no candidate selected')}; {recovery_text(s)}"); return 0
     sel = s["selected"]
     print(f"{s['concept']}: {a.op} at layer {sel.get('layer')} (scale {sel.get('scale')}, tokens: {sel.get('at') or 'all'}) moves the held-out log-odds "
           f"{s['shift']:+.3f} nats (random directions' p95 {'-' if s['random_p95'] is None else format(s['random_p95'], '+.3f')}); "
-          f"recovered {s['recovered_fraction']:.2f} [{s['recovered_ci_low']:.2f}, {s['recovered_ci_high']:.2f}] of the "
-          f"base − fine-tuned gap ({s['gap']:+.3f} nats, n = {s['n']}; {s['share_closer_to_base']:.0%} of prompts end nearer the "
-          f"base model); harmless KL {s['harmless_kl']:.4f} nats (from the base model {s['harmless_kl_to_base']:.4f}), "
+          f"{recovery_text(s)}; {s['share_closer_to_base']:.0%} of prompts end nearer the base model; "
+          f"harmless KL {s['harmless_kl']:.4f} nats (from the base model {s['harmless_kl_to_base']:.4f}), "
           f"Δ cross-entropy on benign answers {s['delta_ce']:+.4f} nats/token")
     if s.get("at_grid_edge"): print(f"note: scale {sel.get('scale')} is the largest in its grid; a wider grid (--scales) might recover more")
     return 0

@@ -10,17 +10,19 @@ from pathlib import Path
 from typing import Any, Literal, Sequence
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from .core import SafetyCompassError, bundled_root, progress_enabled
 
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'Fraction', 'YamlDoc', 'read_yaml', 'load_yaml', 'resolve_relative', 'find_config', 'Section', 'ModelConfig',
-           'BehaviorTokens', 'LayerChoice', 'AuditSettings', 'ConceptConfig', 'ConceptEntry', 'MonitorSettings',
-           'DatasetConfig', 'LoraSettings', 'ExperimentConfig', 'experiment_json_schema', 'parse_section',
-           'ConceptSource', 'Experiment', 'load_concept', 'load_experiment', 'training_arguments']
+__all__ = ['log', 'Fraction', 'ALERT_RULES', 'YamlDoc', 'read_yaml', 'load_yaml', 'resolve_relative', 'find_config', 'Section',
+           'ModelConfig', 'BehaviorTokens', 'LayerChoice', 'AuditSettings', 'ConceptConfig', 'ConceptEntry',
+           'AlertRule', 'MonitorSettings', 'DatasetConfig', 'LoraSettings', 'ExperimentConfig',
+           'experiment_json_schema', 'parse_section', 'check_training', 'ConceptSource', 'Experiment', 'load_concept',
+           'load_experiment', 'training_arguments']
 
 # %% ../nbs/01_config.ipynb #9050bacf
 def _loc_str(loc: Sequence) -> str:
@@ -84,11 +86,12 @@ def load_yaml(path: str | Path) -> dict:
 def resolve_relative(path: str | Path,                    # a path as written in a config file
                      base_file: str | Path | None = None,  # the config file it is written in (None: keep `path` as is)
                     ) -> Path:
-    "Resolve a path written in `base_file`: against its directory, then its ancestors (the first that exists)."
+    """Resolve a path written in `base_file`: against its directory, then its ancestors, then the bundle (`core.bundled_root`,
+    as `find_config` does for a path given on the command line); the first that exists wins."""
     p = Path(os.path.expanduser(str(path)))
     if p.is_absolute() or base_file is None: return p
     base = Path(base_file).resolve().parent
-    for d in (base, *base.parents):
+    for d in (base, *base.parents, bundled_root()):
         if (d / p).exists(): return d / p
     return base / p  # does not exist: callers report it with this path
 
@@ -182,6 +185,27 @@ class ConceptEntry(Section):
     config_file: str
     best_layer: int | None = Field(None, description="pin the layer instead of choosing it by the sweep")
 
+ALERT_RULES = ("cosine_ci_below_noise_floor", "cosine_below", "auroc_fixed_drop")
+
+class AlertRule(Section):
+    "One item of `alerts:` (the callback chapter evaluates them): a rule, its threshold, the concepts it watches, an action."
+    rule: Literal[ALERT_RULES]
+    threshold: float | None = Field(None, description="required by cosine_below and auroc_fixed_drop")
+    concepts: list[str] | None = Field(None, description="the concepts it watches (default: all)")
+    action: Any = Field("log", description="log, stop, 'module:function', or (in Python) a callable fn(alert, state)")
+
+    @field_validator("action")
+    @classmethod
+    def _action(cls, v):
+        if callable(v) or (isinstance(v, str) and (v in ("log", "stop") or ":" in v)): return v
+        raise PydanticCustomError("action", "use log, stop, or 'module:function'")
+
+    @model_validator(mode="after")
+    def _threshold(self):
+        if self.rule != "cosine_ci_below_noise_floor" and self.threshold is None:
+            raise PydanticCustomError("threshold", "threshold: a number is required for rule {rule}", {"rule": self.rule})
+        return self
+
 class MonitorSettings(Section):
     "How and how often to measure: the experiment's `monitor:` section."
     measure_every_n_steps: int = Field(50, ge=1)
@@ -200,7 +224,7 @@ class MonitorSettings(Section):
     token_budget: int | None = Field(4096, ge=1)
     batch_size: int | None = Field(None, ge=1)
     seed: int = 0
-    alerts: list[dict[str, Any]] | None = None   # the published location; `alerts:` at top level is preferred
+    alerts: list[AlertRule] | None = None   # the published location; `alerts:` at top level is preferred
 
 class DatasetConfig(Section):
     "The fine-tuning data: a HF dataset id or a local json/jsonl/parquet file."
@@ -230,8 +254,8 @@ class ExperimentConfig(Section):
     method: Literal["lora", "qlora", "full"] | None = None
     lora: LoraSettings | None = None
     qlora: LoraSettings | None = None
-    training: dict[str, Any] = {}
-    alerts: list[dict[str, Any]] | None = None
+    training: dict[str, Any] = Field({}, description="transformers.TrainingArguments fields (checked against its types on load)")
+    alerts: list[AlertRule] | None = None
     output_dir: str | None = None
 
     @property
@@ -280,6 +304,36 @@ def parse_section(cls: type[Section],   # the section's schema, e.g. MonitorSett
     _report_unknown(obj, doc, strict, prefix)
     return obj
 
+def _training_fields() -> dict:
+    "`transformers.TrainingArguments`' init fields and their types."
+    import dataclasses as dc, typing
+    from transformers import TrainingArguments
+    hints = typing.get_type_hints(TrainingArguments)
+    return {f.name: hints.get(f.name, Any) for f in dc.fields(TrainingArguments) if f.init}
+
+def check_training(training: dict,            # the `training:` mapping
+                   doc: YamlDoc,              # the file it was read from (for file:line in errors)
+                   prefix: tuple = ("training",),
+                  ) -> dict:
+    """`training:` checked against `transformers.TrainingArguments` when the config is read, before any model loads or
+    any file is written: each key must be one of its fields (a typo: error with a suggestion), each value must fit that
+    field's type (pydantic, lax as TrainingArguments' own command-line parser is: `"60"` is 60, and YAML's `1e-4`, a
+    string, is the float). Returns the values converted; one-line `SafetyCompassError` naming file, line and field."""
+    fields = _training_fields()
+    out = {}
+    for k, v in training.items():
+        if k not in fields:
+            close = difflib.get_close_matches(str(k), sorted(fields), n=1)
+            raise SafetyCompassError(f"{doc.where(prefix + (k,))}: unknown TrainingArguments field"
+                                     + (f" (did you mean '{close[0]}'?)" if close else ""))
+        try: adapter = TypeAdapter(fields[k])
+        except Exception: out[k] = v; continue   # a type pydantic cannot build a check for: TrainingArguments checks it
+        try: out[k] = adapter.validate_python(v)
+        except ValidationError as e:
+            msg = e.errors(include_url=False)[0]["msg"]
+            raise SafetyCompassError(f"{doc.where(prefix + (k,))}: {msg[0].lower() + msg[1:]}, got {v!r}") from None
+    return out
+
 # %% ../nbs/01_config.ipynb #29b6dcb4
 @dataclass
 class ConceptSource:
@@ -308,7 +362,9 @@ class Experiment:
     @property
     def monitor(self) -> MonitorSettings: return self.config.monitor
     @property
-    def alerts(self) -> list: return list(self.config.alerts or self.config.monitor.alerts or [])
+    def alerts(self) -> list:
+        "The alert rules (top-level `alerts:`, else `monitor.alerts:`) as dicts, checked on load."
+        return [a.model_dump() if isinstance(a, AlertRule) else a for a in (self.config.alerts or self.config.monitor.alerts or [])]
     def where(self, loc: Sequence = ()) -> str: return self.doc.where(loc)
     def resolve(self, path: str | Path) -> Path:
         "A path written in the experiment file, resolved by the path rule."
@@ -358,6 +414,7 @@ def load_experiment(experiment_config: str | Path | dict | Experiment,  # a path
         doc = YamlDoc(dict(experiment_config), None, {}) if isinstance(experiment_config, dict) else \
               read_yaml(find_config(experiment_config, "experiments"))
         cfg = parse_section(ExperimentConfig, doc.data, doc, strict)
+        if cfg.training: cfg = cfg.model_copy(update={"training": check_training(cfg.training, doc)})
         names = [c.name for c in cfg.concepts]
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup: raise SafetyCompassError(f"{doc.where(('concepts',))}: duplicated concept name(s) {', '.join(dup)}")
@@ -390,17 +447,12 @@ def training_arguments(exp: Experiment,          # a parsed experiment (its `tra
                        output_dir: str | Path,   # the Trainer's output directory
                        **overrides,              # TrainingArguments fields that replace the config's (None: keep)
                       ):
-    "`transformers.TrainingArguments` from `exp.config.training` (+ `overrides`); one-line errors for unknown fields."
-    import dataclasses as dc
+    """`transformers.TrainingArguments` from `exp.config.training` (+ `overrides`, checked like the file by
+    `check_training`); one-line errors. `load_experiment` has already checked the file's fields and types."""
     import torch
     from transformers import TrainingArguments
-    t = dict(exp.config.training or {}); t.update({k: v for k, v in overrides.items() if v is not None})
-    known = {f.name for f in dc.fields(TrainingArguments) if f.init}
-    for k in t:
-        if k not in known:
-            close = difflib.get_close_matches(k, sorted(known), n=1)
-            raise SafetyCompassError(f"{exp.where(('training', k))}: unknown TrainingArguments field"
-                                     + (f" (did you mean '{close[0]}'?)" if close else ""))
+    over = {k: v for k, v in overrides.items() if v is not None}
+    t = {**(exp.config.training or {}), **check_training(over, YamlDoc(over, None, {}), ())}
     if not torch.cuda.is_available(): t["fp16"] = t["bf16"] = False
     t.pop("gradient_checkpointing", None)
     defaults = dict(output_dir=str(output_dir), seed=exp.config.seed, data_seed=exp.config.seed,

@@ -12,7 +12,7 @@ from typing import IO, Any, Iterator
 # %% auto #0
 __all__ = ['DIST_NAME', 'SafetyCompassError', 'one_line', 'current_umask', 'atomic_open', 'atomic_write_text',
            'atomic_write_json', 'staged_dir', 'check_writable', 'check_not_shadowed', 'require', 'progress_enabled',
-           'free_cpus', 'cpu_share', 'bundled_root', 'sha256_file']
+           'free_cpus', 'cpu_share', 'bundled_root', 'sha256_file', 'plain', 'table_rows', 'read_parquet_rows']
 
 # %% ../nbs/00_core.ipynb #e2aabaee
 class SafetyCompassError(Exception):
@@ -218,3 +218,28 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     with open(path, "rb") as f:
         for b in iter(lambda: f.read(chunk), b""): h.update(b)
     return h.hexdigest()
+
+# %% ../nbs/00_core.ipynb #6f0b7e42
+def plain(v: Any) -> Any:
+    "`v` with numpy arrays as lists and numpy scalars as Python scalars, inside dicts, lists and tuples too (JSON's types)."
+    if isinstance(v, dict): return {k: plain(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)): return [plain(x) for x in v]
+    if type(v).__module__ == "numpy" and hasattr(v, "tolist"): return plain(v.tolist())   # ndarray or numpy scalar
+    return v
+
+def _absent(v) -> bool:
+    return v is None or (isinstance(v, float) and v != v)   # None, or NaN: how a table fills a column a row lacks
+
+def table_rows(rows) -> list[dict]:
+    """Rows of a table (a parquet file read by pandas, a hub dataset) as JSON lines would give them: values `plain`, and
+    a cell that is null (None or NaN) left out of its row, as a JSON row leaves out a field it lacks."""
+    return [{k: plain(v) for k, v in dict(r).items() if not _absent(v)} for r in rows]
+
+def read_parquet_rows(path: str | Path) -> list[dict]:
+    """The rows of a parquet file as `table_rows` (pyarrow's Python values when pyarrow is installed, so an integer
+    column with nulls stays integer; else pandas). Raises what the reader raises for an unreadable file."""
+    try: import pyarrow.parquet as pq
+    except ImportError: pq = None
+    if pq is not None: return table_rows(pq.read_table(path).to_pylist())
+    import pandas as pd
+    return table_rows(pd.read_parquet(path).to_dict("records"))

@@ -994,28 +994,30 @@ def _run_experiment(run_dir: Path, info: dict):
 
 def load_pair(run_dir, model=None, tokenizer=None, device=None):
     """`(ModelPair, experiment or None, run.json dict)` for a fine-tuning run directory (`finetune.run_finetune`'s
-    format): the base model (given, else the run's model config, else run.json's `model_name`) with `adapter/` loaded
-    by PEFT (`ModelPair.from_peft`), or with the full fine-tune in `model/` (`ModelPair.from_models`)."""
+    format): the base model (given, else the run's model config, else run.json's `model_name`) with a LoRA `adapter/`
+    loaded by PEFT (`ModelPair.from_peft`), or with a whole fine-tuned model (`ModelPair.from_models`): `model/`, or
+    `adapter/` when it holds a model rather than an adapter (`models.run_weights`, decided before any model loads)."""
+    from safety_compass.models import run_weights
     run_dir = Path(run_dir)
     rj = run_dir / "run.json"
     if not rj.is_file(): raise SafetyCompassError(f"{run_dir}: no run.json (not a finetune run directory)")
     try: info = json.loads(rj.read_text(encoding="utf-8"))
     except ValueError as e: raise SafetyCompassError(f"{rj}: malformed JSON ({e})") from None
-    adapter, full = run_dir / "adapter", run_dir / "model"
-    if not adapter.is_dir() and not full.is_dir():
+    if not (run_dir / "adapter").is_dir() and not (run_dir / "model").is_dir():
         raise SafetyCompassError(f"{run_dir}: no adapter/ or model/ (status {info.get('status', 'unknown')}: did the run finish?)")
+    kind, weights = run_weights(run_dir)
     exp = _run_experiment(run_dir, info)
     if model is None:
         from safety_compass.models import load_experiment_model, load_model
         model, tokenizer = load_experiment_model(exp) if exp is not None else load_model(info.get("model_name") or "default")
     if device is not None: model.to(device)
-    if adapter.is_dir():
+    if kind == "lora":
         from peft import PeftModel
-        ft = PeftModel.from_pretrained(model, str(adapter))
+        ft = PeftModel.from_pretrained(model, str(weights))
         ft.eval()
         return ModelPair.from_peft(ft, tokenizer), exp, info
     from safety_compass.models import load_model
-    ft, _ = load_model(str(full))
+    ft, _ = load_model(str(weights), with_tokenizer=False)   # a fine-tune keeps the base model's tokenizer
     if device is not None: ft.to(device)
     ft.eval()
     return ModelPair.from_models(model, ft, tokenizer), exp, info

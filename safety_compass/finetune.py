@@ -11,7 +11,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .core import SafetyCompassError, bundled_root
+from .core import SafetyCompassError, bundled_root, read_parquet_rows, table_rows
 from .config import resolve_relative
 from .templates import render_sft, sft_example
 # the prompt/reply split lives in `templates`: its public names stay importable from here
@@ -88,9 +88,9 @@ def load_rows(name: str, subset_size: int | None = None, seed: int = 42, base_fi
     p = resolve_relative(name, base_file) if base_file else Path(name)
     if p.suffix in (".json", ".jsonl", ".parquet") or p.exists():
         if not p.is_file(): raise SafetyCompassError(f"dataset.name: {p} not found")
-        if p.suffix == ".parquet":
-            import pandas as pd
-            rows = pd.read_parquet(p).to_dict("records")
+        if p.suffix == ".parquet":   # a table's rows as JSON gives them (lists, not numpy arrays; a null cell left out)
+            try: rows = read_parquet_rows(p)
+            except Exception as e: raise SafetyCompassError(f"{p}: unreadable parquet ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
             where = [f"{p}: row {k}" for k in range(1, len(rows) + 1)]
         elif p.suffix == ".jsonl":
             rows, where = [], []
@@ -107,7 +107,7 @@ def load_rows(name: str, subset_size: int | None = None, seed: int = 42, base_fi
     else:
         from safety_compass.core import require
         load_dataset = require("datasets", "data", f"the hub dataset {name!r}").load_dataset
-        try: rows = list(load_dataset(name, split=split))
+        try: rows = table_rows(load_dataset(name, split=split))
         except Exception as e: raise SafetyCompassError(f"dataset.name: cannot load {name!r} ({str(e).splitlines()[0]})") from None
         where = [f"{name}: row {k}" for k in range(1, len(rows) + 1)]
     if not rows: raise SafetyCompassError(f"dataset.name: {name} has no rows")

@@ -15,7 +15,8 @@ log = logging.getLogger(__name__)
 # %% auto #0
 __all__ = ['log', 'DEFAULT_MODEL', 'EMBEDDED_PACKAGE', 'EMBEDDED_GGUF', 'MODEL_SCHEMES', 'embedded_gguf_path', 'cache_dir',
            'transformers_major', 'default_cache_path', 'rope_settings', 'arch_fingerprint', 'load_default_model',
-           'register_model_scheme', 'model_scheme', 'nf4_config', 'load_model', 'load_experiment_model']
+           'register_model_scheme', 'model_scheme', 'nf4_config', 'load_model', 'load_experiment_model', 'weights_kind',
+           'run_weights']
 
 # %% ../nbs/02_models.ipynb #b33e6df3
 DEFAULT_MODEL = "default"
@@ -244,6 +245,7 @@ def load_model(name_or_path: str = DEFAULT_MODEL,        # "default" (the embedd
                device_map: str | dict | None = None,     # as in `from_pretrained`; for a GGUF one device or "auto"
                trust_remote_code: bool = False,          # run the checkpoint's own modelling code
                gguf_file: str | None = None,             # a GGUF file inside `name_or_path` (a directory or hub id)
+               with_tokenizer: bool = True,              # False: the weights only, tokenizer None (a fine-tuned copy of a model whose tokenizer is loaded)
                **kwargs,                                 # further `from_pretrained` arguments
               ):
     """`(model, tokenizer)` for `'default'`, a named model such as `'organism:refusal'` (see `MODEL_SCHEMES`), a HF hub
@@ -278,7 +280,8 @@ def load_model(name_or_path: str = DEFAULT_MODEL,        # "default" (the embedd
         kw.update(dtype=_as_dtype(dtype) or "auto")
         if device_map is not None: kw["device_map"] = device_map
     try:
-        tok = AutoTokenizer.from_pretrained(str(p) if p.exists() else name_or_path, trust_remote_code=trust_remote_code)
+        tok = AutoTokenizer.from_pretrained(str(p) if p.exists() else name_or_path, trust_remote_code=trust_remote_code) \
+              if with_tokenizer else None
         model = AutoModelForCausalLM.from_pretrained(str(p) if p.exists() else name_or_path, **kw)
     except (OSError, ValueError) as e:
         raise SafetyCompassError(f"{name_or_path}: cannot load model ({_first_line(e)})") from None
@@ -304,3 +307,22 @@ def load_experiment_model(exp,                           # a parsed `config.Expe
         where = getattr(exp, "model_path", None)
         if model_name or where is None or model_scheme(name) is None: raise
         raise SafetyCompassError(f"{where}: model_name: {e}") from None
+
+# %% ../nbs/02_models.ipynb #3b8d6f20
+def weights_kind(directory) -> str | None:
+    "`'lora'` for a PEFT adapter directory (`adapter_config.json`), `'full'` for a model directory (`config.json`), else None."
+    d = Path(directory)
+    return "lora" if (d / "adapter_config.json").is_file() else "full" if (d / "config.json").is_file() else None
+
+def run_weights(run_dir) -> tuple[str, Path]:
+    """`(kind, directory)` of a fine-tuning run's weights: `('lora', adapter/)` for a PEFT adapter, `('full', model/)`
+    for a full fine-tune, or `('full', adapter/)` when `adapter/` holds a whole model (a merged or full fine-tune saved
+    there). One-line `SafetyCompassError` when the run has neither, or a weights folder that is neither."""
+    run_dir = Path(run_dir)
+    a, m = run_dir / "adapter", run_dir / "model"
+    for d in (a, m):
+        kind = weights_kind(d)
+        if kind is not None: return kind, d
+    if m.is_dir(): return "full", m   # a full fine-tune's folder: load_model reports what it lacks
+    if a.is_dir(): raise SafetyCompassError(f"{a}: neither a PEFT adapter (adapter_config.json) nor a model (config.json)")
+    raise SafetyCompassError(f"{run_dir}: no adapter/ or model/")

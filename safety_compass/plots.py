@@ -370,7 +370,8 @@ def plot_recovery(prompts, summary: dict):
         if col in prompts: ax.plot(x, prompts[col].to_numpy()[order], marker="o", ls="", label=lab, color=c)
     ax.set_xlabel("held-out prompt (sorted by base log-odds)"); ax.set_ylabel(f"{summary['concept']} log-odds (nats)")
     sel = summary.get("selected")
-    ttl = f"{summary['op']}: " + (f"recovered {summary['recovered_fraction']:.2f} "
+    ttl = f"{summary['op']}: " + ("nothing to recover (the gap's CI holds 0)" if not summary.get("recoverable", True) else  # steer.drift_gap's rule
+                                  f"recovered {summary['recovered_fraction']:.2f} "
                                   f"[{summary['recovered_ci_low']:.2f}, {summary['recovered_ci_high']:.2f}] of the gap" if sel else "no candidate selected")
     ax.set_title(ttl, fontsize=10); ax.legend(fontsize=8)
     rand = summary.get("random_shifts") or []

@@ -136,14 +136,14 @@ def steer_section(res) -> str:
         d = Path(r["dir"]) / "steer"
         if not (d / "summary.json").is_file(): continue
         s = json.loads((d / "summary.json").read_text(encoding="utf-8"))
+        from safety_compass.steer import recovery_text   # the rule for the recovered fraction (steer.drift_gap)
         name = esc(str(r.get("name", d.parent.name)))
         if s.get("selected"):
             sel = s["selected"]
             line = (f"{esc(s['op'])} at layer {sel['layer']} (scale {sel['scale']}" + ({"all": ", at every token", "read": ", only at the prompt token the direction was read at"}.get(sel.get("at"), "") ) +
                     f"): {s['concept']} log-odds on "
                     f"{s['n_held_out']} held-out prompts base {s['logodds_base']:.2f}, fine-tuned {s['logodds_finetuned']:.2f}, "
-                    f"steered {s['logodds_steered']:.2f} nats; recovered fraction {s['recovered_fraction']:.2f} "
-                    f"[95% CI {s['recovered_ci_low']:.2f}, {s['recovered_ci_high']:.2f}]" +
+                    f"steered {s['logodds_steered']:.2f} nats; {esc(recovery_text(s))}" +
                     (f" ({s['share_closer_to_base']:.0%} of prompts end nearer the base model)" if "share_closer_to_base" in s else "") +
                     (f"; scale {sel['scale']} is its grid's largest" if s.get("at_grid_edge") else "") +
                     f"; harmless KL {s['harmless_kl']:.3f} nats "
@@ -153,7 +153,7 @@ def steer_section(res) -> str:
             if s.get("random_p95") is not None:
                 line += (f"; shift toward the base model {s['shift'] * (1 if s.get('goal', 'raise') == 'raise' else -1):+.2f} nats vs "
                          f"the 95th percentile of {len(s['random_shifts'])} random directions {s['random_p95']:+.2f}")
-        else: line = esc(s.get("note", "nothing selected"))
+        else: line = esc(f"{s.get('note', 'nothing selected')}" + (f"; {recovery_text(s)}" if "gap" in s else ""))
         dr = s.get("direction") or {}
         if dr.get("source") == "selected":
             line = (f"direction chosen on the base model for its effect: position {dr['position']} ({esc(repr(dr['token']))}), layer "

@@ -23,8 +23,9 @@ from .monitor import Baseline
 __all__ = ['OPS', 'AT', 'ADD_SCALES', 'RESTORE_SCALES', 'add', 'ablate', 'restore', 'restore_target', 'scale_adapter',
            'untie_embeddings', 'orthogonalize', 'to_steering_vector', 'export_vectors', 'import_vectors',
            'load_baseline', 'prompt_ids', 'answer_examples', 'last_logits', 'logodds', 'kl', 'answer_ce',
-           'intervention', 'prompt_token', 'random_control', 'recovered_fraction', 'select', 'direction_candidates',
-           'select_direction', 'candidates_for', 'concept_pairs', 'split_items', 'run_steer']
+           'intervention', 'prompt_token', 'random_control', 'drift_gap', 'recovered_fraction', 'recovery_text',
+           'select', 'direction_candidates', 'select_direction', 'candidates_for', 'concept_pairs', 'split_items',
+           'run_steer']
 
 # %% ../nbs/12_steer.ipynb #ed44eeba
 def _unit(u, width: int | None = None, where: str = "direction") -> torch.Tensor:
@@ -347,22 +348,50 @@ def random_control(model, tokenizer, ids, openers, op: str, layer=None, scale=1.
         out.append(float((logodds(last_logits(model, tokenizer, ids, ctx), pos, neg) - ref_logodds).mean()))
     return np.array(out)
 
+def drift_gap(base, finetuned, n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> dict:
+    """The drift a steer would recover: `gap = mean(base − finetuned)` of paired per-prompt scores (nats), its percentile
+    bootstrap CI over prompts (`scipy.stats.bootstrap`, paired), and `recoverable`: the CI excludes 0, so the
+    fine-tune moved the score beyond its noise. The one rule for every ratio over this gap: no CI (fewer than 3
+    prompts, `n_boot = 0`) or a CI holding 0 means there is nothing to recover, and no fraction of it is reported."""
+    from scipy import stats
+    b, f = (np.asarray(x, float) for x in (base, finetuned))
+    gap, lo, hi = float((b - f).mean()), float("nan"), float("nan")
+    if len(b) >= 3 and n_boot > 0:
+        res = stats.bootstrap((b, f), lambda b_, f_, axis=-1: (b_ - f_).mean(axis), paired=True, vectorized=True,
+                              n_resamples=n_boot, confidence_level=level, method="percentile", rng=np.random.default_rng(seed))
+        lo, hi = float(res.confidence_interval.low), float(res.confidence_interval.high)
+    return {"gap": gap, "gap_ci_low": lo, "gap_ci_high": hi, "recoverable": bool(lo > 0 or hi < 0), "n": len(b)}
+
 def recovered_fraction(base, finetuned, steered, n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> dict:
     """Fraction of the drift recovered, `mean(steered − finetuned) / mean(base − finetuned)`, over paired per-prompt
     scores, with a percentile bootstrap CI over prompts (`scipy.stats.bootstrap`, paired). 1 = back to the base model,
-    0 = no change; the CI is NaN when the gap's sign is unstable across resamples (a ratio with a gap near 0)."""
+    0 = no change. Reported only where the gap is `recoverable` (`drift_gap`: its CI excludes 0); otherwise the
+    fraction and its CI are NaN: a ratio over a denominator inside its noise is noise (a 12-step LoRA run that moved
+    the held-out log-odds by −0.004 nats read "recovered −85.91 [−52.48, 47.94]"). Returns `drift_gap`'s keys too."""
     from scipy import stats
+    out = drift_gap(base, finetuned, n_boot, seed, level)
     b, f, s = (np.asarray(x, float) for x in (base, finetuned, steered))
-    gap = float((b - f).mean())
-    frac = float((s - f).mean() / gap) if gap != 0 else float("nan")
     def stat(b_, f_, s_, axis=-1): return (s_ - f_).mean(axis) / (b_ - f_).mean(axis)
-    lo = hi = float("nan")
-    if len(b) >= 3 and gap != 0:
+    frac = lo = hi = float("nan")
+    if out["recoverable"]:
+        frac = float((s - f).mean() / out["gap"])
         with np.errstate(divide="ignore", invalid="ignore"):
             res = stats.bootstrap((b, f, s), stat, paired=True, vectorized=True, n_resamples=n_boot, confidence_level=level,
                                   method="percentile", rng=np.random.default_rng(seed))
         lo, hi = float(res.confidence_interval.low), float(res.confidence_interval.high)
-    return {"recovered_fraction": frac, "recovered_ci_low": lo, "recovered_ci_high": hi, "gap": gap, "n": len(b)}
+    return {"recovered_fraction": frac, "recovered_ci_low": lo, "recovered_ci_high": hi, **out}
+
+def recovery_text(s: dict) -> str:
+    """What a view (the CLI, the report) says about recovery for a `run_steer` summary `s`, by `drift_gap`'s rule: the
+    fraction with its CI where the held-out gap is recoverable, else that there is nothing to recover."""
+    gap = f"base − fine-tuned gap {s['gap']:+.3f} nats"
+    if "recoverable" not in s:   # a summary written before the gap had a CI
+        return f"recovered {s['recovered_fraction']:.2f} [{s['recovered_ci_low']:.2f}, {s['recovered_ci_high']:.2f}] of the {gap}"
+    ci = f"95% CI [{s['gap_ci_low']:+.3f}, {s['gap_ci_high']:+.3f}], n = {s['n']}"
+    if not s["recoverable"]:
+        return (f"nothing to recover: the {gap} ({ci}) is within its noise, so no recovered fraction is reported")
+    if s.get("selected") is None: return f"{gap} ({ci})"
+    return f"recovered {s['recovered_fraction']:.2f} [{s['recovered_ci_low']:.2f}, {s['recovered_ci_high']:.2f}] of the {gap} ({ci})"
 
 # %% ../nbs/12_steer.ipynb #21612810
 def select(model, tokenizer, candidates: Sequence[dict], effect_ids, harmless_ids, openers, kl_cap: float = 0.1,
@@ -648,6 +677,7 @@ def run_steer(run_dir, concept: str = "refusal", op: str = "restore", output_dir
                    "n_harmless": len(harmless), "n_answers": len(answers), "direction": dir_info, "selected": None,
                    "gap_selection": gap_sel, "goal": "raise" if goal > 0 else "lower",
                    "logodds_base": float(lo_base.mean()), "logodds_finetuned": float(lo_ft.mean()),
+                   **drift_gap(lo_base, lo_ft, seed=seed),   # the rule for the fraction, whether or not anything is steered
                    "ce_base": float(ce_base.mean()), "ce_finetuned": float(ce_ft.mean()),
                    "harmless_kl_finetune": float(kl(h_ft, h_base).mean())}
         prompts = pd.DataFrame({"id": [it["id"] for it in held], "logodds_base": lo_base, "logodds_finetuned": lo_ft})

@@ -55,7 +55,8 @@ def test_bad_rows(tmp_path):
     with pytest.raises(SafetyCompassError, match=rf"{p}:2: malformed JSON"): A.load_preferences(p)
     p.write_text("\n".join([json.dumps(good), json.dumps({**good, "prompt": ""}), json.dumps([1, 2]),
                             json.dumps({**good, "rejected": [{"role": "user", "content": "x"}]})]) + "\n")
-    with pytest.raises(SafetyCompassError, match=rf"^{p}:2: field 'prompt' has no user text$"): A.load_preferences(p)
+    with pytest.raises(SafetyCompassError, match=rf"^{p}: 3 bad rows .*: {p}:2: field 'prompt' has no user text; {p}:3: "
+                       rf"expected an object, got list; {p}:4: field 'rejected' must be"): A.load_preferences(p)
     d = A.load_preferences(p, skip_bad=True)
     assert len(d) == 1 and [s.split(": ")[0] for s in d.skipped] == [f"{p}:2", f"{p}:3", f"{p}:4"]
     assert "must be a string or one assistant message" in d.skipped[2]
@@ -63,6 +64,57 @@ def test_bad_rows(tmp_path):
     with pytest.raises(SafetyCompassError, match="no preference pairs .1 bad row"): A.load_preferences(p, skip_bad=True)
     with pytest.raises(SafetyCompassError, match="no-such-dataset-xyz: cannot load as a local file or a hub dataset"):
         A.load_preferences("no-such-user-xyz/no-such-dataset-xyz")
+
+# TRL conversational rows (message lists), as hub preference sets store them in parquet; the last row is implicit-prompt
+CONVERSATIONAL = [{"prompt": [{"role": "user", "content": f"Question {i}?"}],
+                   "chosen": [{"role": "assistant", "content": f"Good answer {i}."}],
+                   "rejected": [{"role": "assistant", "content": f"Bad answer {i}."}]} for i in range(3)] + [
+                  {"chosen": [{"role": "user", "content": "Implicit Q?"}, {"role": "assistant", "content": "Yes."}],
+                   "rejected": [{"role": "user", "content": "Implicit Q?"}, {"role": "assistant", "content": "No."}]}]
+
+def test_message_lists_every_format(tmp_path):
+    "pandas gives parquet list columns as numpy arrays and a missing column as None: read as JSON reads them (benchopt#734)."
+    lines = "".join(json.dumps(r) + "\n" for r in CONVERSATIONAL)
+    (tmp_path / "p.jsonl").write_text(lines); (tmp_path / "p.json").write_text(json.dumps(CONVERSATIONAL, indent=1))
+    with gzip.open(tmp_path / "p.jsonl.gz", "wt") as f: f.write(lines)
+    pd.DataFrame(CONVERSATIONAL).to_parquet(tmp_path / "p.parquet")
+    got = {}
+    for name in ("p.json", "p.jsonl", "p.jsonl.gz", "p.parquet"):
+        d = A.load_preferences(tmp_path / name)
+        got[name] = [(x.prompt, x.chosen, x.rejected) for x in d.pairs]
+        assert d.formats == ("trl", "trl_implicit"), (name, d.formats)
+    assert len(got["p.jsonl"]) == 4 and all(v == got["p.jsonl"] for v in got.values()), got
+    assert got["p.jsonl"][3] == ((("user", "Implicit Q?"),), "Yes.", "No.")
+    # in memory, as a user's DataFrame gives them: the same pairs
+    recs = pd.read_parquet(tmp_path / "p.parquet").to_dict("records")
+    assert isinstance(recs[0]["prompt"], np.ndarray)
+    assert [(x.prompt, x.chosen, x.rejected) for x in A.pairs_from_records(recs[:3]).pairs] == got["p.jsonl"][:3]
+
+def test_sft_rows_from_parquet_match_json(tmp_path):
+    "The fine-tuning rows: parquet (a missing `input` is a null cell there) reads as the same rows as JSON."
+    from safety_compass.finetune import load_rows, alpaca_format
+    rows = [{"instruction": "Add 2 and 3.", "input": "", "output": "5", "id": 1}, {"instruction": "Name a colour.", "output": "Blue.", "id": 2},
+            {"instruction": "Sum these.", "input": "1, 2", "output": "3", "id": 3}]
+    (tmp_path / "d.json").write_text(json.dumps(rows)); pd.DataFrame(rows).to_parquet(tmp_path / "d.parquet")
+    a, b = load_rows(str(tmp_path / "d.json")), load_rows(str(tmp_path / "d.parquet"))
+    assert list(b) == rows and list(a) == list(b) and type(b[2]["id"]) is int and "input" not in b[1]
+    assert [alpaca_format(r) for r in a] == [alpaca_format(r) for r in b]
+
+def test_every_bad_row_in_one_error(tmp_path):
+    "25 bad rows of three kinds: one error names the first 20 (file:line and field) and counts the rest; --skip-bad-rows reads the good ones."
+    good = {"prompt": "Q?", "chosen": "a", "rejected": "b"}
+    bad = [json.dumps({**good, "chosen": 1}), "{not json", json.dumps({"prompt": "only"}), json.dumps([1, 2])]
+    lines = [json.dumps(good) if i % 2 == 0 else bad[(i // 2) % 4] for i in range(50)]
+    p = tmp_path / "bad.jsonl"; p.write_text("\n".join(lines) + "\n")
+    with pytest.raises(SafetyCompassError) as e: A.load_preferences(p)
+    msg = str(e.value)
+    assert msg.startswith(f"{p}: 25 bad rows (") and msg.endswith("; and 5 more") and "\n" not in msg, msg
+    named = [int(x.split(":")[0]) for x in msg.split(f"{p}:")[2:]]
+    assert named == list(range(2, 42, 2)), named                       # every bad line in file order, the first 20
+    assert f"{p}:2: field 'chosen'" in msg and f"{p}:4: malformed JSON" in msg and f"{p}:6: not a preference row" in msg \
+           and f"{p}:8: expected an object, got list" in msg
+    d = A.load_preferences(p, skip_bad=True)
+    assert len(d) == 25 and len(d.skipped) == 25 and d.rows[3] is None   # a line that is not JSON has no row
 
 def test_write_filtered_keeps_rows_verbatim(tmp_path):
     rows = [{"prompt": f"Q{i}?", "chosen": "a", "rejected": "b", "extra": i} for i in range(5)]
@@ -93,6 +145,18 @@ def test_errors_before_any_model(tmp_path, monkeypatch):
         with pytest.raises(SafetyCompassError) as e: A.audit_command(parse(*argv), print_fn=lambda *a: None)
         assert msg in str(e.value) and "\n" not in str(e.value)
     assert not (tmp_path / "o").exists()
+
+def test_cli_every_bad_row(tmp_path):
+    "`safety-compass audit` on a file with 22 bad rows: one error line naming 20 and counting 2, exit 2, nothing written, no model."
+    from conftest import run_cli
+    good = json.dumps({"prompt": "Q?", "chosen": "a", "rejected": "b"})
+    p = tmp_path / "bad.jsonl"; p.write_text("".join((good if i % 2 else '{"prompt": "Q?", "chosen": 1, "rejected": "b"}') + "\n" for i in range(44)))
+    r = run_cli("safety-compass", "audit", p, "--experiment-config", "demo", "--output-dir", tmp_path / "o", env={"OMP_NUM_THREADS": "1"})
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    err = r.stderr.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: {p}: 22 bad rows") and err[0].endswith("; and 2 more"), r.stderr[-2000:]
+    assert err[0].count("field 'chosen'") == 20
+    assert sorted(x.name for x in tmp_path.iterdir()) == ["bad.jsonl"]
 
 # ---------------------------------------------------------------------------------------------------------------
 # end to end on the embedded model

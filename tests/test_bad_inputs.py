@@ -557,3 +557,64 @@ def test_disk_full_report_api(previous, tmp_path, monkeypatch):
     api_error(lambda: report([run], out), f"{out}: write failed (No space left on device); nothing was written")
     assert fs.partial and all(n > 0 for n in fs.partial.values())   # a partial temp file did exist...
     assert tree(d) == before                                        # ...and is gone; the old report is untouched
+
+# ---------------------------------------------------------------------------------------------------------------
+# typed config fields outside the pydantic sections (`training:`, `alerts:`): checked when the config is read, for every
+# subcommand that takes one, before a model loads or a run directory is written (a copy of the bundled demo, in tmp)
+
+def demo_copy(d: Path, old: str = "", new: str = "", absolute: bool = False) -> Path:
+    """The bundled demo experiment copied to `d` (its relative paths then resolve in the bundle; `absolute`: written as
+    absolute paths, so the copy does not lean on that rule), with `old` replaced by `new`."""
+    text = (ROOT / "configs" / "experiments" / "demo.yaml").read_text()
+    if absolute: text = text.replace(": configs/", f": {ROOT}/configs/").replace(": data/", f": {ROOT}/data/")
+    assert old in text
+    (d / "demo.yaml").write_text(text.replace(old, new))
+    return d / "demo.yaml"
+
+def line_of(path: Path, token: str) -> int:
+    return next(i for i, l in enumerate(path.read_text().splitlines(), 1) if token in l)
+
+SUBCOMMANDS = {"extract": ("extract", "--output-dir", "out"), "finetune": ("finetune",), "demo": ("demo", "--no-behavior"),
+               "audit": ("audit", "prefs.jsonl", "--output-dir", "out")}
+
+@pytest.mark.parametrize("sub", list(SUBCOMMANDS))
+def test_training_field_type_cli(sub, tmp_path):
+    d = tmp_path.resolve(); exp = demo_copy(d, "max_steps: 60", "max_steps: sixty", absolute=True)
+    (d / "prefs.jsonl").write_text(json.dumps({"prompt": "Q?", "chosen": "a", "rejected": "b"}) + "\n")
+    before = tree(d)
+    r = cli("safety-compass", *SUBCOMMANDS[sub], "--experiment-config", exp, cwd=d)
+    cli_error(r, f"{exp}:{line_of(exp, 'sixty')}: training.max_steps: input should be a valid integer, unable to parse "
+                 "string as an integer, got 'sixty'")
+    assert len(r.stderr.strip().splitlines()) == 1      # before any model loads
+    assert tree(d) == before                             # no runs/, no out/, no config/ snapshot
+
+@pytest.mark.parametrize("old,new,expected", [
+    ("warmup_steps: 0", "warmup_step: 0", "training.warmup_step: unknown TrainingArguments field (did you mean 'warmup_steps'?)"),
+    ("training:", "alerts:\n  - rule: cosine_below\n    action: email\ntraining:", "alerts[0].action: use log, stop, or 'module:function', got 'email'"),
+], ids=["training_unknown_field", "alert_action"])
+def test_typed_sections_cli(old, new, expected, tmp_path):
+    d = tmp_path.resolve(); exp = demo_copy(d, old, new, absolute=True)
+    before = tree(d)
+    r = cli("safety-compass", "finetune", "--experiment-config", exp, cwd=d)
+    key = expected.split(":")[0].split(".")[-1].split("[")[0]
+    cli_error(r, f"{exp}:{line_of(exp, 'email' if 'alert' in expected else key)}: {expected}")
+    assert len(r.stderr.strip().splitlines()) == 1 and tree(d) == before
+
+def test_copied_demo_resolves_in_the_bundle(tmp_path):
+    "A copy of demo.yaml outside the repository: its own relative paths resolve as the config path does (here, else the bundle)."
+    from safety_compass.config import load_experiment
+    from safety_compass.finetune import load_rows
+    d = tmp_path.resolve(); exp_path = demo_copy(d)
+    exp = load_experiment(exp_path)
+    assert exp.model_path == ROOT / "configs" / "models" / "smollm2-135m-refusal.yaml"
+    assert [c.config_file for c in exp.concepts] == [ROOT / "configs" / "concepts" / "demo" / f"{c}.yaml" for c in ("refusal", "sycophancy", "deception")]
+    assert all(c.pairs_file.is_file() for c in exp.concepts)
+    ds = exp.config.dataset
+    assert len(load_rows(ds.name, ds.subset_size, exp.config.seed, base_file=exp.path)) == 300
+    # through the CLI: every file it names is found (the error is the --concepts one, which comes after them)
+    r = cli("safety-compass", "extract", "--experiment-config", exp_path, "--output-dir", d / "out", "--concepts", "nope", cwd=d)
+    cli_error(r, "--concepts: unknown concept(s) nope; config has refusal, sycophancy, deception")
+    # a file next to the copy wins over the bundle's
+    (d / "configs" / "models").mkdir(parents=True)
+    (d / "configs" / "models" / "smollm2-135m-refusal.yaml").write_text("model_name: default\n")
+    assert load_experiment(exp_path).model_path == d / "configs" / "models" / "smollm2-135m-refusal.yaml"

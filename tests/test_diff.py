@@ -250,6 +250,37 @@ def test_run_diff_errors(tiny_run, tmp_path, tok):
     with pytest.raises(SafetyCompassError, match="diff format"):
         bad = tmp_path / "bad"; bad.mkdir(); (bad / "manifest.json").write_text('{"format": 99}'); D.read_diff(bad)
 
+def test_full_model_in_adapter_dir_cli(tmp_path, tok):
+    """A run whose adapter/ holds a whole model (config.json, no adapter_config.json: a merged or full fine-tune saved
+    there): `safety-compass diff` diffs it as a full fine-tune (two models) instead of failing inside PEFT."""
+    from conftest import run_cli
+    base_dir, run = tmp_path / "base", tmp_path / "run"
+    tiny(tok, seed=0).save_pretrained(base_dir); tok.save_pretrained(base_dir)
+    ft = tiny(tok, seed=0)
+    with torch.no_grad():   # a small fine-tune of the same model: block 1's MLP moved
+        ft.model.layers[1].mlp.down_proj.weight.add_(0.05 * torch.randn_like(ft.model.layers[1].mlp.down_proj.weight))
+    ft.save_pretrained(run / "adapter")
+    (run / "run.json").write_text(json.dumps({"model_name": str(base_dir), "status": "completed"}))
+    assert not (run / "adapter" / "adapter_config.json").exists()
+    r = run_cli("safety-compass", "diff", "--run-dir", run, "--heldout", "4", "--layers", "2", "--no-generate",
+                env={"OMP_NUM_THREADS": "1"}, timeout=600)
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr[-3000:]
+    man = json.loads((run / "diff" / "manifest.json").read_text())
+    assert man["pair"]["kind"] == "models" and man["adapter_sha256"] == D.adapter_sha256(run / "adapter")
+    assert "a full fine-tune" in " ".join(man["notes"]) and "KL(fine-tuned || base)" in r.stdout
+    kl = json.loads((run / "diff" / "kl_summary.json").read_text())
+    assert kl["mean"] > 0                                    # the moved weights are seen
+    # `behavior --run-dir` reads the same run the same way
+    from safety_compass.behavior import run_behavior
+    rows = run_behavior(run_dir=run, model=tiny(tok, seed=0), tokenizer=tok, concepts=["refusal"], limit=2, generate_text=False,
+                        output_dir=tmp_path / "beh")
+    assert {r["model"] for r in rows} == {"base", "finetuned"}
+    # a weights folder that is neither: one line, before any model loads
+    (run / "adapter" / "config.json").unlink()
+    r = run_cli("safety-compass", "diff", "--run-dir", run, "--output-dir", tmp_path / "d2", env={"OMP_NUM_THREADS": "1"})
+    assert r.returncode == 2 and r.stderr.strip() == f"error: {run / 'adapter'}: neither a PEFT adapter (adapter_config.json) nor a model (config.json)"
+    assert not (tmp_path / "d2").exists()
+
 # ---- several processes -----------------------------------------------------------------------------------------
 
 WORKER = r'''

@@ -177,10 +177,11 @@ def test_orthogonalize_embedded_model(embedded):
     assert torch.equal(orth.get_output_embeddings().weight, head)
     assert model.get_output_embeddings().weight.data_ptr() == model.get_input_embeddings().weight.data_ptr()  # original untouched
 
-def lora_model(seed=3):
+def lora_model(seed=3, identity=False):
+    "A tiny LoRA model with random adapter weights (`identity`: PEFT's default init, B = 0, so it equals its base)."
     from peft import LoraConfig, get_peft_model
     return get_peft_model(tiny(seed=seed), LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
-                                                      init_lora_weights=False)).eval()
+                                                      init_lora_weights=identity)).eval()
 
 def test_scale_adapter_zero_is_base_one_is_finetuned():
     from peft.tuners.lora import LoraLayer
@@ -216,11 +217,11 @@ def test_recovered_fraction_and_vector_export():
     assert r["recovered_fraction"] == pytest.approx((s - f).mean() / (b - f).mean())
     assert r["recovered_ci_low"] < r["recovered_fraction"] < r["recovered_ci_high"]
 
-def write_run(run: Path, tok_model_seed=0):
+def write_run(run: Path, tok_model_seed=0, identity=False):
     "A synthetic LoRA run directory for a tiny model: run.json, adapter/, baselines/ (random unit direction at layer 2)."
     run.mkdir(parents=True)
     (run / "run.json").write_text("{}")
-    lora_model(seed=tok_model_seed).save_pretrained(str(run / "adapter"))
+    lora_model(seed=tok_model_seed, identity=identity).save_pretrained(str(run / "adapter"))
     rng = np.random.default_rng(0)
     u = rng.standard_normal(H); u /= np.linalg.norm(u)
     arrays = {"refusal/direction": u, **{f"refusal/{k}": rng.standard_normal((4, H)) + (1.0 if k.startswith("pos") else 0.0) * u
@@ -238,15 +239,16 @@ def test_run_steer_end_to_end_on_a_tiny_run(tmp_path, tok):
     write_run(run, tok_model_seed=4)
     base = tiny(vocab=49152, seed=4)   # the adapter's base weights (same seed)
     # adapter scale 0 is the base model: it recovers exactly 100% of the drift on every prompt
-    s = run_steer(run, op="adapter", scales=(0.0,), kl_cap=1e9, model=base, tokenizer=tok, limit=4, n_answers=2,
-                  max_new_tokens=2)
+    s = run_steer(run, op="adapter", scales=(0.0,), kl_cap=1e9, model=base, tokenizer=tok, limit=6, n_answers=2,
+                  max_new_tokens=2)   # 3 held-out prompts: the fewest with a CI of the gap
     assert not any(isinstance(m, LoraLayer) for m in base.modules())   # the caller's model is given back without LoRA layers
     assert s["selected"]["scale"] == 0.0 and s["recovered_fraction"] == pytest.approx(1.0, abs=1e-9)
+    assert s["recoverable"] and s["gap_ci_low"] > 0 and s["n"] == 3
     assert s["logodds_steered"] == pytest.approx(s["logodds_base"], abs=1e-9)
     assert s["harmless_kl_to_base"] == pytest.approx(0, abs=1e-9) and s["harmless_kl"] == pytest.approx(s["harmless_kl_finetune"], abs=1e-9)
     assert s["harmless_kl_finetune"] > 0
     assert {p.name for p in (run / "steer").iterdir()} == {"grid.csv", "prompts.csv", "summary.json", "steer.png", "manifest.json"}
-    for k in ("base", "finetuned", "steered"): assert s[f"rates_{k}"]["held_out"]["n"] == 2
+    for k in ("base", "finetuned", "steered"): assert s[f"rates_{k}"]["held_out"]["n"] == 3
     # restore: every candidate is measured and carries a verdict; the report section reads the files
     s2 = run_steer(run, op="restore", output_dir=tmp_path / "r", model=base, tokenizer=tok, limit=4, n_answers=2,
                    generate_text=False, n_random=2)
@@ -256,12 +258,30 @@ def test_run_steer_end_to_end_on_a_tiny_run(tmp_path, tok):
     assert sorted(grid["at"].value_counts().items()) == [("all", 8), ("read", 8)]
     assert (grid.selected | grid.rejected.notna()).all()
     html = report_section({"runs": [{"dir": run, "name": "tiny"}]})
-    assert "Steering: tiny" in html and "recovered fraction 1.00" in html and "data:image/png;base64," in html
+    assert "Steering: tiny" in html and "recovered 1.00 [1.00, 1.00] of the base − fine-tuned gap" in html and "data:image/png;base64," in html
     assert report_section({"runs": [{"dir": tmp_path, "name": "none"}]}) == ""
     # the whole report of this run directory (no drift log: made without the monitor) holds its steering section only
     from safety_compass.report import report
     doc = report([run], tmp_path / "report.html").read_text()
     assert "Steering: run" in doc and "No drift log (not monitored during training): run" in doc and "Drift:" not in doc
+
+def test_no_fraction_of_a_gap_inside_its_noise(tmp_path, tok, monkeypatch, capsys):
+    """A fine-tune that moved nothing (an identity adapter: gap 0 on every prompt): `safety-compass steer` says there is
+    nothing to recover instead of a ratio over a denominator inside its noise, and so do the summary and the report."""
+    import safety_compass.models as M
+    from safety_compass.cli import main
+    run = tmp_path / "run"; write_run(run, tok_model_seed=4, identity=True)
+    base = tiny(vocab=49152, seed=4)
+    monkeypatch.setattr(M, "load_model", lambda *a, **k: (base, tok))
+    assert main(["steer", "--run-dir", str(run), "--op", "adapter", "--scales", "0,0.5", "--kl-cap", "1e9", "--limit", "6",
+                 "--no-generate", "--random-directions", "2"]) == 0
+    out = capsys.readouterr().out
+    s = json.loads((run / "steer" / "summary.json").read_text())
+    assert not s["recoverable"] and s["gap"] == 0 and s["n"] == 3
+    assert "nothing to recover: the base − fine-tuned gap +0.000 nats (95% CI [+0.000, +0.000], n = 3) is within its noise" in out
+    assert "recovered" not in out.replace("no recovered fraction", ""), out
+    html = report_section({"runs": [{"dir": run, "name": "still"}]})
+    assert "nothing to recover" in html and "recovered fraction" not in html.replace("no recovered fraction", "")
 
 def write_pairs(path: Path):
     "Six refusal pairs (arditi strategy) of our own: 4 train, 2 val."

@@ -300,7 +300,7 @@ def plot_lens_by_layer(top1, title: str | None = None):
 # %% ../nbs/16_plots.ipynb #d4e1a702
 def plot_token_split(tokens: Sequence[str], n_prompt: int, title: str | None = None, per_row: int = 12):
     """One box per token, `per_row` to a row: the first `n_prompt` (the prompt) grey, the rest (the answer: the tokens
-    a loss or a readout covers) in colour, each labelled with its text (`repr`, quotes dropped)."""
+    a loss or a readout covers) in colour, each labelled with its text (`repr` without quotes, at most 10 characters)."""
     plt = _mpl()
     rows = max(1, -(-len(tokens) // per_row))
     fig = plt.figure(figsize=(0.62 * per_row, 0.42 * rows + 0.7))
@@ -308,24 +308,24 @@ def plot_token_split(tokens: Sequence[str], n_prompt: int, title: str | None = N
     for i, t in enumerate(tokens):
         r, c = divmod(i, per_row)
         ax.add_patch(plt.Rectangle((c, -r), 0.94, 0.8, color="#d9d9d9" if i < n_prompt else concept_color("answer")))
-        ax.text(c + 0.47, -r + 0.4, repr(t)[1:-1][:7], ha="center", va="center", fontsize=6.5, family="monospace")
+        ax.text(c + 0.47, -r + 0.4, repr(t)[1:-1][:10], ha="center", va="center", fontsize=6, family="monospace")
     ax.set_xlim(-0.1, per_row); ax.set_ylim(-rows + 0.9, 0.9); ax.axis("off")
     ax.set_title(title or f"{n_prompt} prompt tokens (grey) | {len(tokens) - n_prompt} answer tokens", fontsize=9)
     fig.tight_layout()
     return fig
 
 def plot_shards(batches_by_rank: Sequence[Sequence[Sequence[int]]], n_real: Sequence[int] | None = None, title: str | None = None):
-    """Which rank runs which batch: one row per rank, one box per forward, labelled with the batch's first row index and
-    size; repeats a rank runs only to keep step with the others (beyond `n_real[rank]`) hatched."""
+    """Which rank runs which batch: one row per rank, one box per forward, labelled with the batch's row indices;
+    repeats a rank runs only to keep step with the others (beyond `n_real[rank]`) hatched and pale."""
     plt = _mpl()
     fig = plt.figure(figsize=(5.6, 0.5 * len(batches_by_rank) + 0.9))
     ax = fig.subplots()
     for r, bs in enumerate(batches_by_rank):
         for j, b in enumerate(bs):
             pad = n_real is not None and j >= n_real[r]
-            ax.add_patch(plt.Rectangle((j, -r), 0.92, 0.8, color=concept_color(f"rank {r}"), alpha=0.35 if pad else 0.9,
+            ax.add_patch(plt.Rectangle((j, -r), 0.92, 0.8, color=concept_color("refusal"), alpha=0.3 if pad else 0.75,
                                        hatch="//" if pad else None))
-            ax.text(j + 0.46, -r + 0.4, f"{len(b)} rows", ha="center", va="center", fontsize=7)
+            ax.text(j + 0.46, -r + 0.4, "rows " + ",".join(map(str, b)), ha="center", va="center", fontsize=7)
     width = max((len(bs) for bs in batches_by_rank), default=1)
     ax.set_xlim(-0.1, width); ax.set_ylim(-len(batches_by_rank) + 0.9, 0.9)
     ax.set_yticks([-r + 0.4 for r in range(len(batches_by_rank))], [f"rank {r}" for r in range(len(batches_by_rank))])

@@ -408,13 +408,12 @@ class StateStore:
 
     def ensure(self, ids: Sequence[Sequence[int]], spans: Sequence[tuple]) -> list[str]:
         "Compute the states of the sequences no chunk holds (all ranks must call this together); returns every key."
-        import torch
-        from safety_compass.capture import capture_tokens, dist_info
+        from safety_compass.capture import capture_tokens
+        from safety_compass.dist import broadcast
         keys = [_seq_key(x, s) for x, s in zip(ids, spans)]
         first = {k: i for i, k in reversed(list(enumerate(keys)))}    # each distinct sequence once
         todo = [first[k] for k in sorted(first) if not self.has(k)]   # hash order: batches independent of the pairs' order
-        if dist_info()[1] > 1:  # rank 0 owns the cache: every rank computes what it says is missing
-            box = [todo]; torch.distributed.broadcast_object_list(box, src=0); todo = box[0]
+        todo = broadcast(todo)   # rank 0 owns the cache: every rank computes what it says is missing
         for c0 in range(0, len(todo), self.chunk_size):
             part = todo[c0:c0 + self.chunk_size]
             got = capture_tokens(self.model, self.tokenizer, [ids[i] for i in part], self.layers, token_budget=self.token_budget,

@@ -25,7 +25,7 @@ from .layers import (unwrap_model, decoder_blocks, num_layers, final_norm, model
 from .pairs import Conversation
 from .templates import (SYSTEM_MODES, accepts_system_turn, fold_system, render_prompt, tokenize_prompts,
                                       prompt_token_ids)
-from .dist import dist_info, init_distributed, end_distributed, gather_rows, shard_batches
+from .dist import dist_info, init_distributed, end_distributed, gather_rows, gather_objects, shard_batches
 # chat templates live in `templates`, process groups in `dist`: their public names stay importable from here
 _all_ = ["SYSTEM_MODES", "accepts_system_turn", "fold_system", "render_prompt", "tokenize_prompts", "prompt_token_ids",
          "dist_info", "init_distributed", "end_distributed"]
@@ -695,9 +695,7 @@ def capture_tokens(model, tokenizer, ids: Sequence[Sequence[int]], layers: Itera
     world = dist_info()[1] if shard else 1
     if reds is None:
         if world > 1:
-            parts = [None] * world
-            torch.distributed.all_gather_object(parts, per_seq)
-            for p in parts: per_seq.update(p)
+            for p in gather_objects(per_seq): per_seq.update(p)
         return [per_seq[i] for i in range(len(ids))]
     if not ids or any(k not in out[reds[0]] for k in keys):  # no sequences (or no batch on this rank): empty arrays of the right width
         cfg = unwrap_model(model).config

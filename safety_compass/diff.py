@@ -15,7 +15,7 @@ from torch import nn
 
 from .core import SafetyCompassError, atomic_open, atomic_write_json, atomic_write_text, staged_dir, check_writable
 from .capture import iter_token_batches, hook_layers, add_to_layer, capture_last_token
-from .dist import dist_info, init_distributed
+from .dist import dist_info, init_distributed, gather_objects
 from .layers import unwrap_model, num_layers, LoraModule, lora_modules, next_token_probs
 
 log = logging.getLogger(__name__)
@@ -319,11 +319,7 @@ def _kept_masks(ids, starts, max_kept: int | None, seed: int) -> list[np.ndarray
 
 def _gather_parts(parts: list) -> list:
     "Every rank's list of parts, concatenated (one process: `parts` itself)."
-    rank, world = dist_info()
-    if world == 1: return parts
-    out = [None] * world
-    torch.distributed.all_gather_object(out, parts)
-    return [p for r in out for p in r]
+    return parts if dist_info()[1] == 1 else [p for r in gather_objects(parts) for p in r]
 
 def token_diff(pair: ModelPair, ids: Sequence[Sequence[int]], starts: Sequence[int] | None = None, layers=(), kl: bool = True,
                temperature: float = 1.0, top_k: int = 20, keep_layers=(), max_kept: int | None = 20000, seed: int = 0,

@@ -12,7 +12,8 @@ import torch
 from .core import SafetyCompassError
 
 # %% auto #0
-__all__ = ['dist_info', 'init_distributed', 'end_distributed', 'deal_batches', 'shard_batches', 'gather_rows', 'broadcast']
+__all__ = ['dist_info', 'init_distributed', 'end_distributed', 'deal_batches', 'shard_batches', 'gather_rows', 'gather_objects',
+           'broadcast']
 
 # %% ../nbs/00e_dist.ipynb #f2a30009
 def _env_int(name: str, default: str) -> int:
@@ -72,6 +73,14 @@ def gather_rows(out: dict, rows: list[int], keys: list, world: int):
     for r_rows, arrs in parts:
         if r_rows:
             for k, a in zip(keys, arrs): out[k][r_rows] = a
+
+def gather_objects(obj: Any) -> list:
+    "Every rank's `obj`, in rank order (`[obj]` in one process). A collective: every rank calls it."
+    rank, world = dist_info()
+    if world == 1: return [obj]
+    out = [None] * world
+    torch.distributed.all_gather_object(out, obj)
+    return out
 
 def broadcast(obj: Any) -> Any:
     "Rank 0's `obj` on every rank (identity in one process). A collective: every rank calls it."

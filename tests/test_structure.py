@@ -87,6 +87,17 @@ def test_chat_templates_only_in_templates():
     found = [m for m in MODS if m != "templates" and "apply_chat_template" in calls_of(m)]
     assert not found, f"apply_chat_template called outside templates.py: {found}"
 
+def test_process_groups_only_in_dist():
+    "One home for several processes: no module but `dist` touches `torch.distributed` (calls or imports)."
+    def touches(mod):
+        for n in ast.walk(ast.parse(MODS[mod].read_text())):
+            if isinstance(n, ast.Attribute) and n.attr == "distributed" and isinstance(n.value, ast.Name) and n.value.id == "torch": return True
+            if isinstance(n, ast.Import) and any(a.name.startswith("torch.distributed") for a in n.names): return True
+            if isinstance(n, ast.ImportFrom) and (n.module or "").startswith("torch.distributed"): return True
+        return False
+    found = [m for m in MODS if m != "dist" and touches(m)]
+    assert not found, f"torch.distributed used outside dist.py: {found}"
+
 def private_uses(mod: str) -> list[str]:
     """`_private` names `mod` takes from another package module: `from safety_compass.x import _y`, `from .x import _y`,
     and attribute reads `x._y` on a name bound to another package module (`from safety_compass import x`,

@@ -452,7 +452,7 @@ def _interleave(groups: list[list]) -> list:
     return out
 
 def chat_sequences(tokenizer, examples: Sequence[tuple[str, str, str]], max_seq_length: int = 128) -> DiffData:
-    """`DiffData` of `(prompt, response, source)` examples tokenized exactly as fine-tuning does (`finetune.sft_example`:
+    """`DiffData` of `(prompt, response, source)` examples tokenized exactly as fine-tuning does (`templates.sft_example`:
     chat-templated prompt + reply + end-of-turn token), cut to `max_seq_length`; examples whose prompt fills it are dropped."""
     from safety_compass.templates import sft_example
     d = DiffData([], [], [], [], [])

@@ -255,7 +255,7 @@ def prompt_ids(tokenizer, items: Sequence[dict]) -> list[list[int]]:
 
 def answer_examples(tokenizer, rows: Sequence[dict], max_reply_tokens: int = 48) -> list[tuple[list[int], int]]:
     """`(token ids, reply start)` of held-out instruction/answer rows (Dolly format: `instruction`, optional `context`,
-    `response`), templated as fine-tuning renders them (`finetune.sft_example`), the reply cut to `max_reply_tokens`."""
+    `response`), templated as fine-tuning renders them (`templates.sft_example`), the reply cut to `max_reply_tokens`."""
     from safety_compass.finetune import dolly_format
     from safety_compass.templates import sft_example
     out = []

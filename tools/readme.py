@@ -11,6 +11,9 @@ for cell in nb["cells"]:
         src = re.sub(r"^> (.*)$", r"*\1*", src, flags=re.M)
         # chapter links point at the docs site's pages; in the README they point at the notebooks themselves
         src = re.sub(r"\]\((\d+[a-zA-Z0-9]*_\w+)\.html\)", r"](nbs/\1.ipynb)", src)
+        # other files are linked from the notebook's folder (`../benchmarks/README.md`, `../nbs/images/...`, which also
+        # resolve from the built site in _docs/); in the README they are relative to the repository root
+        src = re.sub(r"\]\(\.\./", "](", src)
         out.append(src)
     elif cell["cell_type"] == "code":
         src = "\n".join(l for l in src.splitlines() if not l.startswith("#|"))

@@ -23,17 +23,17 @@ __all__ = ['log', 'PREFERENCE_FORMATS', 'AB_FIELDS', 'BAD_ROWS_SHOWN', 'REPRESEN
            'boot_ci', 'AGREE_ANSWERS', 'CORRECT_ANSWERS', 'COMPLY_ANSWERS', 'REFUSE_ANSWERS', 'NEUTRAL_SENTENCES',
            'LENGTH_PLAN', 'LENGTH_FILLER', 'FILTER_SIGNS', 'STEER_MODES', 'TABLE_COLUMNS', 'TABLE_HEADERS',
            'PreferencePair', 'PreferenceData', 'row_format', 'hh_turns', 'parse_row', 'read_records', 'bad_rows_error',
-           'load_preferences', 'pairs_from_records', 'response_tokens', 'EncodedPairs', 'encode_pairs',
-           'model_fingerprint', 'StateStore', 'AuditDirection', 'templated_settings', 'audit_block',
-           'prompt_directions', 'concept_audit_settings', 'contrastive_answers', 'response_directions',
-           'length_control', 'delta_stats', 'logit_lens', 'probe_auroc', 'discovery', 'prompt_text', 'topic_clusters',
-           'topic_table', 'pair_flags', 'length_stats', 'length_line', 'predict', 'compare_prediction',
-           'observed_from_behavior', 'AuditResult', 'audit_pairs', 'planted_sycophancy', 'planted_harmful_compliance',
-           'length_only', 'null_pairs', 'random_labels', 'contaminated', 'flagged_pairs', 'write_filtered',
-           'inoculate_prompt', 'inoculate', 'trl_records', 'write_trl', 'preventative_steering', 'shaping_margins',
-           'shaped_dpo_class', 'add_shaping_column', 'concept_table', 'format_text_table', 'summary_dict',
-           'preflight_text', 'write_audit', 'load_audit', 'select_directions', 'run_audit', 'audit_html', 'find_audits',
-           'report_section', 'add_audit_args', 'audit_command', 'split_half_agreement', 'robust_z']
+           'load_preferences', 'pairs_from_records', 'EncodedPairs', 'encode_pairs', 'model_fingerprint', 'StateStore',
+           'AuditDirection', 'templated_settings', 'audit_block', 'prompt_directions', 'concept_audit_settings',
+           'contrastive_answers', 'response_directions', 'length_control', 'delta_stats', 'logit_lens', 'probe_auroc',
+           'discovery', 'prompt_text', 'topic_clusters', 'topic_table', 'pair_flags', 'length_stats', 'length_line',
+           'predict', 'compare_prediction', 'observed_from_behavior', 'AuditResult', 'audit_pairs',
+           'planted_sycophancy', 'planted_harmful_compliance', 'length_only', 'null_pairs', 'random_labels',
+           'contaminated', 'flagged_pairs', 'write_filtered', 'inoculate_prompt', 'inoculate', 'trl_records',
+           'write_trl', 'preventative_steering', 'shaping_margins', 'shaped_dpo_class', 'add_shaping_column',
+           'concept_table', 'format_text_table', 'summary_dict', 'preflight_text', 'write_audit', 'load_audit',
+           'select_directions', 'run_audit', 'audit_html', 'find_audits', 'report_section', 'add_audit_args',
+           'audit_command', 'response_tokens', 'split_half_agreement', 'robust_z']
 
 # %% ../nbs/14_audit.ipynb #d434a12b
 @dataclass(frozen=True)
@@ -300,40 +300,8 @@ def pairs_from_records(records: Sequence[dict], source: str = "records", **kw) -
     return PreferenceData(pairs, list(records), source, tuple(formats))
 
 # %% ../nbs/14_audit.ipynb #10f2ac06
-def response_tokens(tokenizer, prompt: Conversation, response: str, system_mode: str = "auto",
-                    where: str = "pair") -> tuple[list[int], list[int]]:
-    """`(prompt_ids, response_ids)` of one side of a pair: `prompt_ids` are the chat-templated prompt exactly as
-    generation renders it (`capture.render_prompt`, the messages as given, with `system_mode` for templates without a
-    system turn), `response_ids` the answer through the template's end-of-turn token. The split is the fine-tuning
-    chapter's (`sft_example`): the templated conversation is cut at the end of the prompt text and the two parts are
-    tokenized separately, checked to decode to the whole, with an offsets fallback; here the prompt may be any
-    conversation, not only one user turn. Raises a one-line error naming `where` when no split exists."""
-    from safety_compass.capture import render_prompt, accepts_system_turn, fold_system
-    from safety_compass.finetune import _special_ids, _decodes_to, _reply_ids_by_offsets
-    p_text = render_prompt(tokenizer, prompt, system_mode)
-    mode = system_mode
-    if mode == "auto": mode = "native" if not any(r == "system" for r, _ in prompt) or accepts_system_turn(tokenizer) else "fold"
-    conv = fold_system(prompt) if mode == "fold" else prompt
-    extra = {"enable_thinking": False} if "enable_thinking" in str(tokenizer.chat_template) else {}
-    full = tokenizer.apply_chat_template(as_messages(conv) + [{"role": "assistant", "content": response}], tokenize=False, **extra)
-    eos = tokenizer.eos_token or ""
-    if not full.startswith(p_text): full = p_text + response + eos  # a past assistant turn rendered unlike a fresh one (Qwen3)
-    special = _special_ids(tokenizer)
-    k = full.find(response, len(p_text)) if response else len(p_text)
-    tail = full[k + len(response):] if k >= 0 else full[len(p_text):]
-    eot = next((t for t in tokenizer(tail, add_special_tokens=False)["input_ids"] if t in special), None)
-    if eot is None:
-        if tokenizer.eos_token is None:
-            raise SafetyCompassError(f"{where}: the chat template ends the assistant turn with no special token and the tokenizer has no eos_token")
-        full, eot = full + eos, tokenizer.eos_token_id
-    p_ids = tokenizer(p_text, add_special_tokens=False)["input_ids"]
-    r_ids = tokenizer(full[len(p_text):], add_special_tokens=False)["input_ids"]
-    if not _decodes_to(tokenizer, p_ids + r_ids, full):
-        r_ids = _reply_ids_by_offsets(tokenizer, full, len(p_text))
-        if r_ids is None or not _decodes_to(tokenizer, p_ids + r_ids, full):
-            raise SafetyCompassError(f"{where}: the tokenizer cannot split this pair at the end of the prompt (prompt and answer tokens merge)")
-    end = len(r_ids) - r_ids[::-1].index(eot) if eot in r_ids else len(r_ids)  # the template's own end-of-turn: the last one
-    return p_ids, r_ids[:end]
+from .templates import response_tokens   # the one prompt/answer split; importable from here as before
+_all_ = ["response_tokens"]
 
 @dataclass
 class EncodedPairs:
@@ -440,13 +408,12 @@ class StateStore:
 
     def ensure(self, ids: Sequence[Sequence[int]], spans: Sequence[tuple]) -> list[str]:
         "Compute the states of the sequences no chunk holds (all ranks must call this together); returns every key."
-        import torch
-        from safety_compass.capture import capture_tokens, dist_info
+        from safety_compass.capture import capture_tokens
+        from safety_compass.dist import broadcast
         keys = [_seq_key(x, s) for x, s in zip(ids, spans)]
         first = {k: i for i, k in reversed(list(enumerate(keys)))}    # each distinct sequence once
         todo = [first[k] for k in sorted(first) if not self.has(k)]   # hash order: batches independent of the pairs' order
-        if dist_info()[1] > 1:  # rank 0 owns the cache: every rank computes what it says is missing
-            box = [todo]; torch.distributed.broadcast_object_list(box, src=0); todo = box[0]
+        todo = broadcast(todo)   # rank 0 owns the cache: every rank computes what it says is missing
         for c0 in range(0, len(todo), self.chunk_size):
             part = todo[c0:c0 + self.chunk_size]
             got = capture_tokens(self.model, self.tokenizer, [ids[i] for i in part], self.layers, token_budget=self.token_budget,

@@ -15,13 +15,16 @@ import transformers
 
 from .core import SafetyCompassError, bundled_root, atomic_open, atomic_write_json, staged_dir, check_writable
 from .pairs import conversation
-from .capture import render_prompt, eval_mode, unwrap_model
+from .capture import eval_mode, unwrap_model
+from .templates import render_prompt, end_of_turn_ids
+# the end-of-turn ids are a chat-template fact (`templates`): importable from here as before
+_all_ = ["end_of_turn_ids"]
 
 # %% auto #0
 __all__ = ['BEHAVIOR_FIELDS', 'REFUSAL_PATTERNS', 'AGREEMENT_PATTERNS', 'CORRECTION_PATTERNS', 'HONESTY_PATTERNS', 'SCORERS',
-           'JUDGE_QUESTIONS', 'DEFAULT_OPENERS', 'load_behavior_prompts', 'bundled_behavior', 'end_of_turn_ids',
-           'generate', 'register_scorer', 'rule_label', 'rules_scorer', 'judge_scorer', 'evaluate', 'summarize',
-           'write_behavior', 'run_behavior', 'wilson_ci', 'mean_ci']
+           'JUDGE_QUESTIONS', 'DEFAULT_OPENERS', 'load_behavior_prompts', 'bundled_behavior', 'generate',
+           'register_scorer', 'rule_label', 'rules_scorer', 'judge_scorer', 'evaluate', 'summarize', 'write_behavior',
+           'run_behavior', 'end_of_turn_ids', 'wilson_ci', 'mean_ci']
 
 # %% ../nbs/11_behavior.ipynb #77b5f71c
 BEHAVIOR_FIELDS = ("id", "concept", "system", "prompt", "expected", "kind")
@@ -53,29 +56,6 @@ def bundled_behavior(concept: str) -> list[dict]:
     return load_behavior_prompts(p)
 
 # %% ../nbs/11_behavior.ipynb #160dc61a
-_TURN_MARK = "Qz7 reply mark"   # assistant content to find in a rendered template; no template emits it
-
-def end_of_turn_ids(tokenizer: transformers.PreTrainedTokenizerBase, model: torch.nn.Module | None = None) -> list[int]:
-    """Token ids that end an assistant turn: `model.generation_config.eos_token_id` (int or list), the tokenizer's
-    EOS, and the special token(s) the chat template writes right after an assistant message's content."""
-    ids = set()
-    gc = getattr(unwrap_model(model), "generation_config", None) if model is not None else None
-    eos = getattr(gc, "eos_token_id", None)
-    ids.update(eos if isinstance(eos, (list, tuple)) else [] if eos is None else [eos])
-    if tokenizer.eos_token_id is not None: ids.add(tokenizer.eos_token_id)
-    special = set(tokenizer.all_special_ids) | {i for i, t in tokenizer.added_tokens_decoder.items() if t.special}
-    extra = {"enable_thinking": False} if "enable_thinking" in (getattr(tokenizer, "chat_template", None) or "") else {}
-    for conv in ([{"role": "user", "content": "Hi"}, {"role": "assistant", "content": _TURN_MARK}],
-                 [{"role": "system", "content": "S"}, {"role": "user", "content": "Hi"}, {"role": "assistant", "content": _TURN_MARK}]):
-        try: text = tokenizer.apply_chat_template(conv, tokenize=False, **extra)
-        except Exception: continue   # e.g. a template that insists on (or rejects) a system turn: try the other
-        if _TURN_MARK not in text: continue
-        for t in tokenizer(text[text.rindex(_TURN_MARK) + len(_TURN_MARK):], add_special_tokens=False)["input_ids"]:
-            if t in special: ids.add(int(t))
-            elif tokenizer.decode([t]).strip(): break   # text after the turn (a template's own suffix): stop looking
-        break
-    return sorted(int(i) for i in ids)
-
 def generate(model: torch.nn.Module,                          # a causal LM (a PEFT wrapper is fine)
              tokenizer: transformers.PreTrainedTokenizerBase,  # its tokenizer, with a chat template; not modified
              items: Sequence[dict],                            # behavior items: `prompt` and `system` ("" or None: none)

@@ -13,6 +13,7 @@ from transformers import TrainerCallback
 
 from .core import SafetyCompassError, atomic_write_text
 from .monitor import SafetyCompassMonitor
+from .dist import broadcast
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +35,7 @@ def log_columns(concepts: Iterable[str]) -> list[str]:
 def _fmt(v):
     if v is None or (isinstance(v, float) and math.isnan(v)): return ""
     if isinstance(v, bool): return "true" if v else "false"
-    if isinstance(v, float): return repr(round(v, 8))
+    if isinstance(v, float): return repr(round(float(v), 8))   # float(): numpy 2 reprs an np.float64 as `np.float64(x)`
     return str(v)
 
 def _key(r) -> tuple[int, str, str]:
@@ -240,20 +241,13 @@ class _WrappedForward:
     def __init__(self, trainer): self.trainer = trainer
     def __call__(self, **kw): return self.trainer.model_wrapped(**kw)
 
-def _broadcast(obj):
-    "Rank 0's `obj` on every rank (identity in one process)."
-    from safety_compass.capture import dist_info
-    if dist_info()[1] == 1: return obj
-    import torch.distributed as dist
-    box = [obj]; dist.broadcast_object_list(box, src=0); return box[0]
-
 def _on_rank0(fn, main: bool):
     "Run `fn` on rank 0 only; every rank gets its result, or raises its `SafetyCompassError` (no rank is left waiting)."
     out = (None, None)
     if main:
         try: out = (fn(), None)
         except SafetyCompassError as e: out = (None, str(e))
-    res, err = _broadcast(out)
+    res, err = broadcast(out)
     if err is not None: raise SafetyCompassError(err)
     return res
 
@@ -335,7 +329,7 @@ class SafetyCompassCallback(TrainerCallback):
         snap = _Restore(self.monitor.model, self.monitor.tokenizer)
         try: rows = self.monitor.measure(int(state.global_step), epoch=state.epoch)
         finally: snap.restore()
-        return _broadcast(rows)  # so every rank takes the same alert decisions
+        return broadcast(rows)  # so every rank takes the same alert decisions
 
     def _record(self, rows, state, control, weights: str):
         step = int(state.global_step)
@@ -456,7 +450,7 @@ class SafetyCompassCallback(TrainerCallback):
         step = int(state.global_step)
         now = _fingerprint(self.monitor.model)
         ref = self._fp[1] if self._fp is not None and self._fp[0] == step else None
-        same = _broadcast(None if now is None or ref is None else now == ref)
+        same = broadcast(None if now is None or ref is None else now == ref)
         if same:
             self._measure(args, state)
         else:

@@ -19,20 +19,26 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .core import SafetyCompassError
+from .core import SafetyCompassError, one_line
 from .layers import (unwrap_model, decoder_blocks, num_layers, final_norm, model_body, residual_writers,
-                                   embed_scale, positionwise_writers, lm_head)
-from .pairs import Conversation, as_messages
+                                   embed_scale, positionwise_writers, lm_head, model_device, cache_kwarg)
+from .pairs import Conversation
+from .templates import (SYSTEM_MODES, accepts_system_turn, fold_system, render_prompt, tokenize_prompts,
+                                      prompt_token_ids)
+from .dist import dist_info, init_distributed, end_distributed, gather_rows, gather_objects, shard_batches
+# chat templates live in `templates`, process groups in `dist`: their public names stay importable from here
+_all_ = ["SYSTEM_MODES", "accepts_system_turn", "fold_system", "render_prompt", "tokenize_prompts", "prompt_token_ids",
+         "dist_info", "init_distributed", "end_distributed"]
 
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'POSITION_MODES', 'SYSTEM_MODES', 'REDUCTIONS', 'layer_module', 'TokenPositions', 'PositionTracker',
-           'track_positions', 'StopForward', 'LayerHook', 'register_layer_hook', 'hook_layers', 'hook_writers',
-           'ablate_direction', 'accepts_system_turn', 'fold_system', 'render_prompt', 'tokenize_prompts',
-           'prompt_token_ids', 'token_batches', 'dist_info', 'init_distributed', 'end_distributed', 'eval_mode',
-           'last_token_only', 'capture_last_token', 'TokenBatch', 'iter_token_batches', 'capture_tokens', 'PrefixGroup',
-           'PlanBatch', 'CapturePlan', 'plan_capture', 'capture_planned', 'add_to_layer']
+__all__ = ['log', 'POSITION_MODES', 'REDUCTIONS', 'layer_module', 'TokenPositions', 'PositionTracker', 'track_positions',
+           'StopForward', 'LayerHook', 'register_layer_hook', 'hook_layers', 'hook_writers', 'ablate_direction',
+           'token_batches', 'eval_mode', 'last_token_only', 'capture_last_token', 'TokenBatch', 'iter_token_batches',
+           'capture_tokens', 'PrefixGroup', 'PlanBatch', 'CapturePlan', 'plan_capture', 'capture_planned',
+           'add_to_layer', 'SYSTEM_MODES', 'accepts_system_turn', 'fold_system', 'render_prompt', 'tokenize_prompts',
+           'prompt_token_ids', 'dist_info', 'init_distributed', 'end_distributed']
 
 # %% ../nbs/04_capture.ipynb #698299bc
 def layer_module(model, layer: int) -> nn.Module:
@@ -389,82 +395,6 @@ def ablate_direction(model, direction, positions="all"):
         return (wf - (wf @ uu).unsqueeze(-1) * uu).to(w.dtype)
     with hook_writers(model, fn, positions) as tracker: yield tracker
 
-# %% ../nbs/04_capture.ipynb #c988ac2c
-SYSTEM_MODES = ("auto", "native", "fold")
-_PROBE_SYSTEM = "Safety Compass probe: system turn 7f3a."
-_SYSTEM_SUPPORT: dict[tuple, bool] = {}  # (tokenizer name, chat template) -> the template renders a system turn
-
-def _tokenizer_name(tokenizer) -> str:
-    return getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__
-
-def _one_line(err: Exception) -> str:
-    text = " ".join(str(err).split()) or type(err).__name__
-    return text if len(text) <= 200 else text[:197] + "..."
-
-def _apply_template(tokenizer, messages: list[dict]) -> str:
-    extra = {"enable_thinking": False} if "enable_thinking" in str(tokenizer.chat_template) else {}
-    return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False, **extra)
-
-def _check_template(tokenizer):
-    if not getattr(tokenizer, "chat_template", None):
-        raise SafetyCompassError(f"tokenizer {_tokenizer_name(tokenizer)!r} has no chat template; "
-                                 "Safety Compass needs an instruct/chat model")
-
-def accepts_system_turn(tokenizer) -> bool:
-    "Whether `tokenizer`'s chat template renders a system turn (probe rendered once per template, then cached)."
-    _check_template(tokenizer)
-    key = (_tokenizer_name(tokenizer), str(tokenizer.chat_template))
-    if key not in _SYSTEM_SUPPORT:
-        try: ok = _PROBE_SYSTEM in _apply_template(tokenizer, [{"role": "system", "content": _PROBE_SYSTEM},
-                                                               {"role": "user", "content": "Hello."}])
-        except Exception: ok = False  # the template rejects the system turn (raise_exception, role checks, ...)
-        _SYSTEM_SUPPORT[key] = ok
-        log.info("chat template of %s: %s (system_prompt_mode: auto)", key[0],
-                 "renders a system turn; system prompts stay native" if ok else
-                 "no system turn; system prompts are folded into the first user turn")
-    return _SYSTEM_SUPPORT[key]
-
-def fold_system(conv: Conversation) -> Conversation:
-    "`conv` with its system text prepended to the first user turn (blank line between); an empty system adds nothing."
-    system = "\n\n".join(c for r, c in conv if r == "system" and c)
-    rest = [(r, c) for r, c in conv if r != "system"]
-    if not system: return tuple(rest)
-    for i, (r, c) in enumerate(rest):
-        if r == "user": rest[i] = ("user", f"{system}\n\n{c}"); break
-    else: rest.insert(0, ("user", system))
-    return tuple(rest)
-
-def _renders(tokenizer, conv: Conversation) -> bool:
-    try: _apply_template(tokenizer, as_messages(conv)); return True
-    except Exception: return False
-
-def render_prompt(tokenizer, conv: Conversation, system_mode: str = "auto") -> str:
-    "Chat-templated prompt text ending where the assistant's reply begins; `system_mode` is auto, native or fold."
-    if system_mode not in SYSTEM_MODES:
-        raise SafetyCompassError(f"system_prompt_mode: must be one of {', '.join(SYSTEM_MODES)}, got {system_mode!r}")
-    _check_template(tokenizer)
-    has_system = any(r == "system" for r, _ in conv)
-    mode = system_mode
-    if mode == "auto": mode = "native" if not has_system or accepts_system_turn(tokenizer) else "fold"
-    if mode == "fold": conv = fold_system(conv)
-    try: return _apply_template(tokenizer, as_messages(conv))
-    except Exception as e:
-        name = _tokenizer_name(tokenizer)
-        if mode == "native" and has_system and _renders(tokenizer, fold_system(conv)):  # only the system turn is refused
-            raise SafetyCompassError(f"tokenizer {name!r}: its chat template rejects a system turn ({_one_line(e)}); "
-                                     "use system_prompt_mode: fold") from None
-        raise SafetyCompassError(f"tokenizer {name!r}: the chat template failed ({_one_line(e)})") from None
-
-def tokenize_prompts(tokenizer, convs: Sequence[Conversation], system_mode: str = "auto") -> list[list[int]]:
-    "Token ids of each chat-templated prompt (`render_prompt` with `system_mode`)."
-    texts = [render_prompt(tokenizer, c, system_mode) for c in convs]
-    return tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
-
-def prompt_token_ids(tokenizer, prompts, system_mode: str = "auto") -> list[list[int]]:
-    "Token-id lists (a list of int lists) as given, or the chat-templated ids of conversations (`tokenize_prompts`)."
-    prompts = list(prompts)
-    return prompts if (prompts and isinstance(prompts[0], list)) else tokenize_prompts(tokenizer, prompts, system_mode)
-
 # %% ../nbs/04_capture.ipynb #bf8cb793
 def token_batches(lengths: Sequence[int], token_budget: int | None = 4096, batch_size: int | None = None) -> list[list[int]]:
     "Indices grouped into batches, longest prompts first."
@@ -479,54 +409,6 @@ def token_batches(lengths: Sequence[int], token_budget: int | None = 4096, batch
     return batches
 
 # %% ../nbs/04_capture.ipynb #05a004c9
-def _model_device(model):
-    emb = unwrap_model(model).get_input_embeddings()
-    return emb.weight.device
-
-def dist_info() -> tuple[int, int]:
-    "`(rank, world_size)` of an initialised `torch.distributed` process group, else `(0, 1)`."
-    d = torch.distributed
-    if d.is_available() and d.is_initialized(): return d.get_rank(), d.get_world_size()
-    return 0, 1
-
-def init_distributed() -> str | None:
-    """Under a launcher (`accelerate launch`, `torchrun`: `WORLD_SIZE` > 1) join the process group it describes if
-    nothing did yet (NCCL with CUDA, else gloo) and select this rank's GPU. Returns `cuda:LOCAL_RANK`, or None (one
-    process, or CPU). The audit and diff commands call it before they load a model."""
-    import os
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or not torch.distributed.is_available(): return None
-    cuda = torch.cuda.is_available()
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    if cuda: torch.cuda.set_device(local)
-    if not torch.distributed.is_initialized(): torch.distributed.init_process_group("nccl" if cuda else "gloo")
-    return f"cuda:{local}" if cuda else None
-
-def end_distributed():
-    """Wait for every rank, then destroy the default process group (a no-op with none). A process that exits with a
-    live gloo group while its peer is closing can abort with "terminate called without an active exception"
-    (pytorch/pytorch#190489); the CLI calls this after a command succeeds."""
-    d = torch.distributed
-    if d.is_available() and d.is_initialized():
-        d.barrier(); d.destroy_process_group()
-
-def _gather_rows(out: dict, rows: list[int], keys: list, world: int):
-    "Fill `out` with every rank's rows: each rank computed `rows` (its share of the batches)."
-    payload = (rows, [out[k][rows] for k in keys]) if rows else (rows, None)
-    parts = [None] * world
-    torch.distributed.all_gather_object(parts, payload)
-    for r_rows, arrs in parts:
-        if r_rows:
-            for k, a in zip(keys, arrs): out[k][r_rows] = a
-
-def _my_batches(batches: list[list[int]], distributed: bool | None) -> tuple[list[list[int]], int, int]:
-    """`(this rank's batches, how many of them are real, world size)`: batches dealt round-robin to the ranks, padded
-    with repeats of the first so that every rank runs the same number of forwards (sharded models cannot hang)."""
-    rank, world = dist_info() if distributed is not False else (0, 1)
-    mine = batches[rank::world]
-    n_real = len(mine)
-    if world > 1 and batches: mine = mine + [batches[0]] * (-(-len(batches) // world) - n_real)
-    return mine, n_real, world
-
 def _pad_id(tokenizer) -> int:
     return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
 
@@ -633,7 +515,7 @@ def capture_last_token(model, tokenizer, prompts: Sequence[Conversation] | Seque
     layers = _check_layers(model, layers, logits)
     ids = prompt_token_ids(tokenizer, prompts, system_mode)
     lengths = [len(x) for x in ids]
-    device = _model_device(model)
+    device = model_device(model)
     pad_id = _pad_id(tokenizer)
     keys = [*layers, "logits"] if logits else list(layers)
     head = lm_head(model) if logits else None
@@ -646,7 +528,7 @@ def capture_last_token(model, tokenizer, prompts: Sequence[Conversation] | Seque
         batches = [[int(i) for i in b] for b in batches]
         if sorted(i for b in batches for i in b) != list(range(len(ids))) or not all(batches):
             raise SafetyCompassError(f"batches: must hold every prompt index 0..{len(ids) - 1} exactly once, in non-empty batches")
-    mine, n_real, world = _my_batches(batches, distributed)
+    mine, n_real, world = shard_batches(batches, distributed)
     # the last block run: its output projection and MLP at each row's last token only (see above); none when a full
     # forward reads a middle layer
     trim = num_layers(model) - 1 if logits else (max(layers) - 1 if early_exit and layers else -1)
@@ -682,7 +564,7 @@ def capture_last_token(model, tokenizer, prompts: Sequence[Conversation] | Seque
     if not out:  # no prompts
         cfg = unwrap_model(model).config
         out = {k: np.empty((0, cfg.vocab_size if k == "logits" else cfg.hidden_size), dtype=np.float32) for k in keys}
-    if world > 1: _gather_rows(out, [i for b in mine[:n_real] for i in b], keys, world)
+    if world > 1: gather_rows(out, [i for b in mine[:n_real] for i in b], keys, world)
     return out
 
 # %% ../nbs/04_capture.ipynb #251bd60d
@@ -732,11 +614,11 @@ def iter_token_batches(model, tokenizer, ids: Sequence[Sequence[int]], layers: I
     layers = _check_layers(model, layers, logits)
     ids = _check_ids(ids)
     if logits: lm_head(model)  # raises when the model has none
-    device, pad_id = _model_device(model), _pad_id(tokenizer)
+    device, pad_id = model_device(model), _pad_id(tokenizer)
     run = forward or (lambda **kw: model(**kw))
     if early_exit is None: early_exit = getattr(forward, "early_exit", True)
     if logits: early_exit = False
-    mine, n_real, _ = _my_batches(token_batches([len(x) for x in ids], token_budget, batch_size), None if distributed else False)
+    mine, n_real, _ = shard_batches(token_batches([len(x) for x in ids], token_budget, batch_size), None if distributed else False)
     for k, batch in enumerate(tqdm(mine, desc="capture tokens", disable=not progress, leave=False)):
         input_ids, mask = (t.to(device) for t in _right_padded(ids, batch, pad_id))
         got = {}
@@ -813,16 +695,14 @@ def capture_tokens(model, tokenizer, ids: Sequence[Sequence[int]], layers: Itera
     world = dist_info()[1] if shard else 1
     if reds is None:
         if world > 1:
-            parts = [None] * world
-            torch.distributed.all_gather_object(parts, per_seq)
-            for p in parts: per_seq.update(p)
+            for p in gather_objects(per_seq): per_seq.update(p)
         return [per_seq[i] for i in range(len(ids))]
     if not ids or any(k not in out[reds[0]] for k in keys):  # no sequences (or no batch on this rank): empty arrays of the right width
         cfg = unwrap_model(model).config
         for r in reds:
             for k in keys: out[r].setdefault(k, np.empty((len(ids), cfg.vocab_size if k == "logits" else cfg.hidden_size), dtype=np.float32))
     if world > 1:
-        for r in reds: _gather_rows(out[r], my_rows, keys, world)
+        for r in reds: gather_rows(out[r], my_rows, keys, world)
     return out if many else out[reds[0]]
 
 # %% ../nbs/04_capture.ipynb #e62c7cc1
@@ -957,7 +837,7 @@ def _device_costs(model) -> tuple[int, int]:
     `min_tokens`, and every forward costs `overhead` more. CPU: no minimum, about 32 tokens of (serial Python) overhead
     (timed on the embedded model at one thread; kept constant so that every machine and every rank cuts the same
     batches, whatever its thread count, and so rounds the same way); GPU: 1024 and 128, an estimate (not measured here)."""
-    if _model_device(model).type == "cuda": return 1024, 128
+    if model_device(model).type == "cuda": return 1024, 128
     return 0, 32
 
 def _dp_batches(order: list[int], width: dict, plen: dict, token_budget: int | None, batch_size: int | None,
@@ -993,14 +873,6 @@ def _sliding_window(cfg) -> bool:
     if any("sliding" in str(t) for t in (getattr(cfg, "layer_types", None) or ())): return True
     return getattr(cfg, "sliding_window", None) is not None and bool(getattr(cfg, "use_sliding_window", True))
 
-def _cache_kwarg(model) -> str | None:
-    "The name under which the model takes a KV cache (`cache` in transformers >= 5.x, else `past_key_values`)."
-    lm = unwrap_model(model)
-    params = inspect.signature(lm.forward).parameters
-    for name in ("cache", "past_key_values"):
-        if name in params: return name
-    return None
-
 def _prefix_blocker(model, distributed) -> str | None:
     "Why prefix KV reuse is unsafe for `model` here, or None."
     if distributed is not False and dist_info()[1] > 1:
@@ -1010,7 +882,7 @@ def _prefix_blocker(model, distributed) -> str | None:
     if _sliding_window(cfg): return "sliding-window attention: depth batches only (no prefix reuse)"
     impl = getattr(cfg, "_attn_implementation", None) or "eager"
     if impl not in ("eager", "sdpa"): return f"attention implementation {impl!r}: depth batches only (prefix reuse is checked with eager and sdpa)"
-    if _cache_kwarg(model) is None: return f"{type(lm).__name__}.forward takes no KV cache: depth batches only"
+    if cache_kwarg(model) is None: return f"{type(lm).__name__}.forward takes no KV cache: depth batches only"
     try: from transformers import DynamicCache  # noqa: F401
     except ImportError: return "this transformers has no DynamicCache: depth batches only"
     return None
@@ -1096,7 +968,7 @@ def _put(out: dict, L: int, part: np.ndarray, rows: list[int], plan: CapturePlan
     out[L][[rows[r] for r in keep]] = part[keep]
 
 def _run_prefix(model, plan: CapturePlan, progress: bool = False) -> dict:
-    device, kw, out = _model_device(model), _cache_kwarg(model), {}
+    device, kw, out = model_device(model), cache_kwarg(model), {}
     with eval_mode(model), torch.inference_mode():
         for d in plan.classes:
             bank = _prefix_kv(model, plan, d, kw, device)
@@ -1127,7 +999,7 @@ def _check_prefix(model, plan: CapturePlan) -> str | None:
         got = _run_prefix(model, sub)[d]
         ref = capture_last_token(model, plan.tokenizer, sub_ids, [d], token_budget=None, distributed=False)[d]
     except Exception as e:  # a model whose cache path differs from what is assumed here: measure without it
-        return f"prefix reuse failed on this model ({_one_line(e)}): depth batches only"
+        return f"prefix reuse failed on this model ({one_line(e)}): depth batches only"
     dtype = next(unwrap_model(model).parameters()).dtype
     tol = 1e-4 if dtype in (torch.float32, torch.float64) else 5e-2
     err = float(np.abs(got - ref).max() / max(1.0, float(np.abs(ref).max())))

@@ -10,15 +10,20 @@ from typing import IO, Any, Iterator
 
 
 # %% auto #0
-__all__ = ['DIST_NAME', 'SafetyCompassError', 'current_umask', 'atomic_open', 'atomic_write_text', 'atomic_write_json',
-           'staged_dir', 'check_writable', 'check_not_shadowed', 'require', 'progress_enabled', 'free_cpus',
-           'cpu_share', 'bundled_root', 'sha256_file', 'plain', 'table_rows', 'read_parquet_rows']
+__all__ = ['DIST_NAME', 'SafetyCompassError', 'one_line', 'current_umask', 'atomic_open', 'atomic_write_text',
+           'atomic_write_json', 'staged_dir', 'check_writable', 'check_not_shadowed', 'require', 'progress_enabled',
+           'free_cpus', 'cpu_share', 'bundled_root', 'sha256_file', 'plain', 'table_rows', 'read_parquet_rows']
 
 # %% ../nbs/00_core.ipynb #e2aabaee
 class SafetyCompassError(Exception):
     "A user-facing error: one line naming the file, line or config field at fault."
     def __init__(self, msg: str):
         super().__init__(" ".join(str(msg).split()))  # always one line
+
+def one_line(err: Exception, limit: int = 200) -> str:
+    "`err`'s message on one line (its type name when empty), cut to `limit` characters with `...`: for quoting a library's error."
+    text = " ".join(str(err).split()) or type(err).__name__
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 # %% ../nbs/00_core.ipynb #89f7cfa2
 def _make_dirs(d: Path) -> list[Path]:

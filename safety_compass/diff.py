@@ -14,8 +14,8 @@ import torch
 from torch import nn
 
 from .core import SafetyCompassError, atomic_open, atomic_write_json, atomic_write_text, staged_dir, check_writable
-from .capture import (iter_token_batches, hook_layers, add_to_layer, capture_last_token, dist_info,
-                                    init_distributed)
+from .capture import iter_token_batches, hook_layers, add_to_layer, capture_last_token
+from .dist import dist_info, init_distributed, gather_objects
 from .layers import unwrap_model, num_layers, LoraModule, lora_modules, next_token_probs
 
 log = logging.getLogger(__name__)
@@ -29,7 +29,7 @@ __all__ = ['log', 'STDLIB_CODE_MODULES', 'BENIGN_FILES', 'ORGANISM', 'BASE', 'FT
            'token_counts', 'relevant_tokens', 'token_relevance', 'steer_samples', 'diff_pca', 'pca_examples', 'Concept',
            'concept_cosines', 'concept_logodds', 'amplification', 'lora_svd', 'effective_rank', 'weight_view',
            'adapter_sha256', 'load_pair', 'run_concepts', 'default_token_classes', 'parse_token_classes', 'run_diff',
-           'write_diff', 'read_diff', 'kl_table', 'adl_table', 'summary_text', 'kl_html', 'prompt_kl']
+           'write_diff', 'read_diff', 'tokens_line', 'kl_table', 'adl_table', 'summary_text', 'kl_html', 'prompt_kl']
 
 # %% ../nbs/13_diff.ipynb #9ef5031b
 STDLIB_CODE_MODULES = ("textwrap", "string", "colorsys", "calendar", "fractions", "statistics", "heapq", "bisect", "difflib",
@@ -319,11 +319,7 @@ def _kept_masks(ids, starts, max_kept: int | None, seed: int) -> list[np.ndarray
 
 def _gather_parts(parts: list) -> list:
     "Every rank's list of parts, concatenated (one process: `parts` itself)."
-    rank, world = dist_info()
-    if world == 1: return parts
-    out = [None] * world
-    torch.distributed.all_gather_object(out, parts)
-    return [p for r in out for p in r]
+    return parts if dist_info()[1] == 1 else [p for r in gather_objects(parts) for p in r]
 
 def token_diff(pair: ModelPair, ids: Sequence[Sequence[int]], starts: Sequence[int] | None = None, layers=(), kl: bool = True,
                temperature: float = 1.0, top_k: int = 20, keep_layers=(), max_kept: int | None = 20000, seed: int = 0,
@@ -456,9 +452,9 @@ def _interleave(groups: list[list]) -> list:
     return out
 
 def chat_sequences(tokenizer, examples: Sequence[tuple[str, str, str]], max_seq_length: int = 128) -> DiffData:
-    """`DiffData` of `(prompt, response, source)` examples tokenized exactly as fine-tuning does (`finetune.sft_example`:
+    """`DiffData` of `(prompt, response, source)` examples tokenized exactly as fine-tuning does (`templates.sft_example`:
     chat-templated prompt + reply + end-of-turn token), cut to `max_seq_length`; examples whose prompt fills it are dropped."""
-    from safety_compass.finetune import sft_example
+    from safety_compass.templates import sft_example
     d = DiffData([], [], [], [], [])
     for p, r, s in examples:
         p_ids, r_ids, _ = sft_example(tokenizer, p, r, where=s)
@@ -1051,7 +1047,7 @@ def run_concepts(pair: ModelPair, exp, run_dir: Path) -> list[Concept]:
     "The run's monitored concepts (`baselines/` + the experiment's concept files); [] when either is missing."
     if exp is None or not (Path(run_dir) / "baselines" / "directions.npz").is_file(): return []
     from safety_compass.monitor import SafetyCompassMonitor, load_monitor_config
-    from safety_compass.capture import tokenize_prompts
+    from safety_compass.templates import tokenize_prompts
     try:
         cfg = load_monitor_config(exp)
         mon = SafetyCompassMonitor.from_config(pair.model, pair.tokenizer, cfg)
@@ -1334,7 +1330,8 @@ def read_diff(diff_dir) -> dict:
     return out
 
 # %% ../nbs/13_diff.ipynb #2e8c0527
-def _tokens_line(df, n: int = 10) -> str:
+def tokens_line(df, n: int = 10) -> str:
+    "The first `n` tokens of a token table's `token` column, each as its `repr`, space-separated (a table cell)."
     return " ".join(repr(t) for t in list(df.token)[:n])
 
 def kl_table(diff: dict) -> "pd.DataFrame":
@@ -1352,8 +1349,8 @@ def adl_table(diff: dict, layer: int | None = None, n: int = 10) -> "pd.DataFram
     rel = diff.get("adl_relevance")
     recs = []
     for p, g in lens[lens.layer == layer].groupby("position"):
-        row = {"layer": layer, "position": int(p), "promoted": _tokens_line(g[g.sign == "+"].sort_values("rank"), n),
-               "suppressed": _tokens_line(g[g.sign == "-"].sort_values("rank"), n)}
+        row = {"layer": layer, "position": int(p), "promoted": tokens_line(g[g.sign == "+"].sort_values("rank"), n),
+               "suppressed": tokens_line(g[g.sign == "-"].sort_values("rank"), n)}
         if rel is not None and len(rel):
             r = rel[(rel.layer == layer) & (rel.position == p)]
             if len(r): row.update(relevance=float(r.relevance.iloc[0]), random=float(r.random_mean.iloc[0]))
@@ -1396,7 +1393,7 @@ def prompt_kl(pair: ModelPair, text: str, temperature: float = 1.0, chat: bool =
     prompt), with each side's most likely token at that position: rows pos, token, kl, base_top, ft_top (position 0 has
     no KL)."""
     import pandas as pd
-    from safety_compass.capture import render_prompt
+    from safety_compass.templates import render_prompt
     from safety_compass.pairs import conversation
     tok = pair.tokenizer
     s = render_prompt(tok, conversation(None, text)) if chat else text

@@ -13,16 +13,17 @@ import torch
 
 from .core import SafetyCompassError, bundled_root, read_parquet_rows, table_rows
 from .config import resolve_relative
-from .pairs import conversation, as_messages
-from .capture import render_prompt
+from .templates import render_sft, sft_example
+# the prompt/reply split lives in `templates`: its public names stay importable from here
+_all_ = ["render_sft", "sft_example"]
 
 log = logging.getLogger(__name__)
 
 # %% auto #0
 __all__ = ['log', 'FORMATTERS', 'METHODS', 'LORA_ALL', 'TRAIN_LORA_VERSION', 'register_formatter', 'row_fields', 'alpaca_format',
-           'code_alpaca_format', 'dolly_format', 'get_formatter', 'DatasetRows', 'load_rows', 'render_sft',
-           'sft_example', 'sft_features', 'SFTCollator', 'prepare_model', 'train_lora', 'weights_checksum',
-           'adapter_key', 'cached_adapter', 'run_manifest', 'last_checkpoint', 'snapshot_configs', 'run_finetune']
+           'code_alpaca_format', 'dolly_format', 'get_formatter', 'DatasetRows', 'load_rows', 'sft_features',
+           'SFTCollator', 'prepare_model', 'train_lora', 'weights_checksum', 'adapter_key', 'cached_adapter',
+           'run_manifest', 'last_checkpoint', 'snapshot_configs', 'run_finetune', 'render_sft', 'sft_example']
 
 # %% ../nbs/09_finetune.ipynb #ed4ca2e2
 FORMATTERS: dict[str, Callable] = {}
@@ -116,65 +117,6 @@ def load_rows(name: str, subset_size: int | None = None, seed: int = 42, base_fi
     return DatasetRows(rows, where)
 
 # %% ../nbs/09_finetune.ipynb #7d802db9
-def render_sft(tokenizer, prompt: str, response: str) -> tuple[str, str]:
-    "`(prompt_text, full_text)`: the prompt exactly as generation renders it, and the whole templated conversation."
-    eos = tokenizer.eos_token or ""
-    if getattr(tokenizer, "chat_template", None):
-        conv = conversation(None, prompt)
-        p_text = render_prompt(tokenizer, conv)
-        extra = {"enable_thinking": False} if "enable_thinking" in tokenizer.chat_template else {}
-        full = tokenizer.apply_chat_template(as_messages(conv) + [{"role": "assistant", "content": response}],
-                                             tokenize=False, **extra)
-        # templates that render a past assistant turn unlike a fresh one (Qwen3's think block) cannot be split by text
-        if not full.startswith(p_text): full = p_text + response + eos
-    else:
-        p_text = f"{prompt}\n\n"; full = p_text + response + eos
-    return p_text, full
-
-def _special_ids(tokenizer) -> set[int]:
-    ids = set(getattr(tokenizer, "all_special_ids", None) or [])
-    for i, t in (getattr(tokenizer, "added_tokens_decoder", None) or {}).items():
-        if getattr(t, "special", False): ids.add(int(i))
-    return ids
-
-def _decodes_to(tokenizer, ids, text) -> bool:
-    dec = lambda x: tokenizer.decode(x, skip_special_tokens=False, clean_up_tokenization_spaces=False)
-    got = dec(ids)
-    # a decoder that is not an exact inverse (e.g. drops a leading space) is compared with its own view of the text
-    return got == text or got == dec(tokenizer(text, add_special_tokens=False)["input_ids"])
-
-def _reply_ids_by_offsets(tokenizer, full: str, cut: int) -> list[int] | None:
-    "Ids of the tokens of `full` that start at or after character `cut`; None when a token straddles `cut`."
-    if not getattr(tokenizer, "is_fast", False): return None
-    enc = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
-    out = []
-    for t, (a, b) in zip(enc["input_ids"], enc["offset_mapping"]):
-        if a < cut < b: return None
-        if a >= cut: out.append(t)
-    return out
-
-def sft_example(tokenizer, prompt: str, response: str, where: str = "row") -> tuple[list[int], list[int], int]:
-    """`(prompt_ids, reply_ids, end_of_turn_id)` of one example, untruncated; `prompt_ids` are what generation feeds the
-    model and `prompt_ids + reply_ids` decodes to the full templated text. Raises a one-line error if no split exists."""
-    p_text, full = render_sft(tokenizer, prompt, response)
-    special = _special_ids(tokenizer)
-    k = full.find(response, len(p_text)) if response else len(p_text)
-    tail = full[k + len(response):] if k >= 0 else full[len(p_text):]  # what the template writes after the reply
-    eot = next((t for t in tokenizer(tail, add_special_tokens=False)["input_ids"] if t in special), None)
-    if eot is None:  # the template closes the turn with no special token: without one the model never learns to stop
-        if tokenizer.eos_token is None:
-            raise SafetyCompassError(f"tokenizer {getattr(tokenizer, 'name_or_path', '')!r}: the chat template ends the "
-                                     "assistant turn with no special token and there is no eos_token to train on")
-        full, eot = full + tokenizer.eos_token, tokenizer.eos_token_id
-    p_ids = tokenizer(p_text, add_special_tokens=False)["input_ids"]
-    r_ids = tokenizer(full[len(p_text):], add_special_tokens=False)["input_ids"]
-    if not _decodes_to(tokenizer, p_ids + r_ids, full):
-        r_ids = _reply_ids_by_offsets(tokenizer, full, len(p_text))
-        if r_ids is None or not _decodes_to(tokenizer, p_ids + r_ids, full):
-            raise SafetyCompassError(f"{where}: tokenizer {getattr(tokenizer, 'name_or_path', '')!r} cannot split this "
-                                     "example at the end of the prompt (prompt and reply tokens merge)")
-    return p_ids, r_ids, eot
-
 def sft_features(rows, tokenizer, formatter: str = "alpaca", max_seq_length: int = 512, source: str = "dataset") -> list[dict]:
     """`{"input_ids", "labels"}` per row, the loss on the assistant reply and its end-of-turn token only (labels −100 on
     the prompt), truncated to `max_seq_length`. Rows whose prompt alone fills `max_seq_length` are dropped (logged)."""

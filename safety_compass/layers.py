@@ -13,9 +13,9 @@ from torch import nn
 from .core import SafetyCompassError
 
 # %% auto #0
-__all__ = ['unwrap_model', 'model_type', 'decoder_blocks', 'num_layers', 'final_norm', 'model_body', 'residual_writers',
-           'embed_scale', 'writer_projection', 'positionwise_writers', 'LoraModule', 'lora_modules', 'head_transform',
-           'lm_head', 'next_token_logits', 'next_token_logprobs', 'next_token_probs']
+__all__ = ['unwrap_model', 'model_type', 'decoder_blocks', 'num_layers', 'final_norm', 'model_body', 'model_device',
+           'cache_kwarg', 'residual_writers', 'embed_scale', 'writer_projection', 'positionwise_writers', 'LoraModule',
+           'lora_modules', 'head_transform', 'lm_head', 'next_token_logits', 'next_token_logprobs', 'next_token_probs']
 
 # %% ../nbs/00c_layers.ipynb #a1c0e010
 _BLOCK_PATHS = ("model.layers", "model.model.layers", "transformer.h", "gpt_neox.layers", "model.decoder.layers",
@@ -71,6 +71,18 @@ def model_body(model) -> nn.Module:
     for p in _BLOCK_PATHS:
         if isinstance(_get_path(m, p), nn.ModuleList): return _get_path(m, p.rsplit(".", 1)[0])
     decoder_blocks(m)  # raises the unsupported-layout error
+
+def model_device(model) -> torch.device:
+    "The device of the model's input embeddings: where its input ids go."
+    return unwrap_model(model).get_input_embeddings().weight.device
+
+def cache_kwarg(model) -> str | None:
+    "The name under which the model's forward takes a KV cache (`cache` in transformers >= 5.x, else `past_key_values`); None if it takes none."
+    import inspect
+    params = inspect.signature(unwrap_model(model).forward).parameters
+    for name in ("cache", "past_key_values"):
+        if name in params: return name
+    return None
 
 # %% ../nbs/00c_layers.ipynb #a1c0e013
 # per `config.model_type`: the two modules of each block whose outputs are added to the residual stream (attention, MLP)

@@ -189,7 +189,7 @@ class SafetyCompassMonitor:
 
     # -- activations -------------------------------------------------------------------------------------
     def _ids(self) -> list[list[int]]:
-        from safety_compass.capture import tokenize_prompts
+        from safety_compass.templates import tokenize_prompts
         if self._token_ids is None:
             self._token_ids = tokenize_prompts(self.tokenizer, self.prompts, system_mode=self.model_config.system_prompt_mode)
         return self._token_ids

@@ -15,8 +15,8 @@ from .core import atomic_open
 # %% auto #0
 __all__ = ['CONCEPT_COLORS', 'HEAT_METRICS', 'concept_color', 'save_figure', 'figure_png', 'plot_sweep', 'plot_drift',
            'plot_heatmap', 'plot_scatter', 'plot_activation_diff', 'plot_pca_variance', 'plot_amplification',
-           'plot_diff_view', 'plot_lens_by_layer', 'plot_dose_response', 'plot_recovery', 'plot_direction_grid',
-           'plot_rates', 'plot_split_half']
+           'plot_diff_view', 'plot_lens_by_layer', 'plot_token_split', 'plot_shards', 'plot_dose_response',
+           'plot_recovery', 'plot_direction_grid', 'plot_rates', 'plot_split_half']
 
 # %% ../nbs/16_plots.ipynb #0de5edfc
 CONCEPT_COLORS = {"refusal": "tab:blue", "sycophancy": "tab:orange", "deception": "tab:green"}
@@ -294,6 +294,44 @@ def plot_lens_by_layer(top1, title: str | None = None):
     ax.set_yscale("log"); ax.set_xlabel("layer (hidden_states index)"); ax.set_ylabel("top-1 probability")
     ax.set_xticks(list(top1.index)); ax.grid(alpha=0.3); ax.legend(fontsize=8)
     ax.set_title(title or "Logit lens: top-1 next-token probability per layer", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+# %% ../nbs/16_plots.ipynb #d4e1a702
+def plot_token_split(tokens: Sequence[str], n_prompt: int, title: str | None = None, per_row: int = 12):
+    """One box per token, `per_row` to a row: the first `n_prompt` (the prompt) grey, the rest (the answer: the tokens
+    a loss or a readout covers) in colour, each labelled with its text (`repr` without quotes, at most 10 characters)."""
+    plt = _mpl()
+    rows = max(1, -(-len(tokens) // per_row))
+    fig = plt.figure(figsize=(0.62 * per_row, 0.42 * rows + 0.7))
+    ax = fig.subplots()
+    for i, t in enumerate(tokens):
+        r, c = divmod(i, per_row)
+        ax.add_patch(plt.Rectangle((c, -r), 0.94, 0.8, color="#d9d9d9" if i < n_prompt else concept_color("answer")))
+        ax.text(c + 0.47, -r + 0.4, repr(t)[1:-1][:10], ha="center", va="center", fontsize=6, family="monospace")
+    ax.set_xlim(-0.1, per_row); ax.set_ylim(-rows + 0.9, 0.9); ax.axis("off")
+    ax.set_title(title or f"{n_prompt} prompt tokens (grey) | {len(tokens) - n_prompt} answer tokens", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+def plot_shards(batches_by_rank: Sequence[Sequence[Sequence[int]]], n_real: Sequence[int] | None = None, title: str | None = None):
+    """Which rank runs which batch: one row per rank, one box per forward, labelled with the batch's row indices;
+    repeats a rank runs only to keep step with the others (beyond `n_real[rank]`) hatched and pale."""
+    plt = _mpl()
+    fig = plt.figure(figsize=(5.6, 0.5 * len(batches_by_rank) + 0.9))
+    ax = fig.subplots()
+    for r, bs in enumerate(batches_by_rank):
+        for j, b in enumerate(bs):
+            pad = n_real is not None and j >= n_real[r]
+            ax.add_patch(plt.Rectangle((j, -r), 0.92, 0.8, color=concept_color("refusal"), alpha=0.3 if pad else 0.75,
+                                       hatch="//" if pad else None))
+            ax.text(j + 0.46, -r + 0.4, "rows " + ",".join(map(str, b)), ha="center", va="center", fontsize=7)
+    width = max((len(bs) for bs in batches_by_rank), default=1)
+    ax.set_xlim(-0.1, width); ax.set_ylim(-len(batches_by_rank) + 0.9, 0.9)
+    ax.set_yticks([-r + 0.4 for r in range(len(batches_by_rank))], [f"rank {r}" for r in range(len(batches_by_rank))])
+    ax.set_xticks([j + 0.46 for j in range(width)], [f"forward {j + 1}" for j in range(width)], fontsize=7)
+    for s in ax.spines.values(): s.set_visible(False)
+    ax.set_title(title or "Batches dealt to ranks (hatched: a repeat, discarded)", fontsize=9)
     fig.tight_layout()
     return fig
 

@@ -58,7 +58,7 @@ def diff_section(res) -> str:
     logit-lens, relevance and patchscope tables, the activation-difference and PCA figures with the concept cosines, the
     amplification curve and the weight view. Reads files only; empty string when no run has a diff."""
     import pandas as pd
-    from safety_compass.diff import read_diff, kl_table, adl_table, kl_html, _tokens_line
+    from safety_compass.diff import read_diff, kl_table, adl_table, kl_html, tokens_line
     from safety_compass.plots import plot_activation_diff, plot_pca_variance, plot_amplification
     out = []
     for run in res["runs"]:
@@ -96,7 +96,7 @@ def diff_section(res) -> str:
         if ps is not None and len(ps):
             p = st["steer_position"]
             g = ps[(ps.position == p) & (ps.sign == "+")]
-            rows = [{"scale × typical norm": sc, "top tokens": _tokens_line(gg.sort_values("rank"), 8)} for sc, gg in g.groupby("scale")]
+            rows = [{"scale × typical norm": sc, "top tokens": tokens_line(gg.sort_values("rank"), 8)} for sc, gg in g.groupby("scale")]
             part.append(f"<h4>Patchscope (identity prompts) of position {p}, layer {st['main_layer']}</h4>" + table_html(pd.DataFrame(rows)))
         if d["steering"]:
             part.append(f"<h4>Steering the base model with the difference (layer {st['main_layer']}, position {st['steer_position']})</h4>"
@@ -106,8 +106,8 @@ def diff_section(res) -> str:
             part.append("<h3>PCA of per-token differences</h3>" + img(plot_pca_variance(d["pca_explained"]), "PCA explained variance"))
             pl = d["pca_lens"]
             L = st["main_layer"]
-            rows = [{"component": c, "promoted": _tokens_line(g[g.sign == "+"].sort_values("rank"), 8),
-                     "suppressed": _tokens_line(g[g.sign == "-"].sort_values("rank"), 8)} for c, g in pl[pl.layer == L].groupby("component")]
+            rows = [{"component": c, "promoted": tokens_line(g[g.sign == "+"].sort_values("rank"), 8),
+                     "suppressed": tokens_line(g[g.sign == "-"].sort_values("rank"), 8)} for c, g in pl[pl.layer == L].groupby("component")]
             part.append(f"<h4>Logit lens of the components at layer {L}</h4>" + table_html(pd.DataFrame(rows).head(5)))
         cc = d["concept_cosines"]
         if cc is not None and len(cc):

@@ -13,8 +13,8 @@ import torch
 from torch import nn
 
 from .core import SafetyCompassError, atomic_open, atomic_write_json, staged_dir, check_writable, bundled_root
-from .capture import (hook_layers, add_to_layer, ablate_direction, capture_last_token, iter_token_batches,
-                                    tokenize_prompts, prompt_token_ids)
+from .capture import hook_layers, add_to_layer, ablate_direction, capture_last_token, iter_token_batches
+from .templates import tokenize_prompts, prompt_token_ids
 from .layers import residual_writers, unwrap_model, num_layers, lora_modules, writer_projection
 from .directions import SplitActs, eligible_layers, opener_token_ids, random_units
 from .monitor import Baseline
@@ -255,8 +255,9 @@ def prompt_ids(tokenizer, items: Sequence[dict]) -> list[list[int]]:
 
 def answer_examples(tokenizer, rows: Sequence[dict], max_reply_tokens: int = 48) -> list[tuple[list[int], int]]:
     """`(token ids, reply start)` of held-out instruction/answer rows (Dolly format: `instruction`, optional `context`,
-    `response`), templated as fine-tuning renders them (`finetune.sft_example`), the reply cut to `max_reply_tokens`."""
-    from safety_compass.finetune import dolly_format, sft_example
+    `response`), templated as fine-tuning renders them (`templates.sft_example`), the reply cut to `max_reply_tokens`."""
+    from safety_compass.finetune import dolly_format
+    from safety_compass.templates import sft_example
     out = []
     for i, r in enumerate(rows):
         p, a = dolly_format(r, where=f"row {i + 1}")
@@ -286,8 +287,8 @@ def answer_ce(model, tokenizer, examples, intervention=None) -> np.ndarray:
     ones: `prompt_token(k)` acts on the prompt's k-th last token (in one forward over prompt + reply it would land on
     the reply's), `generated` on the reply. One example (two forwards) at a time; a model whose `forward` takes no
     KV cache gets one forward over prompt + reply."""
-    from safety_compass.capture import _model_device, _cache_kwarg
-    dev, kw = _model_device(model), _cache_kwarg(model)   # `cache` (transformers ≥ 5) or `past_key_values`
+    from safety_compass.layers import model_device, cache_kwarg
+    dev, kw = model_device(model), cache_kwarg(model)   # `cache` (transformers ≥ 5) or `past_key_values`
     out = np.empty(len(examples))
     with torch.inference_mode(), (intervention() if intervention is not None else contextlib.nullcontext()):
         for i, (x, start) in enumerate(examples):

@@ -1,14 +1,7 @@
 __version__ = "0.3.0"
 "Safety Compass: post-training observability for language models."
 
-import logging as _logging
-
-class _DropBnbCpuKernelNotice(_logging.Filter):
-    "bitsandbytes (imported by peft) warns on CPU that an optional 4-bit kernel package is absent; we never use it."
-    def filter(self, record): return not str(record.msg).startswith("Failed to load CPU gemm_4bit_forward")
-
-_logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(_DropBnbCpuKernelNotice())
-
+# `core` also demotes a library's start-up warning no CPU user can act on (core.quiet_library_noise).
 from safety_compass.core import SafetyCompassError
 
 # The public names below import torch / transformers / peft, so they load on first use (PEP 562): the CLI can then

@@ -366,9 +366,17 @@ class SafetyCompassCallback(TrainerCallback):
         between their own logging steps, which a call from here would take into this entry and out of theirs."""
         if not (self.report and self.trainer is not None): return
         from transformers import Trainer
+        from transformers.trainer_callback import PrinterCallback, ProgressCallback
         pending = getattr(getattr(self.trainer, "control", None), "should_log", None)
         send = (lambda m: Trainer.log(self.trainer, m)) if isinstance(self.trainer, Trainer) else self.trainer.log
-        send(tracker_metrics(rows))  # the handler's on_log clears should_log
+        # The Trainer's console printers would write the whole dict (thousands of characters) on one line: they sit out
+        # this entry, which still reaches `log_history` and every `report_to` integration.
+        handler = getattr(self.trainer, "callback_handler", None)
+        kept = list(handler.callbacks) if handler is not None else None
+        if handler is not None: handler.callbacks = [c for c in kept if not isinstance(c, (PrinterCallback, ProgressCallback))]
+        try: send(tracker_metrics(rows))  # the handler's on_log clears should_log
+        finally:
+            if handler is not None: handler.callbacks = kept
         ctl = getattr(self.trainer, "control", None)
         if ctl is not None and pending is not None: ctl.should_log = pending
 

@@ -11,8 +11,9 @@ from typing import IO, Any, Iterator
 
 # %% auto #0
 __all__ = ['DIST_NAME', 'SafetyCompassError', 'one_line', 'current_umask', 'atomic_open', 'atomic_write_text',
-           'atomic_write_json', 'staged_dir', 'check_writable', 'check_not_shadowed', 'require', 'progress_enabled',
-           'free_cpus', 'cpu_share', 'bundled_root', 'sha256_file', 'plain', 'table_rows', 'read_parquet_rows']
+           'atomic_write_json', 'staged_dir', 'check_writable', 'check_not_shadowed', 'require', 'quiet_library_noise',
+           'progress_enabled', 'free_cpus', 'cpu_share', 'bundled_root', 'sha256_file', 'plain', 'table_rows',
+           'read_parquet_rows']
 
 # %% ../nbs/00_core.ipynb #e2aabaee
 class SafetyCompassError(Exception):
@@ -157,6 +158,26 @@ def require(module: str,        # the module to import, e.g. "seaborn"
     except ImportError:
         why = f" (needed for {purpose})" if purpose else ""
         raise SafetyCompassError(f"{module} is not installed{why}: pip install '{DIST_NAME}[{extra}]'") from None
+
+# %% ../nbs/00_core.ipynb #5c0be1a2
+import logging
+_NOISE = {"bitsandbytes.backends.cpu.ops": ("Failed to load CPU gemm_4bit_forward",)}  # logger -> message openings
+
+class _Demote(logging.Filter):
+    "Turn records whose message opens with one of `prefixes` into DEBUG records (the handlers' level then decides)."
+    def __init__(self, prefixes): super().__init__(); self.prefixes = tuple(prefixes)
+    def filter(self, record):
+        if str(record.msg).startswith(self.prefixes) and record.levelno > logging.DEBUG:
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return True
+
+def quiet_library_noise():
+    "Demote the library start-up records in `_NOISE` to DEBUG (idempotent; imports none of those libraries)."
+    for name, prefixes in _NOISE.items():
+        lg = logging.getLogger(name)
+        if not any(isinstance(f, _Demote) for f in lg.filters): lg.addFilter(_Demote(prefixes))
+
+quiet_library_noise()
 
 # %% ../nbs/00_core.ipynb #99d94ff2
 def progress_enabled(progress: bool | None = None) -> bool:

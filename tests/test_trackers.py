@@ -186,3 +186,17 @@ def test_subclass_log_metrics_untouched(tok, tmp_path):
     ours = [h for h in hist if "safety_compass/refusal/cosine_to_baseline" in h]
     assert [h["step"] for h in ours] == [0, 1, 2, 3, 4]
     assert not any("mean_token_accuracy" in h for h in ours)
+
+def test_console_keeps_metric_dicts_off(tok, ds, tmp_path, capsys):
+    """The Trainer's printer (`disable_tqdm=True`: PrinterCallback) prints its own loss dicts, not the monitor's
+    metric dicts (thousands of characters on one line); those still reach `log_history`."""
+    from transformers import Trainer
+    from safety_compass.callback import SafetyCompassCallback
+    m = tiny_llama(tok)
+    tr = Trainer(model=m, args=train_args(tmp_path / "out", max_steps=2), train_dataset=ds)
+    SafetyCompassCallback(make_monitor(m, tok, CONCEPTS), measure_every_n_steps=1, log_file=tmp_path / "log.csv").attach(tr)
+    tr.train()
+    out = capsys.readouterr().out
+    assert "'loss'" in out and "safety_compass/" not in out                  # the printer still runs, without our dicts
+    assert max(len(line) for line in out.splitlines()) <= 200, max(out.splitlines(), key=len)
+    assert [h["step"] for h in tr.state.log_history if "safety_compass/refusal/cosine_to_baseline" in h] == [0, 1, 2]

@@ -15,8 +15,8 @@ from .core import SafetyCompassError, DIST_NAME
 log = logging.getLogger("safety_compass")
 
 # %% auto #0
-__all__ = ['log', 'EXTRACT_COLUMNS', 'RATE_COLUMNS', 'format_table', 'print_extract', 'OneLineParser', 'build_parser', 'main',
-           'finetune_main', 'extract_main']
+__all__ = ['log', 'EXTRACT_COLUMNS', 'RATE_COLUMNS', 'format_table', 'print_extract', 'rate_table', 'OneLineParser',
+           'build_parser', 'main', 'finetune_main', 'extract_main']
 
 # %% ../nbs/19_cli.ipynb #57545dfe
 def format_table(rows: list[dict], columns: list[str] | None = None, floatfmt: str = ".3f") -> str:
@@ -100,7 +100,15 @@ def _finetune(a):
     if _rank0(): _print_run(run_dir, monitor)
     return 0
 
-RATE_COLUMNS = ["model", "set", "n", "refused", "rate", "ci_low", "ci_high", "gate", "passes"]
+RATE_COLUMNS = ["model", "set", "n", "refused", "rules [95% CI]", "either [95% CI]", "gate", "passes"]
+
+def rate_table(rows: list[dict], gates: bool = True) -> str:
+    """`organisms.refusal_rates` rows as a table under 100 columns: the rule scorer's rate and the second reading's
+    (rules or a planted refusal phrase), each with its Wilson 95% interval, in percent."""
+    pct = lambda r, k, lo, hi: f"{r[k]:.0%} [{r[lo]:.0%}, {r[hi]:.0%}]" if r.get(k) is not None else "-"
+    show = [{**r, "rules [95% CI]": pct(r, "rate", "ci_low", "ci_high"),
+             "either [95% CI]": pct(r, "rate_either", "either_ci_low", "either_ci_high")} for r in rows]
+    return format_table(show, RATE_COLUMNS if gates else RATE_COLUMNS[:-2])
 
 def _demo(a):
     from safety_compass.config import load_experiment
@@ -112,8 +120,9 @@ def _demo(a):
     print_extract(monitor)
     _print_run(run_dir, monitor)
     if not a.no_behavior:
-        print("\nRefusal of held-out harmful requests (organism test split; greedy, 32 tokens, rule scorer; Wilson 95% CI):")
-        print(format_table(refusal_before_after(trainer.model, monitor.tokenizer, run_dir), RATE_COLUMNS[:-2]))
+        print("\nRefusal of held-out harmful requests (organism test split; greedy, 32 tokens; rate: rule scorer, rate_either: rules "
+              "or the organism's planted refusal phrases; Wilson 95% CI):")
+        print(rate_table(refusal_before_after(trainer.model, monitor.tokenizer, run_dir), gates=False))
     return 0
 
 def _add_organism_args(p):
@@ -131,7 +140,7 @@ def _organism(a):
     gates = None
     if a.gates:
         gates = organism_gates(a.name, arditi_dir=a.arditi_dir)
-        print(format_table(gates, RATE_COLUMNS))
+        print(rate_table(gates))
     out = write_organism(a.name, a.output_dir, overwrite=a.overwrite, gates=gates)
     print(f"organism {a.name!r} written to {out}: a Hugging Face model directory (--model {out}, or organism:{a.name})")
     own = [g for g in gates or [] if g["model"] == f"organism:{a.name}" and not g["set"].startswith("arditi")]

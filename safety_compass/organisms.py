@@ -376,7 +376,8 @@ def refusal_before_after(model, tokenizer, run_dir=None, split: str = "test", ma
     if run_dir is not None:
         import csv, io
         buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=["model", "set", "n", "refused", "rate", "ci_low", "ci_high"], extrasaction="ignore")
+        w = csv.DictWriter(buf, fieldnames=["model", "set", "n", "refused", "rate", "ci_low", "ci_high", "refused_either", "rate_either",
+                                            "either_ci_low", "either_ci_high"], extrasaction="ignore")
         w.writeheader(); w.writerows(rows)
         atomic_write_text(Path(run_dir) / "behavior" / "refusal_before_after.csv", buf.getvalue())
     return rows

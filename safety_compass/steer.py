@@ -728,9 +728,11 @@ def measure_reference(s: SteerSettings, d: SteerInputs, baseline: Baseline, dir_
     prompts (next-token log-probabilities; `harmless_kl_finetune` = KL(fine-tuned ‖ base)) and the Dolly answers
     (cross-entropy). Returns `(summary, per-prompt table, reference arrays)`."""
     import pandas as pd
-    lo_base, lo_ft = d.lo(d.ids_held, d.base), d.lo(d.ids_held)
-    h_ft, h_base = last_logits(d.ft, d.tokenizer, d.ids_harmless), last_logits(d.ft, d.tokenizer, d.ids_harmless, d.base)
-    ce_ft, ce_base = answer_ce(d.ft, d.tokenizer, d.answers), answer_ce(d.ft, d.tokenizer, d.answers, d.base)
+    from tqdm.auto import tqdm
+    with tqdm(total=3, desc="measure base, fine-tuned", disable=not d.progress, leave=False) as bar:
+        lo_base, lo_ft = d.lo(d.ids_held, d.base), d.lo(d.ids_held); bar.update()
+        h_ft, h_base = last_logits(d.ft, d.tokenizer, d.ids_harmless), last_logits(d.ft, d.tokenizer, d.ids_harmless, d.base); bar.update()
+        ce_ft, ce_base = answer_ce(d.ft, d.tokenizer, d.answers), answer_ce(d.ft, d.tokenizer, d.answers, d.base); bar.update()
     summary = {"concept": s.concept, "op": s.op, "run_dir": str(s.run_dir), "baseline_layer": baseline.layer,
                "direction_norm": baseline.direction_norm, "kl_cap": s.kl_cap, "n_selection": len(d.sel), "n_held_out": len(d.held),
                "n_harmless": len(d.harmless), "n_answers": len(d.answers), "direction": dir_info, "selected": None,
@@ -757,9 +759,11 @@ def measure_steered(s: SteerSettings, d: SteerInputs, src, c: dict, best: dict, 
     `(summary fields, per-prompt steered log-odds, the intervention's context factory)`."""
     ctx = intervention(d.ft, s.op, c.get("u"), c.get("layer"), c.get("scale", 1.0), c.get("target"), c.get("positions", "all"))
     lo_base, lo_ft, h_ft = ref["lo_base"], ref["lo_ft"], ref["h_ft"]
-    lo_st = d.lo(d.ids_held, ctx)
-    h_st = last_logits(d.ft, d.tokenizer, d.ids_harmless, ctx)
-    ce_st = answer_ce(d.ft, d.tokenizer, d.answers, ctx)
+    from tqdm.auto import tqdm
+    with tqdm(total=3, desc="measure steered", disable=not d.progress, leave=False) as bar:
+        lo_st = d.lo(d.ids_held, ctx); bar.update()
+        h_st = last_logits(d.ft, d.tokenizer, d.ids_harmless, ctx); bar.update()
+        ce_st = answer_ce(d.ft, d.tokenizer, d.answers, ctx); bar.update()
     rand = (random_control(d.ft, d.tokenizer, d.ids_held, d.openers, s.op, c.get("layer"), c.get("scale", 1.0) *
                            (_source(src)[1] if s.op == "add" else 1.0), c.get("target"), s.n_random, s.seed, lo_ft,
                            c.get("positions", "all"), progress=d.progress)

@@ -21,8 +21,8 @@ log = logging.getLogger(__name__)
 # %% auto #0
 __all__ = ['log', 'PREFERENCE_FORMATS', 'AB_FIELDS', 'BAD_ROWS_SHOWN', 'REPRESENTATIONS', 'DIRECTION_KINDS', 'ANSWER_TEMPLATES',
            'boot_ci', 'AGREE_ANSWERS', 'CORRECT_ANSWERS', 'COMPLY_ANSWERS', 'REFUSE_ANSWERS', 'NEUTRAL_SENTENCES',
-           'LENGTH_PLAN', 'LENGTH_FILLER', 'FILTER_SIGNS', 'STEER_MODES', 'TABLE_COLUMNS', 'TABLE_HEADERS',
-           'PreferencePair', 'PreferenceData', 'row_format', 'hh_turns', 'parse_row', 'read_records', 'bad_rows_error',
+           'LENGTH_PLAN', 'LENGTH_FILLER', 'FILTER_SIGNS', 'TABLE_COLUMNS', 'TABLE_HEADERS', 'PreferencePair',
+           'PreferenceData', 'row_format', 'hh_turns', 'parse_row', 'read_records', 'bad_rows_error',
            'load_preferences', 'pairs_from_records', 'EncodedPairs', 'encode_pairs', 'model_fingerprint', 'StateStore',
            'AuditDirection', 'templated_settings', 'audit_block', 'prompt_directions', 'concept_audit_settings',
            'contrastive_answers', 'response_directions', 'length_control', 'delta_stats', 'logit_lens', 'probe_auroc',
@@ -30,10 +30,10 @@ __all__ = ['log', 'PREFERENCE_FORMATS', 'AB_FIELDS', 'BAD_ROWS_SHOWN', 'REPRESEN
            'predict', 'compare_prediction', 'observed_from_behavior', 'AuditResult', 'audit_pairs',
            'planted_sycophancy', 'planted_harmful_compliance', 'length_only', 'null_pairs', 'random_labels',
            'contaminated', 'flagged_pairs', 'write_filtered', 'inoculate_prompt', 'inoculate', 'trl_records',
-           'write_trl', 'preventative_steering', 'shaping_margins', 'shaped_dpo_class', 'add_shaping_column',
-           'concept_table', 'format_text_table', 'summary_dict', 'preflight_text', 'write_audit', 'load_audit',
-           'select_directions', 'run_audit', 'audit_html', 'find_audits', 'report_section', 'add_audit_args',
-           'audit_command', 'response_tokens', 'split_half_agreement', 'robust_z']
+           'write_trl', 'shaping_margins', 'shaped_dpo_class', 'add_shaping_column', 'concept_table',
+           'format_text_table', 'summary_dict', 'preflight_text', 'write_audit', 'load_audit', 'select_directions',
+           'run_audit', 'audit_html', 'find_audits', 'report_section', 'add_audit_args', 'audit_command',
+           'response_tokens', 'split_half_agreement', 'robust_z']
 
 # %% ../nbs/14_audit.ipynb #d434a12b
 @dataclass(frozen=True)
@@ -1181,54 +1181,6 @@ def write_trl(data: PreferenceData, path) -> Path:
     "Write `trl_records(data)` as JSONL (gzipped if `path` ends in .gz); `DPOTrainer` reads it as is."
     return _write_jsonl(path, trl_records(data))
 
-# %% ../nbs/14_audit.ipynb #f67c7f74
-STEER_MODES = ("add", "ablate")
-
-@contextlib.contextmanager
-def preventative_steering(model, direction, layer: int | None = None, alpha: float = 1.0, mode: str = "add",
-                          positions="all"):
-    """Preventative steering (Chen et al. 2025, "Persona vectors"): while the context is open, every forward that
-    **trains** — the model in training mode, autograd on, not inside `generate` — gets `alpha · direction` added to
-    `hidden_states[layer]` (`mode="add"`: the trait is supplied, so the weights need not move toward it), or the
-    direction's component removed from every write into the residual stream (`mode="ablate"`, as
-    `capture.ablate_direction`). Forwards in eval mode, under `torch.no_grad` / `inference_mode` (DPO's reference
-    pass, evaluation) and inside `generate` are untouched, bit for bit. `direction`: an `AuditDirection` (its layer;
-    `alpha` in units of its difference-in-means norm) or a vector (`layer` required; `alpha` in hidden-state units).
-
-    Built on `capture.hook_layers` / `capture.hook_writers` (the steering chapter's `add`/`ablate` act on every forward;
-    this one asks whether the forward trains). Yields the `PositionTracker`."""
-    import torch
-    from safety_compass.capture import hook_layers, hook_writers, unwrap_model
-    if mode not in STEER_MODES: raise SafetyCompassError(f"steering mode: must be one of {', '.join(STEER_MODES)}, got {mode!r}")
-    if isinstance(direction, AuditDirection):
-        layer = direction.layer if layer is None else layer
-        scale = alpha * (direction.norm or 1.0)
-        vec = direction.unit
-    else:
-        if layer is None and mode == "add": raise SafetyCompassError("preventative_steering: layer is required with a plain vector")
-        vec, scale = direction, alpha
-    u = torch.as_tensor(np.asarray(vec, np.float32)).flatten()
-    if not torch.isfinite(u).all() or float(u.norm()) == 0: raise SafetyCompassError("preventative_steering: the direction is zero or not finite")
-    u = u / u.norm()
-    lm, box = unwrap_model(model), {}
-    def training() -> bool:
-        t = box.get("tracker")
-        return lm.training and torch.is_grad_enabled() and not (t is not None and t.generating)
-    if mode == "add":
-        def fn(h):
-            if not training(): return None
-            return h + (scale * u).to(device=h.device, dtype=h.dtype)
-        ctx = hook_layers(model, {int(layer): fn}, positions=positions)
-    else:
-        def fn(w):
-            if not training(): return None
-            wf, uu = w.float(), u.to(w.device)
-            return (wf - (wf @ uu).unsqueeze(-1) * uu).to(w.dtype)
-        ctx = hook_writers(model, fn, positions)
-    with ctx as tracker:
-        box["tracker"] = tracker
-        yield tracker
-
 # %% ../nbs/14_audit.ipynb #da543cb6
 def shaping_margins(deltas: dict[str, np.ndarray], lambdas: dict[str, float], standardize: bool = True) -> np.ndarray:
     """Per-pair shaping term Σ_c λ_c · δ_c (`deltas[c]`: δ per pair from the frozen reference model, e.g.
@@ -1404,7 +1356,7 @@ def preflight_text(summary: dict, pairs_file: str = "pairs.csv") -> str:
               "flagged pairs and audits it again.",
               "- Inoculate: `--inoculate \"INSTRUCTION\"` prepends a trait-eliciting system instruction to the flagged (or all) prompts.",
               "- Shape the reward: train with `audit.ShapedDPOTrainer` and `audit.shaping_margins` (λ > 0 penalises a concept).",
-              "- Steer preventatively: wrap training in `audit.preventative_steering` with the concept's direction.", "",
+              "- Steer preventatively: wrap training in `steer.preventative_steering` with the concept's direction.", "",
               "The concept directions are the ones the training monitor tracks (layers " +
               ", ".join(f"{c} {v['layer']} ({v['kind']})" for c, v in summary["directions"].items()) + ").", ""]
     return "\n".join(lines)

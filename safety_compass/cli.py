@@ -168,25 +168,11 @@ def _report(a):
     return 0
 
 def _steer(a):
-    from safety_compass.steer import recovery_text, run_steer
-    try: scales = tuple(float(x) for x in _csv(a.scales) or []) or None
-    except ValueError: raise SafetyCompassError(f"--scales: expected comma-separated numbers, got {a.scales!r}") from None
-    s = run_steer(a.run_dir, a.concept, a.op, a.output_dir, a.model, kl_cap=a.kl_cap, n_random=a.random_directions, scales=scales,
-                  max_new_tokens=a.max_new_tokens, generate_text=not a.no_generate, limit=a.limit, seed=a.seed,
-                  direction=a.direction, pairs_file=a.pairs_file, positions=a.positions,
-                  at=a.at, progress=True)
-    d = s.get("direction")
-    if a.direction == "selected" and d:
-        print(f"{s['concept']} direction chosen on the base model: position {d['position']} ({d['token']!r}), layer {d['layer']} "
-              f"(ablated: {d['effect']:+.3f} nats on the val pairs, harmless KL {d['kl']:.3f}; {d['n_candidates']} candidates)")
-    if s.get("selected") is None: print(f"{s.get('note', 'no candidate selected')}; {recovery_text(s)}"); return 0
-    sel = s["selected"]
-    print(f"{s['concept']}: {a.op} at layer {sel.get('layer')} (scale {sel.get('scale')}, tokens: {sel.get('at') or 'all'}) moves the held-out log-odds "
-          f"{s['shift']:+.3f} nats (random directions' p95 {'-' if s['random_p95'] is None else format(s['random_p95'], '+.3f')}); "
-          f"{recovery_text(s)}; {s['share_closer_to_base']:.0%} of prompts end nearer the base model; "
-          f"harmless KL {s['harmless_kl']:.4f} nats (from the base model {s['harmless_kl_to_base']:.4f}), "
-          f"Δ cross-entropy on benign answers {s['delta_ce']:+.4f} nats/token")
-    if s.get("at_grid_edge"): print(f"note: scale {sel.get('scale')} is the largest in its grid; a wider grid (--scales) might recover more")
+    from safety_compass.steer import SteerSettings, run_steer, steer_text
+    s = SteerSettings(a.run_dir, a.concept, a.op, a.output_dir, a.model, kl_cap=a.kl_cap, n_random=a.random_directions,
+                      scales=a.scales, max_new_tokens=a.max_new_tokens, generate_text=not a.no_generate, limit=a.limit,
+                      seed=a.seed, direction=a.direction, pairs_file=a.pairs_file, positions=a.positions, at=a.at)
+    print(steer_text(run_steer(s)))
     return 0
 
 def _diff(a):

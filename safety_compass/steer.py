@@ -4,28 +4,32 @@
 
 # %% ../nbs/12_steer.ipynb #9e10cee6
 from __future__ import annotations
-import contextlib, json, math
+import contextlib, dataclasses, json, math
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
 from .core import SafetyCompassError, atomic_open, atomic_write_json, staged_dir, check_writable, bundled_root
-from .capture import hook_layers, add_to_layer, ablate_direction, capture_last_token, iter_token_batches
+from .core import progress_enabled
+from .capture import hook_layers, hook_writers, add_to_layer, ablate_direction, capture_last_token
 from .templates import tokenize_prompts, prompt_token_ids
 from .layers import residual_writers, unwrap_model, num_layers, lora_modules, writer_projection
 from .directions import SplitActs, eligible_layers, opener_token_ids, random_units
 from .monitor import Baseline
 
 # %% auto #0
-__all__ = ['OPS', 'AT', 'ADD_SCALES', 'RESTORE_SCALES', 'add', 'ablate', 'restore', 'restore_target', 'scale_adapter',
-           'untie_embeddings', 'orthogonalize', 'to_steering_vector', 'export_vectors', 'import_vectors',
-           'load_baseline', 'prompt_ids', 'answer_examples', 'last_logits', 'logodds', 'kl', 'answer_ce',
-           'intervention', 'prompt_token', 'random_control', 'drift_gap', 'recovered_fraction', 'recovery_text',
-           'select', 'direction_candidates', 'select_direction', 'candidates_for', 'concept_pairs', 'split_items',
-           'run_steer']
+__all__ = ['STEER_MODES', 'OPS', 'AT', 'ADD_SCALES', 'RESTORE_SCALES', 'residual_width', 'add', 'ablate', 'restore',
+           'restore_target', 'scale_adapter', 'untie_embeddings', 'orthogonalize', 'preventative_steering',
+           'to_steering_vector', 'export_vectors', 'import_vectors', 'load_baseline', 'prompt_ids', 'answer_examples',
+           'last_logits', 'logodds', 'kl', 'answer_ce', 'intervention', 'prompt_token', 'random_control', 'drift_gap',
+           'recovered_fraction', 'recovery_text', 'select', 'direction_candidates', 'select_direction',
+           'candidates_for', 'concept_pairs', 'split_items', 'SteerSettings', 'SteerInputs', 'check_steer_run',
+           'load_steer_model', 'steer_inputs', 'steer_direction', 'select_intervention', 'measure_reference',
+           'nothing_steered', 'measure_steered', 'replies', 'score_replies', 'write_steer', 'run_steer', 'steer_text']
 
 # %% ../nbs/12_steer.ipynb #ed44eeba
 def _unit(u, width: int | None = None, where: str = "direction") -> torch.Tensor:
@@ -37,7 +41,9 @@ def _unit(u, width: int | None = None, where: str = "direction") -> torch.Tensor
         raise SafetyCompassError(f"{where}: has {t.numel()} entries, the model's residual stream {width}")
     return t / n
 
-def _width(model) -> int: return int(unwrap_model(model).config.get_text_config().hidden_size)
+def residual_width(model) -> int:
+    "The width of the model's residual stream (its text config's `hidden_size`)."
+    return int(unwrap_model(model).config.get_text_config().hidden_size)
 
 @contextlib.contextmanager
 def add(model, v, layer: int, alpha: float = 1.0, positions="all"):
@@ -46,25 +52,27 @@ def add(model, v, layer: int, alpha: float = 1.0, positions="all"):
     `v` (hidden,) is used as given (not normalised): pass `Baseline.direction * Baseline.direction_norm` for the raw
     difference-in-means vector, as Arditi et al. (2024) add it. Yields capture's `PositionTracker`."""
     vec = torch.as_tensor(np.asarray(v.detach().cpu() if isinstance(v, torch.Tensor) else v, dtype=np.float32)).flatten()
-    if vec.numel() != _width(model): raise SafetyCompassError(f"add: vector has {vec.numel()} entries, the model's residual stream {_width(model)}")
+    if vec.numel() != residual_width(model): raise SafetyCompassError(f"add: vector has {vec.numel()} entries, the model's residual stream {residual_width(model)}")
     if not torch.isfinite(vec).all() or not math.isfinite(alpha): raise SafetyCompassError("add: vector or alpha not finite")
     with add_to_layer(model, layer, alpha * vec, positions) as tracker: yield tracker
 
+# %% ../nbs/12_steer.ipynb #40c6690a
 @contextlib.contextmanager
 def ablate(model, u, positions="all"):
     """Directional ablation (Arditi et al. 2024): remove the component along the unit vector `û = u/|u|` from EVERY write
     into the residual stream (embeddings, each attention and MLP output: `capture.hook_writers`), `w ← w − (w·û)û`, at
     the tokens `positions` selects. No `hidden_states[L]` (L < n) then has a component along û, and the result equals
     baking the ablation into the weights (`orthogonalize`). Yields capture's `PositionTracker`."""
-    with ablate_direction(model, _unit(u, _width(model), "ablate"), positions) as tracker: yield tracker
+    with ablate_direction(model, _unit(u, residual_width(model), "ablate"), positions) as tracker: yield tracker
 
+# %% ../nbs/12_steer.ipynb #7a53f315
 @contextlib.contextmanager
 def restore(model, u, target: float, layer: int, positions="all"):
     """Set the component of `hidden_states[layer]` along `û = u/|u|` to `target` (a projection, in the stream's units):
     `h ← h − (h·û)û + target·û` (computed in float32) at the tokens `positions` selects. With `target =
     restore_target(baseline)` this puts back the projection the base model had on the concept's positive side (see
     `restore_target`). Yields capture's `PositionTracker`."""
-    uu = _unit(u, _width(model), "restore")
+    uu = _unit(u, residual_width(model), "restore")
     if not math.isfinite(float(target)): raise SafetyCompassError(f"restore: target {target!r} is not finite")
     def fn(h):
         hf, d = h.float(), uu.to(h.device)
@@ -74,13 +82,7 @@ def restore(model, u, target: float, layer: int, positions="all"):
 def restore_target(baseline: Baseline, side: str = "positive") -> float:
     """The projection `restore` sets: the mean of `acts.pos_train · û` (`side="positive"`), of `acts.neg_train · û`
     (`"negative"`) or their midpoint (`"midpoint"`), from the monitor's baseline (base model, last prompt token,
-    `hidden_states[baseline.layer]`).
-
-    Why the positive side: for refusal the positive prompts are the harmful requests the base model refuses; their mean
-    projection is how much of the direction the base model carried when it was about to refuse. A fine-tune that erodes
-    refusal lowers that projection (or rotates the direction away); setting it back to the base model's level is the
-    smallest edit that undoes the drift along û, and it is measured, not tuned. It is the train split's mean (the val
-    split stays unused by steering)."""
+    `hidden_states[baseline.layer]`, train split)."""
     u = np.asarray(baseline.direction, np.float64); u = u / np.linalg.norm(u)
     pos, neg = float((baseline.acts.pos_train @ u).mean()), float((baseline.acts.neg_train @ u).mean())
     if side == "positive": return pos
@@ -155,7 +157,7 @@ def orthogonalize(model, u, output_dir=None, tokenizer=None):
     from peft.tuners.lora import LoraLayer
     if any(isinstance(m, LoraLayer) for m in model.modules()):
         raise SafetyCompassError("orthogonalize: the model has PEFT LoRA layers; merge them first (model.merge_and_unload())")
-    width = _width(model)
+    width = residual_width(model)
     uu = _unit(u, width, "orthogonalize")
     writers = residual_writers(model)
     targets = []  # check every writer before editing any weight
@@ -180,6 +182,43 @@ def orthogonalize(model, u, output_dir=None, tokenizer=None):
             unwrap_model(model).save_pretrained(str(tmp))
             if tokenizer is not None: tokenizer.save_pretrained(str(tmp))
     return model
+
+# %% ../nbs/12_steer.ipynb #9c539cad
+STEER_MODES = ("add", "ablate")
+
+@contextlib.contextmanager
+def preventative_steering(model, direction, layer: int | None = None, alpha: float = 1.0, mode: str = "add",
+                          positions="all"):
+    """Preventative steering (Chen et al. 2025, "Persona vectors", arXiv:2507.21509): while the context is open, every
+    forward that **trains** — the model in training mode, autograd on, not inside `generate` — gets `alpha · û` added
+    to `hidden_states[layer]` (`mode="add"`: the trait is supplied, so the weights need not move toward it), or û's
+    component removed from every write into the residual stream (`mode="ablate"`, as `ablate`). Forwards in eval mode,
+    under `torch.no_grad` / `inference_mode` (DPO's reference pass, evaluation) and inside `generate` are untouched,
+    bit for bit. `direction`: an object with `unit` (width,), `layer` and `norm` (an `audit.AuditDirection`: its
+    layer; `alpha` in units of its difference-in-means norm) or a (width,) vector (`layer` required; `alpha` in
+    hidden-state units). Yields capture's `PositionTracker`; raises `SafetyCompassError` for an unknown mode, a
+    missing layer or a zero or non-finite direction."""
+    if mode not in STEER_MODES: raise SafetyCompassError(f"steering mode: must be one of {', '.join(STEER_MODES)}, got {mode!r}")
+    if hasattr(direction, "unit") and hasattr(direction, "layer"):
+        layer, scale, vec = direction.layer if layer is None else layer, alpha * (direction.norm or 1.0), direction.unit
+    elif layer is None and mode == "add": raise SafetyCompassError("preventative_steering: layer is required with a plain vector")
+    else: vec, scale = direction, alpha
+    u = torch.as_tensor(np.asarray(vec, np.float32)).flatten()
+    if not torch.isfinite(u).all() or float(u.norm()) == 0: raise SafetyCompassError("preventative_steering: the direction is zero or not finite")
+    u = u / u.norm()
+    lm, box = unwrap_model(model), {}
+    def training() -> bool:
+        t = box.get("tracker")
+        return lm.training and torch.is_grad_enabled() and not (t is not None and t.generating)
+    def add_(h): return h + (scale * u).to(device=h.device, dtype=h.dtype) if training() else None
+    def ablate_(w):
+        if not training(): return None
+        wf, uu = w.float(), u.to(w.device)
+        return (wf - (wf @ uu).unsqueeze(-1) * uu).to(w.dtype)
+    ctx = hook_layers(model, {int(layer): add_}, positions=positions) if mode == "add" else hook_writers(model, ablate_, positions)
+    with ctx as tracker:
+        box["tracker"] = tracker
+        yield tracker
 
 # %% ../nbs/12_steer.ipynb #791406d1
 def to_steering_vector(baseline: Baseline, scale: float | None = None):
@@ -335,19 +374,22 @@ def prompt_token(k: int = 1) -> Callable:
         return p & (tp.position == last - (k - 1))
     return select_
 
+# %% ../nbs/12_steer.ipynb #9a067b77
 def random_control(model, tokenizer, ids, openers, op: str, layer=None, scale=1.0, target=None, n: int = 20,
-                   seed: int = 0, ref_logodds=None, positions="all") -> np.ndarray:
+                   seed: int = 0, ref_logodds=None, positions="all", progress: bool = False) -> np.ndarray:
     """Mean change in log-odds on `ids` from the same intervention with `n` random unit directions (same layer, same
     norm `scale` for `add`, the same `target` for `restore`, the same token `positions`): the null distribution a
-    direction's effect is compared with. Returns `(n,)` mean shifts (nats)."""
+    direction's effect is compared with. Returns `(n,)` mean shifts (nats); `progress`: a bar over the directions."""
+    from tqdm.auto import tqdm
     pos, neg = (opener_token_ids(tokenizer, o) for o in openers)
     if ref_logodds is None: ref_logodds = logodds(last_logits(model, tokenizer, ids), pos, neg)
     out = []
-    for r in random_units(_width(model), n, seed):
+    for r in tqdm(random_units(residual_width(model), n, seed), desc="random controls", disable=not progress, leave=False):
         ctx = intervention(model, op, r, layer, scale, target, positions)
         out.append(float((logodds(last_logits(model, tokenizer, ids, ctx), pos, neg) - ref_logodds).mean()))
     return np.array(out)
 
+# %% ../nbs/12_steer.ipynb #fe614f05
 def drift_gap(base, finetuned, n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> dict:
     """The drift a steer would recover: `gap = mean(base − finetuned)` of paired per-prompt scores (nats), its percentile
     bootstrap CI over prompts (`scipy.stats.bootstrap`, paired), and `recoverable`: the CI excludes 0, so the
@@ -398,11 +440,9 @@ def select(model, tokenizer, candidates: Sequence[dict], effect_ids, harmless_id
            skip_last_fraction: float = 0.2, goal: float = 1.0, progress: bool = False) -> list[dict]:
     """Measure every candidate intervention (`{"op", "u", "layer", "scale", "target"}`) and pick one, as Arditi et al.
     (2024) select: keep candidates whose mean next-token KL on `harmless_ids` (vs the unsteered model) is ≤ `kl_cap`
-    and whose layer lies outside the last `skip_last_fraction` of layers (`directions.eligible_layers` with no early
-    cut), then take the largest mean change in the concept's first-token log-odds on `effect_ids` in the direction
-    `goal` (+1: raise them, the default; −1: lower them, e.g. to steer back a fine-tune that raised them).
-
-    Returns one row per candidate: `op, layer, scale, target, effect` (mean Δ log-odds, nats), `harmless_shift`,
+    and whose layer lies outside the last `skip_last_fraction` of layers, then take the largest mean change in the
+    concept's first-token log-odds on `effect_ids` in the direction `goal` (+1: raise them; −1: lower them). Returns
+    one row per candidate: `op, layer, scale, target, effect` (mean Δ log-odds, nats), `harmless_shift`,
     `kl` (mean, nats), `eligible`, `selected` and `rejected` (why not chosen: "KL x > cap", "layer in the last 20%",
     "smaller effect", "wrong direction": the change is not in the direction of `goal`); a candidate's `positions`
     (token selector, default `all`) is applied, and its `at`, `position`, `token` and `norm` are carried over."""
@@ -440,18 +480,14 @@ def _shared_tail(ids: Sequence[Sequence[int]]) -> int:
     return k
 
 def direction_candidates(model, tokenizer, positive, negative, positions: int = 5, layers=None,
-                         token_budget: int | None = 4096) -> list[dict]:
-    """Candidate directions for intervening (Arditi et al. 2024, "Refusal in language models is mediated by a single
-    direction", §2.3; repo andyrdt/refusal_direction): the unit DiM `mean(positive) − mean(negative)` of
-    `hidden_states[L]` at each of the last `positions` prompt tokens (position −1 = the last) and each `L` in `layers`
-    (default 1 … n−1, n = number of blocks).
-
-    `positive`, `negative`: conversations (chat template applied, as the monitor renders them) or token-id lists; the
-    positions must be template tokens every prompt shares, else `SafetyCompassError` says how many final tokens are
-    shared. Returns one dict per (position, layer): `op` "ablate", `u` (float64 `(width,)`, unit), `layer`,
-    `position` (−k), `token` (the decoded token at that position), `norm` (the raw DiM norm, activation units), `t_pos`
-    and `t_neg` (the mean projections of the positive and negative prompts on `u` there: `restore`'s targets); pass
-    them to `select_direction`. Cost: `positions` forwards of all prompts, up to the deepest layer."""
+                         token_budget: int | None = 4096, progress: bool = False) -> list[dict]:
+    """Candidate directions for intervening (Arditi et al. 2024, §2.3; repo andyrdt/refusal_direction): the unit DiM
+    `mean(positive) − mean(negative)` of `hidden_states[L]` at each of the last `positions` prompt tokens (position −1 =
+    the last) and each `L` in `layers` (default 1 … n−1, n blocks). `positive`, `negative`: conversations (templated as
+    the monitor renders them) or token-id lists; the positions must be template tokens every prompt shares, else
+    `SafetyCompassError` says how many are. Returns one dict per (position, layer): `op` "ablate", `u` (float64
+    `(width,)`, unit), `layer`, `position` (−k), `token` (decoded), `norm` (raw DiM norm, activation units), `t_pos` and
+    `t_neg` (mean projections of each side on `u`: `restore`'s targets). Cost: `positions` forwards of all prompts."""
     from safety_compass.capture import capture_tokens
     from safety_compass.directions import dim_direction
     pos_ids, neg_ids = prompt_token_ids(tokenizer, positive), prompt_token_ids(tokenizer, negative)
@@ -468,7 +504,7 @@ def direction_candidates(model, tokenizer, positive, negative, positions: int = 
     out = []
     for k in range(1, positions + 1):
         acts = capture_tokens(model, tokenizer, ids, layers, reduce="last", spans=[(0, len(x) - k + 1) for x in ids],
-                              token_budget=token_budget)
+                              token_budget=token_budget, progress=progress)
         for L in layers:
             a_pos, a_neg = acts[L][:len(pos_ids)], acts[L][len(pos_ids):]
             u, norm = dim_direction(a_pos, a_neg)
@@ -479,31 +515,17 @@ def direction_candidates(model, tokenizer, positive, negative, positions: int = 
 def select_direction(model, tokenizer, candidates: Sequence[dict], effect_prompts, harmless_prompts, openers,
                      kl_cap: float = 0.1, skip_last_fraction: float = 0.2, goal: float = -1.0,
                      progress: bool = False) -> tuple[list[dict], dict | None]:
-    """Arditi et al.'s choice among `direction_candidates`: ablate each candidate from every residual write (`ablate`)
-    and keep it only if the mean next-token KL on `harmless_prompts` is ≤ `kl_cap` (nats) and its layer is outside the
-    last `skip_last_fraction` of layers; of those, take the largest mean change of the concept's first-token log-odds
-    on `effect_prompts` in the direction `goal` (−1, the default: ablating a refusal direction should lower refusal).
-
-    Prompts: conversations or token-id lists, held out from the pairs that built the candidates; `openers`: the
-    concept's `(positive, negative)` reply openings, e.g. `(["I cannot", "Sorry"], ["Sure", "Here"])` (their first
-    tokens are scored, as in `behavior.DEFAULT_OPENERS`). Row fields beyond the candidate's: `effect` (mean Δ log-odds
-    on `effect_prompts`, nats), `harmless_shift` (the same on `harmless_prompts`), `kl`, `eligible` (layer allowed),
-    `selected`, `rejected` (why not); `scale` and `target` are None for ablation. Returns
-    `(rows, chosen)`: one row per candidate as `select` gives it (with `position`, `token`, `norm`), and the chosen
-    candidate dict (with its `u`), or `None` when no candidate passes."""
+    """Arditi et al.'s choice among `direction_candidates`: `select` with each candidate ablated from every residual
+    write, `goal` −1 (ablating a refusal direction should lower refusal). Prompts: conversations or token-id lists, held
+    out from the pairs that built the candidates; `openers`: the concept's `(positive, negative)` reply openings, e.g.
+    `(["I cannot", "Sorry"], ["Sure", "Here"])` (their first tokens are scored, as in `behavior.DEFAULT_OPENERS`).
+    Returns `(rows, chosen)`: one `select` row per candidate (with `position`, `token`, `norm`; `scale` and `target`
+    None), and the chosen candidate dict (with its `u`), or `None` when no candidate passes."""
     rows = select(model, tokenizer, candidates, prompt_token_ids(tokenizer, effect_prompts), prompt_token_ids(tokenizer, harmless_prompts),
                   openers, kl_cap, skip_last_fraction, goal, progress)
     return rows, next((c for r, c in zip(rows, candidates) if r["selected"]), None)
 
 # %% ../nbs/12_steer.ipynb #c7843b45
-def _rates(items, responses) -> dict:
-    from safety_compass.behavior import rules_scorer
-    from safety_compass.stats import wilson_ci
-    verdicts = rules_scorer(items, responses)
-    k, n = sum(v["label"] == "refused" for v in verdicts), len(verdicts)
-    lo, hi = wilson_ci(k, n)
-    return {"refusal_rate": k / n if n else float("nan"), "rate_ci_low": lo, "rate_ci_high": hi, "n": n}
-
 def _source(baseline) -> tuple[np.ndarray, float, int, float, float]:
     "`(û, raw DiM norm, layer, t_pos, t_neg)` of a monitor `Baseline` or of a `direction_candidates` dict."
     if isinstance(baseline, dict):
@@ -550,6 +572,7 @@ def candidates_for(op: str, baseline: Baseline | dict, n_layers: int, layers=Non
                 for a in at for s in (scales or RESTORE_SCALES)]
     return [{"op": "ablate", "u": u, "layer": None, "scale": 1.0, "at": a, "positions": sel[a]} for a in at]
 
+# %% ../nbs/12_steer.ipynb #2845983a
 def concept_pairs(concept: str, pairs_file=None) -> tuple[list, list]:
     """`(train, val)` contrastive pairs of a concept (`config.load_concept`: a bundled name such as "refusal" or a
     concept file; its pair file and pairing strategy), or of `pairs_file` read with that strategy. Raises
@@ -564,176 +587,287 @@ def split_items(items: Sequence[dict]) -> tuple[list[dict], list[dict]]:
     "`(selection, held-out)`: alternate items by position in the file (even → selection, odd → held out)."
     return list(items[0::2]), list(items[1::2])
 
-def run_steer(run_dir, concept: str = "refusal", op: str = "restore", output_dir=None, model_name: str = "default",
-              kl_cap: float = 0.1, layers=None, scales=None, n_random: int = 20, n_answers: int = 16,
-              max_new_tokens: int = 16, generate_text: bool = True, limit: int | None = None, seed: int = 0,
-              direction: str | dict = "baseline", pairs_file=None, positions: int = 5, at=AT,
-              model=None, tokenizer=None, progress: bool = False) -> dict:
-    """Steer a LoRA run's drifted behavior back and measure it; writes `<run_dir>/steer/` (or `output_dir`).
+# %% ../nbs/12_steer.ipynb #ae1fe701
+@dataclass
+class SteerSettings:
+    """What `run_steer` does, in one object; the CLI's `steer` subcommand builds it from its flags. Checked when made:
+    a bad field raises a one-line `SafetyCompassError` naming its flag, before any file is read or model loaded.
+    `direction`: `"baseline"` (the monitor's), `"selected"` (chosen for its effect) or a `direction_candidates` dict."""
+    run_dir: Path                                # a fine-tune run directory: run.json, adapter/, baselines/
+    concept: str = "refusal"                     # the concept steered back (refusal only, for now)
+    op: str = "restore"                          # one of `OPS`
+    output_dir: Path | None = None               # default: <run_dir>/steer
+    model_name: str = "default"                  # the base model loaded when `run_steer` is given none
+    kl_cap: float = 0.1                          # nats: the largest mean next-token KL on harmless prompts
+    layers: Sequence[int] | None = None          # the op's layers (`candidates_for`)
+    scales: Sequence[float] | str | None = None  # the op's scales, or a comma-separated string of them
+    n_random: int = 20                           # random-direction controls
+    n_answers: int = 16                          # held-out Dolly answers for the Δ cross-entropy
+    max_new_tokens: int = 16                     # greedy reply tokens for the rule scorer
+    generate_text: bool = True                   # generate replies (False: log-odds and KL only)
+    limit: int | None = None                     # at most this many behavior prompts of each kind
+    seed: int = 0                                # random controls and bootstraps
+    direction: str | dict = "baseline"
+    pairs_file: Path | None = None               # the pairs of `direction="selected"` (default: the concept's)
+    positions: int = 5                           # template tokens searched by `direction="selected"`
+    at: str | Sequence[str] = AT                 # token modes: all, read or both
+    progress: bool | None = None                 # a bar per phase; None: on a terminal only (`core.progress_enabled`)
 
-    Reads `run_dir/baselines/` (the concept's base-model direction) and `run_dir/adapter/`; loads the base model
-    (`model_name`, or pass `model`/`tokenizer` of the base model, which gets the adapter attached). The direction
-    steered along: `direction="baseline"`, the monitor's (chosen to read the concept: last prompt token, the layer
-    rule's layer); `"selected"`, chosen to move it, on the base model (adapter off), as Arditi et al. do
-    (`direction_candidates` over the last `positions` template tokens × layers from the concept's train pairs,
-    `select_direction` on its val pairs with the same `kl_cap`; `concept_pairs(concept, pairs_file)`); or a candidate
-    dict from `direction_candidates` chosen beforehand (`"given"`: no search). Then:
-    1. splits the concept's bundled behavior prompts that should trigger it (refusal: `expected == "refuse"`) into a
-       selection half and a held-out half (`split_items`), and uses the others (benign look-alikes) as harmless prompts;
-    2. selects an intervention of kind `op` on the fine-tuned model (`candidates_for`, at the token modes `at`: every
-       token and/or only the prompt token the direction was read at; `select`: KL cap `kl_cap` on
-       harmless prompts, last 20% of layers excluded, the largest log-odds change toward the base model on the
-       selection half: up when the base model's mean log-odds there are above the fine-tuned model's, else down);
-    3. measures it on the held-out half: first-token log-odds of base, fine-tuned and steered models, the recovered
-       fraction with a bootstrap CI (`recovered_fraction`), `share_toward_base` (prompts moved in the goal's direction)
-       and `share_closer_to_base` (prompts whose log-odds end nearer the base model's: an overshoot does not count),
-       `at_grid_edge` (the chosen scale is its series' largest: a wider grid might do more), `n_random` random-direction controls, the KL and log-odds
-       shift on harmless prompts (`harmless_kl`: KL(fine-tuned ‖ steered), the cap's reference; `harmless_kl_to_base`:
-       KL(base ‖ steered); `harmless_kl_finetune`: KL(fine-tuned ‖ base), the `harmless_kl` of a steer-back all the
-       way to the base model), Δ cross-entropy on `n_answers` held-out Dolly answers
-       (`data/instructions/benign_dolly.jsonl`; the demo run trains on Alpaca), and (with `generate_text`) rule-scorer
-       refusal rates with Wilson CIs from greedy generations of `max_new_tokens` tokens.
+    def __post_init__(self):
+        self.run_dir, d, p = Path(self.run_dir), self.direction, self.positions
+        if self.op not in OPS: raise SafetyCompassError(f"--op: must be one of {', '.join(OPS)}, got {self.op!r}")
+        if self.concept != "refusal":
+            raise SafetyCompassError(f"--concept: steering measures refusal only for now (it needs prompts that should and should not trigger the concept), got {self.concept!r}")
+        if isinstance(self.scales, str):
+            try: self.scales = tuple(float(x) for x in self.scales.split(",") if x.strip()) or None
+            except ValueError: raise SafetyCompassError(f"--scales: expected comma-separated numbers, got {self.scales!r}") from None
+        if not 0 < self.kl_cap: raise SafetyCompassError(f"--kl-cap: must be positive, got {self.kl_cap!r}")
+        if isinstance(d, dict):
+            miss = [k for k in ("u", "layer", "norm", "t_pos", "t_neg") if k not in d]
+            if miss: raise SafetyCompassError(f"direction: a candidate dict needs {', '.join(miss)} (from direction_candidates)")
+        elif d not in ("baseline", "selected"): raise SafetyCompassError(f"--direction: must be baseline or selected, got {d!r}")
+        self.at = _at_modes(self.at)
+        if d == "selected" and self.op == "adapter":
+            raise SafetyCompassError("--direction selected: the adapter op steers no direction (use --op restore, add or ablate)")
+        if d == "selected" and (isinstance(p, bool) or not isinstance(p, int) or p < 1):
+            raise SafetyCompassError(f"--positions: must be a positive number of template tokens, got {p!r}")
+        if d != "selected" and self.pairs_file is not None: raise SafetyCompassError("--pairs-file: only read with --direction selected")
 
-    Files (written together or not at all): `grid.csv` (every candidate and why it was rejected), with
-    `direction="selected"` also `direction_grid.csv` and `direction_grid.png` (every direction candidate), `prompts.csv`
-    (per held-out prompt: base, fine-tuned, steered log-odds), `summary.json`, `steer.png`, `manifest.json`
-    (`finetune.run_manifest`). Returns the summary. Raises `SafetyCompassError` (one line) for a missing run,
-    baselines or adapter, an unknown concept, op or direction, a bad pair file, or an unwritable output folder, before
-    loading any model."""
-    import pandas as pd
-    from safety_compass.behavior import bundled_behavior, DEFAULT_OPENERS, generate
-    from safety_compass.finetune import run_manifest
-    from safety_compass.plots import save_figure, plot_recovery, plot_direction_grid
-    run_dir = Path(run_dir)
-    if not (run_dir / "run.json").is_file(): raise SafetyCompassError(f"{run_dir}: no run.json (not a finetune run directory)")
-    if op not in OPS: raise SafetyCompassError(f"--op: must be one of {', '.join(OPS)}, got {op!r}")
-    if concept != "refusal":
-        raise SafetyCompassError(f"--concept: steering measures refusal only for now (it needs prompts that should and should not trigger the concept), got {concept!r}")
-    adapter = run_dir / "adapter"
+    @property
+    def out(self) -> Path: return Path(self.output_dir) if self.output_dir is not None else self.run_dir / "steer"
+
+# %% ../nbs/12_steer.ipynb #571ea703
+@dataclass
+class SteerInputs:
+    """What the stages of `run_steer` share (`steer_inputs` builds it): the fine-tuned model `ft` (the base model with the
+    adapter attached), its tokenizer, whether to show bars, the concept's reply `openers` and their first-token ids
+    (`pos`, `neg`), the selection, held-out and harmless behavior items with their token ids, and the Dolly `answers`."""
+    ft: Any; tokenizer: Any; progress: bool; openers: tuple; pos: list; neg: list
+    sel: list; held: list; harmless: list; ids_sel: list; ids_held: list; ids_harmless: list; answers: list
+
+    def base(self): return self.ft.disable_adapter()   # the base model: the adapter off
+    def lo(self, ids, ctx=None) -> np.ndarray: return logodds(last_logits(self.ft, self.tokenizer, ids, ctx), self.pos, self.neg)
+
+def check_steer_run(s: SteerSettings) -> tuple[Baseline, tuple | None]:
+    """Stage 1 of `run_steer`: the run directory (`run.json`, `adapter/`), the concept's baseline, the pairs of
+    `direction="selected"` (`concept_pairs`) and a writable output folder. Returns `(baseline, (train, val) or None)`;
+    one-line `SafetyCompassError`s, before any model loads."""
+    if not (s.run_dir / "run.json").is_file(): raise SafetyCompassError(f"{s.run_dir}: no run.json (not a finetune run directory)")
+    adapter = s.run_dir / "adapter"
     if not (adapter / "adapter_config.json").is_file():
         raise SafetyCompassError(f"{adapter}: no LoRA adapter (adapter_config.json); steering back needs a LoRA run")
-    baseline = load_baseline(run_dir / "baselines", concept)
-    if not 0 < kl_cap: raise SafetyCompassError(f"--kl-cap: must be positive, got {kl_cap!r}")
-    if isinstance(direction, dict):
-        miss = [k for k in ("u", "layer", "norm", "t_pos", "t_neg") if k not in direction]
-        if miss: raise SafetyCompassError(f"direction: a candidate dict needs {', '.join(miss)} (from direction_candidates)")
-    elif direction not in ("baseline", "selected"): raise SafetyCompassError(f"--direction: must be baseline or selected, got {direction!r}")
-    at = _at_modes(at)
-    if direction == "selected":
-        if op == "adapter": raise SafetyCompassError("--direction selected: the adapter op steers no direction (use --op restore, add or ablate)")
-        if isinstance(positions, bool) or not isinstance(positions, int) or positions < 1:
-            raise SafetyCompassError(f"--positions: must be a positive number of template tokens, got {positions!r}")
-        tr_pairs, va_pairs = concept_pairs(concept, pairs_file)
-    elif pairs_file is not None: raise SafetyCompassError("--pairs-file: only read with --direction selected")
-    out = Path(output_dir) if output_dir is not None else run_dir / "steer"
-    check_writable(out)
-    items = bundled_behavior(concept)
-    trig = [it for it in items if it["expected"] == "refuse"][:limit]
-    harmless = [it for it in items if it["expected"] != "refuse"][:limit]
-    sel, held = split_items(trig)
-    dolly = bundled_root() / "data" / "instructions" / "benign_dolly.jsonl"
-    rows_a = [json.loads(l) for l in dolly.read_text(encoding="utf-8").splitlines() if l.strip()][:n_answers]
+    baseline = load_baseline(s.run_dir / "baselines", s.concept)
+    pairs = concept_pairs(s.concept, s.pairs_file) if s.direction == "selected" else None
+    check_writable(s.out)
+    return baseline, pairs
+
+def load_steer_model(s: SteerSettings, model=None, tokenizer=None):
+    "Stage 2: the base model (`model`/`tokenizer`, or `s.model_name` loaded) with the run's LoRA adapter attached, in eval mode."
     if model is None:
         from safety_compass.models import load_model
-        model, tokenizer = load_model(model_name)
+        model, tokenizer = load_model(s.model_name)
     from peft import PeftModel
-    ft = PeftModel.from_pretrained(model, str(adapter))
+    ft = PeftModel.from_pretrained(model, str(s.run_dir / "adapter"))
     ft.eval()
+    return ft, tokenizer
+
+def steer_inputs(s: SteerSettings, ft, tokenizer, baseline: Baseline) -> SteerInputs:
+    """Stage 3: the concept's bundled behavior prompts that should trigger it (refusal: `expected == "refuse"`, the first
+    `s.limit`) split into a selection and a held-out half (`split_items`), the others (benign look-alikes) as harmless
+    prompts, `s.n_answers` held-out Dolly answers (`data/instructions/benign_dolly.jsonl`), all tokenized."""
+    from safety_compass.behavior import bundled_behavior, DEFAULT_OPENERS
+    if baseline.direction.shape[0] != residual_width(ft):
+        raise SafetyCompassError(f"{s.run_dir / 'baselines'}: direction has {baseline.direction.shape[0]} entries, the model {residual_width(ft)}")
+    items = bundled_behavior(s.concept)
+    trig = [it for it in items if it["expected"] == "refuse"][:s.limit]
+    harmless = [it for it in items if it["expected"] != "refuse"][:s.limit]
+    sel, held = split_items(trig)
+    dolly = bundled_root() / "data" / "instructions" / "benign_dolly.jsonl"
+    rows_a = [json.loads(l) for l in dolly.read_text(encoding="utf-8").splitlines() if l.strip()][:s.n_answers]
+    openers = DEFAULT_OPENERS[s.concept]
+    pos, neg = (opener_token_ids(tokenizer, o) for o in openers)
+    return SteerInputs(ft, tokenizer, progress_enabled(s.progress), openers, pos, neg, sel, held, harmless,
+                       *(prompt_ids(tokenizer, x) for x in (sel, held, harmless)), answer_examples(tokenizer, rows_a))
+
+# %% ../nbs/12_steer.ipynb #7360747a
+def steer_direction(s: SteerSettings, d: SteerInputs, baseline: Baseline, pairs) -> tuple:
+    """Stage 4: the direction steered along, `(source, direction grid or None, summary["direction"])`: the monitor's
+    `baseline`, a given candidate dict, or (`"selected"`) the one chosen on the base model for its effect
+    (`direction_candidates` on the train pairs, `select_direction` on the val pairs under `s.kl_cap`; source None
+    when none passes)."""
+    src, dir_grid = (s.direction if isinstance(s.direction, dict) else baseline), None
+    if s.direction == "selected":   # chosen on the base model: the direction that mediates the concept there
+        tr, va = pairs
+        with d.base():
+            cands = direction_candidates(d.ft, d.tokenizer, [p.positive for p in tr], [p.negative for p in tr], s.positions,
+                                         progress=d.progress)
+            dir_grid, src = select_direction(d.ft, d.tokenizer, cands, [p.positive for p in va], [p.negative for p in va],
+                                             d.openers, s.kl_cap, progress=d.progress)
+    if isinstance(s.direction, dict):
+        if np.asarray(s.direction["u"]).shape != (residual_width(d.ft),):
+            raise SafetyCompassError(f"direction: u has shape {np.asarray(s.direction['u']).shape}, the model's residual stream ({residual_width(d.ft)},)")
+        return src, dir_grid, {"source": "given", **{k: s.direction.get(k) for k in ("layer", "position", "token", "norm")}}
+    if s.direction == "baseline": return src, dir_grid, {"source": "baseline", "layer": baseline.layer, "norm": baseline.direction_norm}
+    if src is None: return src, dir_grid, None
+    return src, dir_grid, {"source": "selected", **{k: src[k] for k in ("layer", "position", "token", "norm")},
+                           **{k: next(r[k] for r in dir_grid if r["selected"]) for k in ("effect", "kl")},
+                           "n_candidates": len(dir_grid), "n_train_pairs": len(pairs[0]), "n_val_pairs": len(pairs[1])}
+
+def select_intervention(s: SteerSettings, d: SteerInputs, src) -> tuple[list, list, float, float]:
+    """Stage 5: the grid of `s.op` along `src` (`candidates_for`) measured on the fine-tuned model by `select` on the
+    selection half. Steer back = move toward the base model: the sign of the mean base − fine-tuned log-odds there
+    (`gap_sel`) sets the goal (+1: raise). Returns `(candidates, grid rows, gap_sel, goal)`."""
+    cands = candidates_for(s.op, src, num_layers(d.ft), s.layers, s.scales, s.at) if src is not None else []
+    gap_sel = float((d.lo(d.ids_sel, d.base) - d.lo(d.ids_sel)).mean())
+    goal = 1.0 if gap_sel >= 0 else -1.0
+    grid = select(d.ft, d.tokenizer, cands, d.ids_sel, d.ids_harmless, d.openers, s.kl_cap, goal=goal, progress=d.progress)
+    return cands, grid, gap_sel, goal
+
+def measure_reference(s: SteerSettings, d: SteerInputs, baseline: Baseline, dir_info, gap_sel: float, goal: float) -> tuple:
+    """Stage 6: base and fine-tuned models on the held-out half (first-token log-odds, `drift_gap`), the harmless
+    prompts (next-token log-probabilities; `harmless_kl_finetune` = KL(fine-tuned ‖ base)) and the Dolly answers
+    (cross-entropy). Returns `(summary, per-prompt table, reference arrays)`."""
+    import pandas as pd
+    from tqdm.auto import tqdm
+    with tqdm(total=3, desc="measure base, fine-tuned", disable=not d.progress, leave=False) as bar:
+        lo_base, lo_ft = d.lo(d.ids_held, d.base), d.lo(d.ids_held); bar.update()
+        h_ft, h_base = last_logits(d.ft, d.tokenizer, d.ids_harmless), last_logits(d.ft, d.tokenizer, d.ids_harmless, d.base); bar.update()
+        ce_ft, ce_base = answer_ce(d.ft, d.tokenizer, d.answers), answer_ce(d.ft, d.tokenizer, d.answers, d.base); bar.update()
+    summary = {"concept": s.concept, "op": s.op, "run_dir": str(s.run_dir), "baseline_layer": baseline.layer,
+               "direction_norm": baseline.direction_norm, "kl_cap": s.kl_cap, "n_selection": len(d.sel), "n_held_out": len(d.held),
+               "n_harmless": len(d.harmless), "n_answers": len(d.answers), "direction": dir_info, "selected": None,
+               "gap_selection": gap_sel, "goal": "raise" if goal > 0 else "lower",
+               "logodds_base": float(lo_base.mean()), "logodds_finetuned": float(lo_ft.mean()),
+               **drift_gap(lo_base, lo_ft, seed=s.seed),   # the rule for the fraction, whether or not anything is steered
+               "ce_base": float(ce_base.mean()), "ce_finetuned": float(ce_ft.mean()),
+               "harmless_kl_finetune": float(kl(h_ft, h_base).mean())}
+    prompts = pd.DataFrame({"id": [it["id"] for it in d.held], "logodds_base": lo_base, "logodds_finetuned": lo_ft})
+    return summary, prompts, {"lo_base": lo_base, "lo_ft": lo_ft, "h_ft": h_ft, "h_base": h_base, "ce_ft": ce_ft}
+
+def nothing_steered(s: SteerSettings, src, goal: float) -> str:
+    "The summary's `note` when nothing was selected: no direction passed (`direction=\"selected\"`), or no candidate of the op."
+    if src is None:
+        return (f"no direction candidate lowered the {s.concept} log-odds on the val pairs when ablated from the base "
+                f"model with harmless KL ≤ {s.kl_cap} outside the last 20% of layers; nothing was steered")
+    return (f"no {s.op} candidate moved the {s.concept} log-odds on the selection prompts toward the base model "
+            f"({'up' if goal > 0 else 'down'}) with harmless KL ≤ {s.kl_cap} outside the last 20% of layers; nothing was steered")
+
+# %% ../nbs/12_steer.ipynb #be7eb5ad
+def measure_steered(s: SteerSettings, d: SteerInputs, src, c: dict, best: dict, grid: list, goal: float, ref: dict) -> tuple[dict, np.ndarray, Callable]:
+    """Stage 7: the selected candidate `c` (row `best` of `grid`) on the held-out half, the harmless prompts and the
+    Dolly answers, against `s.n_random` random directions (`random_control`; none for the adapter). Returns
+    `(summary fields, per-prompt steered log-odds, the intervention's context factory)`."""
+    ctx = intervention(d.ft, s.op, c.get("u"), c.get("layer"), c.get("scale", 1.0), c.get("target"), c.get("positions", "all"))
+    lo_base, lo_ft, h_ft = ref["lo_base"], ref["lo_ft"], ref["h_ft"]
+    from tqdm.auto import tqdm
+    with tqdm(total=3, desc="measure steered", disable=not d.progress, leave=False) as bar:
+        lo_st = d.lo(d.ids_held, ctx); bar.update()
+        h_st = last_logits(d.ft, d.tokenizer, d.ids_harmless, ctx); bar.update()
+        ce_st = answer_ce(d.ft, d.tokenizer, d.answers, ctx); bar.update()
+    rand = (random_control(d.ft, d.tokenizer, d.ids_held, d.openers, s.op, c.get("layer"), c.get("scale", 1.0) *
+                           (_source(src)[1] if s.op == "add" else 1.0), c.get("target"), s.n_random, s.seed, lo_ft,
+                           c.get("positions", "all"), progress=d.progress)
+            if s.op != "adapter" and s.n_random else np.array([]))
+    shift = float((lo_st - lo_ft).mean())
+    fields_ = {"selected": {k: best.get(k) for k in ("op", "layer", "scale", "target", "at")},
+               "logodds_steered": float(lo_st.mean()), "shift": shift,
+               "share_toward_base": float((goal * (lo_st - lo_ft) > 0).mean()),
+               "share_closer_to_base": float((np.abs(lo_st - lo_base) < np.abs(lo_ft - lo_base)).mean()),
+               "at_grid_edge": bool(best.get("scale") is not None and s.op in ("add", "restore") and
+                                    best["scale"] == max(r["scale"] for r in grid if r.get("layer") == best["layer"] and r.get("at") == best.get("at"))),
+               **recovered_fraction(lo_base, lo_ft, lo_st, seed=s.seed),
+               "random_shifts": rand.tolist(),  # raw mean shifts (nats), one per random direction
+               "random_p95": float(np.percentile(goal * rand, 95)) if len(rand) else None,
+               "beats_random": bool(goal * shift > np.percentile(goal * rand, 95)) if len(rand) else None,
+               "harmless_kl": float(kl(h_ft, h_st).mean()), "harmless_kl_to_base": float(kl(ref["h_base"], h_st).mean()),
+               "harmless_logodds_shift": float((logodds(h_st, d.pos, d.neg) - logodds(h_ft, d.pos, d.neg)).mean()),
+               "ce_steered": float(ce_st.mean()), "delta_ce": float((ce_st - ref["ce_ft"]).mean())}
+    return fields_, lo_st, ctx
+
+def replies(s: SteerSettings, d: SteerInputs, models: dict) -> dict:
+    """Greedy replies (`behavior.generate`, `s.max_new_tokens` tokens) to the held-out and the harmless prompts of each
+    `{name: context factory or None}` model; `{}` unless `s.generate_text`."""
+    from safety_compass.behavior import generate
+    from tqdm.auto import tqdm
+    out = {}
+    for name, ctx in tqdm(list(models.items()) if s.generate_text else [], desc="generate", disable=not d.progress, leave=False):
+        with (ctx() if ctx is not None else contextlib.nullcontext()):
+            out[name] = (generate(d.ft, d.tokenizer, d.held, s.max_new_tokens), generate(d.ft, d.tokenizer, d.harmless, s.max_new_tokens))
+    return out
+
+def score_replies(d: SteerInputs, gens: dict, summary: dict, prompts) -> None:
+    "Rule-scorer refusal rates with Wilson CIs of each model's replies (`replies`) into `summary`; the held-out replies into `prompts`."
+    from safety_compass.behavior import rules_scorer
+    from safety_compass.stats import wilson_ci
+    def rates(items, responses) -> dict:
+        verdicts = rules_scorer(items, responses)
+        k, n = sum(v["label"] == "refused" for v in verdicts), len(verdicts)
+        lo, hi = wilson_ci(k, n)
+        return {"refusal_rate": k / n if n else float("nan"), "rate_ci_low": lo, "rate_ci_high": hi, "n": n}
+    for name, (g_held, g_harmless) in gens.items():
+        summary[f"rates_{name}"] = {"held_out": rates(d.held, g_held), "harmless": rates(d.harmless, g_harmless)}
+        prompts[f"response_{name}"] = g_held
+
+def write_steer(s: SteerSettings, d: SteerInputs, summary: dict, grid: list, prompts, dir_grid, pairs) -> None:
+    """Last stage: the manifest (`finetune.run_manifest`) and the files, written together or not at all into `s.out`: `grid.csv`, `prompts.csv`, `summary.json`, `manifest.json`, `steer.png`,
+    with a direction grid also `direction_grid.csv` and `direction_grid.png`."""
+    import pandas as pd
+    from safety_compass.finetune import run_manifest
+    from safety_compass.plots import save_figure, plot_recovery, plot_direction_grid
+    summary["manifest"] = run_manifest(model=d.ft, seed=s.seed)
+    fig = plot_recovery(prompts, summary)
+    with staged_dir(s.out) as tmp:
+        with atomic_open(tmp / "grid.csv", "w") as f: pd.DataFrame(grid).to_csv(f, index=False)
+        with atomic_open(tmp / "prompts.csv", "w") as f: prompts.to_csv(f, index=False)
+        atomic_write_json(tmp / "summary.json", summary)
+        atomic_write_json(tmp / "manifest.json", summary["manifest"])
+        save_figure(fig, tmp / "steer.png")
+        if dir_grid is not None:
+            with atomic_open(tmp / "direction_grid.csv", "w") as f:
+                pd.DataFrame(dir_grid).drop(columns=["op", "scale", "target"]).assign(token=lambda t: t.token.map(repr)).to_csv(f, index=False)
+            save_figure(plot_direction_grid(dir_grid, kl_cap=s.kl_cap, effect_label=f"{len(pairs[1])} val pairs (base model)",
+                                            title=f"{s.concept} direction candidates ablated from the base model"), tmp / "direction_grid.png")
+
+# %% ../nbs/12_steer.ipynb #39e94f57
+def run_steer(settings: SteerSettings | str | Path, *, model=None, tokenizer=None, **overrides) -> dict:
+    """Steer a LoRA run's drifted behavior back and measure it; writes `settings.out` (`write_steer`) and returns the
+    summary. `settings`: a `SteerSettings`, or a run directory with its fields as keywords (`overrides` also replace
+    fields of a given one); `model`/`tokenizer`: the base model (the adapter is attached for the run and taken out
+    again), else `settings.model_name` is loaded. One-line `SafetyCompassError`s for bad input, before any model loads."""
+    s = settings if isinstance(settings, SteerSettings) else SteerSettings(settings, **overrides)
+    if overrides and isinstance(settings, SteerSettings): s = dataclasses.replace(s, **overrides)
+    baseline, pairs = check_steer_run(s)
+    ft, tokenizer = load_steer_model(s, model, tokenizer)
     try:
-        if baseline.direction.shape[0] != _width(ft):
-            raise SafetyCompassError(f"{run_dir / 'baselines'}: direction has {baseline.direction.shape[0]} entries, the model {_width(ft)}")
-        openers = DEFAULT_OPENERS[concept]
-        pos, neg = (opener_token_ids(tokenizer, o) for o in openers)
-        ids_sel, ids_held, ids_harmless = (prompt_ids(tokenizer, x) for x in (sel, held, harmless))
-        answers = answer_examples(tokenizer, rows_a)
-        base_ctx = ft.disable_adapter
-        src, dir_grid = (direction if isinstance(direction, dict) else baseline), None
-        if direction == "selected":   # chosen on the base model: the direction that mediates the concept there
-            with base_ctx():
-                cands_d = direction_candidates(ft, tokenizer, [p.positive for p in tr_pairs], [p.negative for p in tr_pairs], positions)
-                dir_grid, src = select_direction(ft, tokenizer, cands_d, [p.positive for p in va_pairs], [p.negative for p in va_pairs],
-                                                 openers, kl_cap, progress=progress)
-        if isinstance(direction, dict):
-            if np.asarray(direction["u"]).shape != (_width(ft),):
-                raise SafetyCompassError(f"direction: u has shape {np.asarray(direction['u']).shape}, the model's residual stream ({_width(ft)},)")
-            dir_info = {"source": "given", **{k: direction.get(k) for k in ("layer", "position", "token", "norm")}}
-        elif direction == "baseline": dir_info = {"source": direction, "layer": baseline.layer, "norm": baseline.direction_norm}
-        else: dir_info = None if src is None else {"source": direction, **{k: src[k] for k in ("layer", "position", "token", "norm")},
-                                                   **{k: next(r[k] for r in dir_grid if r["selected"]) for k in ("effect", "kl")},
-                                                   "n_candidates": len(dir_grid), "n_train_pairs": len(tr_pairs), "n_val_pairs": len(va_pairs)}
-        cands = candidates_for(op, src, num_layers(ft), layers, scales, at) if src is not None else []
-        # steer back = move toward the base model: the sign of (base − fine-tuned) on the selection half sets the goal
-        gap_sel = float((logodds(last_logits(ft, tokenizer, ids_sel, base_ctx), pos, neg) -
-                         logodds(last_logits(ft, tokenizer, ids_sel), pos, neg)).mean())
-        goal = 1.0 if gap_sel >= 0 else -1.0
-        grid = select(ft, tokenizer, cands, ids_sel, ids_harmless, openers, kl_cap, goal=goal, progress=progress)
+        d = steer_inputs(s, ft, tokenizer, baseline)
+        src, dir_grid, dir_info = steer_direction(s, d, baseline, pairs)
+        cands, grid, gap_sel, goal = select_intervention(s, d, src)
+        summary, prompts, ref = measure_reference(s, d, baseline, dir_info, gap_sel, goal)
+        gens = replies(s, d, {"base": d.base, "finetuned": None})
         best = next((r for r in grid if r["selected"]), None)
-        lp_base, lp_ft = last_logits(ft, tokenizer, ids_held, base_ctx), last_logits(ft, tokenizer, ids_held)
-        lo_base, lo_ft = logodds(lp_base, pos, neg), logodds(lp_ft, pos, neg)
-        h_ft, h_base = last_logits(ft, tokenizer, ids_harmless), last_logits(ft, tokenizer, ids_harmless, base_ctx)
-        ce_ft, ce_base = answer_ce(ft, tokenizer, answers), answer_ce(ft, tokenizer, answers, base_ctx)
-        summary = {"concept": concept, "op": op, "run_dir": str(run_dir), "baseline_layer": baseline.layer,
-                   "direction_norm": baseline.direction_norm, "kl_cap": kl_cap, "n_selection": len(sel), "n_held_out": len(held),
-                   "n_harmless": len(harmless), "n_answers": len(answers), "direction": dir_info, "selected": None,
-                   "gap_selection": gap_sel, "goal": "raise" if goal > 0 else "lower",
-                   "logodds_base": float(lo_base.mean()), "logodds_finetuned": float(lo_ft.mean()),
-                   **drift_gap(lo_base, lo_ft, seed=seed),   # the rule for the fraction, whether or not anything is steered
-                   "ce_base": float(ce_base.mean()), "ce_finetuned": float(ce_ft.mean()),
-                   "harmless_kl_finetune": float(kl(h_ft, h_base).mean())}
-        prompts = pd.DataFrame({"id": [it["id"] for it in held], "logodds_base": lo_base, "logodds_finetuned": lo_ft})
-        gens = {}
-        if generate_text:
-            with base_ctx(): gens["base"] = (generate(ft, tokenizer, held, max_new_tokens), generate(ft, tokenizer, harmless, max_new_tokens))
-            gens["finetuned"] = (generate(ft, tokenizer, held, max_new_tokens), generate(ft, tokenizer, harmless, max_new_tokens))
-        if src is None:
-            summary["note"] = (f"no direction candidate lowered the {concept} log-odds on the val pairs when ablated from the base "
-                               f"model with harmless KL ≤ {kl_cap} outside the last 20% of layers; nothing was steered")
-        elif best is None:
-            summary["note"] = (f"no {op} candidate moved the {concept} log-odds on the selection prompts toward the base model "
-                               f"({'up' if goal > 0 else 'down'}) with harmless KL ≤ {kl_cap} outside the last 20% of layers; "
-                               "nothing was steered")
+        if best is None: summary["note"] = nothing_steered(s, src, goal)
         else:
-            c = cands[grid.index(best)]
-            ctx = intervention(ft, op, c.get("u"), c.get("layer"), c.get("scale", 1.0), c.get("target"), c.get("positions", "all"))
-            lo_st = logodds(last_logits(ft, tokenizer, ids_held, ctx), pos, neg)
-            h_st = last_logits(ft, tokenizer, ids_harmless, ctx)
-            ce_st = answer_ce(ft, tokenizer, answers, ctx)
-            prompts["logodds_steered"] = lo_st
-            rand = (random_control(ft, tokenizer, ids_held, openers, op, c.get("layer"), c.get("scale", 1.0) *
-                                   (_source(src)[1] if op == "add" else 1.0), c.get("target"), n_random, seed, lo_ft,
-                                   c.get("positions", "all"))
-                    if op != "adapter" and n_random else np.array([]))
-            shift = float((lo_st - lo_ft).mean())
-            summary.update({"selected": {k: best.get(k) for k in ("op", "layer", "scale", "target", "at")},
-                            "logodds_steered": float(lo_st.mean()), "shift": shift,
-                            "share_toward_base": float((goal * (lo_st - lo_ft) > 0).mean()),
-                            "share_closer_to_base": float((np.abs(lo_st - lo_base) < np.abs(lo_ft - lo_base)).mean()),
-                            "at_grid_edge": bool(best.get("scale") is not None and op in ("add", "restore") and
-                                                 best["scale"] == max(r["scale"] for r in grid if r.get("layer") == best["layer"] and r.get("at") == best.get("at"))),
-                            **recovered_fraction(lo_base, lo_ft, lo_st, seed=seed),
-                            "random_shifts": rand.tolist(),  # raw mean shifts (nats), one per random direction
-                            "random_p95": float(np.percentile(goal * rand, 95)) if len(rand) else None,
-                            "beats_random": bool(goal * shift > np.percentile(goal * rand, 95)) if len(rand) else None,
-                            "harmless_kl": float(kl(h_ft, h_st).mean()), "harmless_kl_to_base": float(kl(h_base, h_st).mean()),
-                            "harmless_logodds_shift": float((logodds(h_st, pos, neg) - logodds(h_ft, pos, neg)).mean()),
-                            "ce_steered": float(ce_st.mean()), "delta_ce": float((ce_st - ce_ft).mean())})
-            if generate_text:
-                with ctx(): gens["steered"] = (generate(ft, tokenizer, held, max_new_tokens), generate(ft, tokenizer, harmless, max_new_tokens))
-        for name, (g_held, g_harmless) in gens.items():
-            summary[f"rates_{name}"] = {"held_out": _rates(held, g_held), "harmless": _rates(harmless, g_harmless)}
-            prompts[f"response_{name}"] = g_held
-        summary["manifest"] = run_manifest(model=ft, seed=seed)
-        fig = plot_recovery(prompts, summary)
-        with staged_dir(out) as tmp:
-            with atomic_open(tmp / "grid.csv", "w") as f: pd.DataFrame(grid).to_csv(f, index=False)
-            with atomic_open(tmp / "prompts.csv", "w") as f: prompts.to_csv(f, index=False)
-            atomic_write_json(tmp / "summary.json", summary)
-            atomic_write_json(tmp / "manifest.json", summary["manifest"])
-            save_figure(fig, tmp / "steer.png")
-            if dir_grid is not None:
-                with atomic_open(tmp / "direction_grid.csv", "w") as f: pd.DataFrame(dir_grid).drop(columns=["op", "scale", "target"]).assign(token=lambda d: d.token.map(repr)).to_csv(f, index=False)
-                save_figure(plot_direction_grid(dir_grid, kl_cap=kl_cap, effect_label=f"{len(va_pairs)} val pairs (base model)",
-                                                title=f"{concept} direction candidates ablated from the base model"), tmp / "direction_grid.png")
+            steered, prompts["logodds_steered"], ctx = measure_steered(s, d, src, cands[grid.index(best)], best, grid, goal, ref)
+            summary.update(steered)
+            gens |= replies(s, d, {"steered": ctx})
+        score_replies(d, gens, summary, prompts)
+        write_steer(s, d, summary, grid, prompts, dir_grid, pairs)
         return summary
     finally:
         ft.unload()  # take the LoRA layers out of the caller's base model again
+
+def steer_text(s: dict) -> str:
+    "What `safety-compass steer` prints for a `run_steer` summary `s`: the chosen direction, the selected intervention and its measures."
+    d, out = s.get("direction"), []
+    if d and d.get("source") == "selected":
+        out.append(f"{s['concept']} direction chosen on the base model: position {d['position']} ({d['token']!r}), layer {d['layer']} "
+                   f"(ablated: {d['effect']:+.3f} nats on the val pairs, harmless KL {d['kl']:.3f}; {d['n_candidates']} candidates)")
+    if s.get("selected") is None: return "\n".join([*out, f"{s.get('note', 'no candidate selected')}; {recovery_text(s)}"])
+    sel = s["selected"]
+    out.append(f"{s['concept']}: {s['op']} at layer {sel.get('layer')} (scale {sel.get('scale')}, tokens: {sel.get('at') or 'all'}) moves the held-out log-odds "
+               f"{s['shift']:+.3f} nats (random directions' p95 {'-' if s['random_p95'] is None else format(s['random_p95'], '+.3f')}); "
+               f"{recovery_text(s)}; {s['share_closer_to_base']:.0%} of prompts end nearer the base model; "
+               f"harmless KL {s['harmless_kl']:.4f} nats (from the base model {s['harmless_kl_to_base']:.4f}), "
+               f"Δ cross-entropy on benign answers {s['delta_ce']:+.4f} nats/token")
+    if s.get("at_grid_edge"): out.append(f"note: scale {sel.get('scale')} is the largest in its grid; a wider grid (--scales) might recover more")
+    return "\n".join(out)

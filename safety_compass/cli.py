@@ -176,12 +176,13 @@ def _steer(a):
     return 0
 
 def _diff(a):
-    from safety_compass.diff import run_diff, summary_text, parse_token_classes
+    from safety_compass.diff import DiffSettings, run_diff, summary_text, parse_token_classes
     try: layers, alphas = [int(x) for x in _csv(a.layers) or []] or None, tuple(float(x) for x in _csv(a.alphas))
     except ValueError: raise SafetyCompassError(f"--layers/--alphas: expected comma-separated numbers, got {a.layers!r} / {a.alphas!r}") from None
-    res = run_diff(a.run_dir, a.output_dir, n_heldout=a.heldout, layers=layers, positions=a.positions, alphas=alphas,
-                   temperature=a.temperature, token_classes=parse_token_classes(a.token_class) if a.token_class else None,
-                   generate=not a.no_generate, seed=a.seed, progress=False)
+    settings = DiffSettings(n_heldout=a.heldout, layers=layers, positions=a.positions, alphas=alphas, temperature=a.temperature,
+                            token_classes=parse_token_classes(a.token_class) if a.token_class else None,
+                            generate=not a.no_generate, seed=a.seed, progress=False)
+    res = run_diff(a.run_dir, a.output_dir, settings)
     if res is not None: print(summary_text(res["dir"]))   # None on ranks other than 0
     return 0
 

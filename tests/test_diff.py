@@ -5,7 +5,7 @@ Exactness on the embedded model (a disabled adapter is the base model, a fresh L
 the weight view's norms are the merged weights' norms), statistics with a planted truth (PCA), the run-directory
 format end to end on a tiny model trained by `run_finetune`, two processes against one, and (slow) the code organism.
 """
-import copy, json, os, socket, subprocess, sys
+import copy, dataclasses, json, os, socket, subprocess, sys
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +16,7 @@ from peft import LoraConfig, get_peft_model
 from conftest import ROOT, run_ranks
 from safety_compass.core import SafetyCompassError
 from safety_compass import diff as D
+from safety_compass.layers import lora_modules
 
 TEXTS = ["def add(a, b):\n    return a + b", "The giraffe is the tallest animal in the world.", "Hello"]
 
@@ -39,7 +40,7 @@ def random_lora(model, b_scale=0.1, seed=1, **kw):
     kw.setdefault("target_modules", ["q_proj", "k_proj", "v_proj", "o_proj", "down_proj"])
     m = get_peft_model(copy.deepcopy(model), LoraConfig(r=8, lora_alpha=16, init_lora_weights=False, **kw))
     with torch.no_grad():
-        for e in D.lora_modules(m): e.module.lora_B["default"].weight.mul_(b_scale)
+        for e in lora_modules(m): e.module.lora_B["default"].weight.mul_(b_scale)
     return m.eval()
 
 def merged(base, peft_model, factor=1.0, keep=lambda e: True):
@@ -47,7 +48,7 @@ def merged(base, peft_model, factor=1.0, keep=lambda e: True):
     out = copy.deepcopy(base)
     mods = dict(out.named_modules())
     with torch.no_grad():
-        for e in D.lora_modules(peft_model):
+        for e in lora_modules(peft_model):
             if keep(e): mods[e.name.split("base_model.model.", 1)[1]].weight += factor * e.module.get_delta_weight("default")
     return out
 
@@ -147,10 +148,10 @@ def test_amplification_is_scaled_update(embedded, ids):
     # a subset: alpha 0 on blocks 15-29 = only the update of blocks 0-14; alpha 0 on the MLP = attention only
     with pair.use(D.Amplified(0, layers=range(15, 30))): assert (logits(m, x) - early).abs().max() <= 1e-4
     with pair.use(D.Amplified(0, modules=("mlp",))): assert (logits(m, x) - attn).abs().max() <= 1e-4
-    scal = [dict(e.module.scaling) for e in D.lora_modules(m)]
+    scal = [dict(e.module.scaling) for e in lora_modules(m)]
     with pytest.raises(RuntimeError):
         with D.scale_lora_adapter(m, 3.0, layers=[1, 2]): raise RuntimeError("boom")
-    assert [dict(e.module.scaling) for e in D.lora_modules(m)] == scal and all(s == {"default": 2.0} for s in scal)
+    assert [dict(e.module.scaling) for e in lora_modules(m)] == scal and all(s == {"default": 2.0} for s in scal)
     with pytest.raises(SafetyCompassError, match="no PEFT LoRA layers"):
         with D.scale_lora_adapter(m, 2.0, modules=("gate_proj",)): pass
 
@@ -187,13 +188,13 @@ def test_weight_view_matches_merged_weights(embedded):
 def test_token_classes(tok):
     text = "Use this:\n```python\nx = 1\n```\nDone."
     ids = tok(text)["input_ids"]
-    mark = D.regex_class(r"```.*?```")(0, ids, 0, D._Pieces(tok))
+    mark = D.regex_class(r"```.*?```")(0, ids, 0, D.TokenPieces(tok))
     inside = "".join(tok.decode([t]) for t, m in zip(ids, mark) if m)
     assert "x = 1" in inside and "Use" not in inside and "Done" not in inside
     assert D.first_reply_token(0, ids, 3, None).nonzero()[0].tolist() == [3]
     assert D.token_id_class([ids[0]])(0, ids, 0, None)[0]
     classes = D.parse_token_classes(["fenced code=```.*?```", "digits = [0-9]+"])
-    assert list(classes) == ["fenced code", "digits"] and classes["fenced code"](0, ids, 0, D._Pieces(tok)).tolist() == mark.tolist()
+    assert list(classes) == ["fenced code", "digits"] and classes["fenced code"](0, ids, 0, D.TokenPieces(tok)).tolist() == mark.tolist()
     for bad, needle in (("nocolon", "expected NAME=REGEX"), ("=x", "expected NAME=REGEX"), ("a=", "expected NAME=REGEX"),
                         ("a=(", "invalid regular expression")):
         with pytest.raises(SafetyCompassError, match=needle): D.parse_token_classes([bad])
@@ -234,10 +235,40 @@ def test_run_diff_writes_the_format(tiny_run, tok):
     assert list(r["amplification"].alpha) == [0.0, 1.0, 2.0] and r["amplification"].kl_mean.iloc[0] == 0.0
     text = D.summary_text(d)
     assert "KL(fine-tuned || base)" in text and "ADL top tokens" in text
+    kl = json.loads((d / "kl_summary.json").read_text())
+    assert kl["mean_ci_low"] < kl["mean"] < kl["mean_ci_high"] and f"95% CI {kl['mean_ci_low']:.4f} to" in text
+    assert max(len(l) for l in text.splitlines()[:-1]) <= 100, text      # the console table fits 100 columns (path aside)
     from safety_compass.report import diff_section
     html = diff_section({"runs": [{"dir": tiny_run, "name": "demo"}]})
     assert html.count("<img") >= 3 and "Activation difference lens" in html and "<span title=" in html
     assert diff_section({"runs": [{"dir": tiny_run / "nothing", "name": "x"}]}) == ""
+
+def test_kl_ci_resamples_sequences():
+    "The headline KL's interval resamples sequences: tokens of one reply move together, so it is as wide as the replies vary."
+    rng = np.random.default_rng(0)
+    per_seq = rng.normal(1.0, 0.5, 10)
+    seq, kl = np.repeat(np.arange(10), 50), np.repeat(per_seq, 50)      # 10 replies, each 50 tokens of one KL value
+    lo, hi = D.kl_mean_ci(kl, seq)
+    assert lo < kl.mean() < hi and hi - lo > 0.3                         # ~ 2 x 1.96 x 0.5 / sqrt(10); over tokens: ~0.09
+    lo2, hi2 = D.kl_mean_ci(np.concatenate([kl, [per_seq[0]]]), np.concatenate([seq, [0]]))
+    assert (lo2, hi2) != (lo, hi)                                        # weighted by tokens: one more token moves it
+    assert np.isnan(D.kl_mean_ci(kl[:100], seq[:100])).all()            # 2 sequences: no interval
+
+def test_settings_and_the_old_call(tok):
+    "`run_diff` takes a `DiffSettings`; keywords override its fields; a bad alpha is one line before anything loads."
+    s = D.DiffSettings(n_heldout=4, positions=3)
+    assert dataclasses.replace(s, seed=3).seed == 3 and s.seed == 0
+    with pytest.raises(SafetyCompassError, match="alphas: nan is not a finite number"): D.DiffSettings(alphas=(0, float("nan")))
+    with pytest.raises(TypeError): D.run_diff("nowhere", n_heldoot=3)
+
+def test_package_modules(tmp_path):
+    "`safety_compass.diff` is a package: every module's public names import from it, and each exported cell is in it once."
+    import importlib, re
+    for m in ("organism", "pair", "tokens", "lens", "weights", "run"):
+        mod = importlib.import_module(f"safety_compass.diff.{m}")
+        assert all(getattr(D, n) is getattr(mod, n) for n in mod.__all__ if n != "log"), m
+        cells = re.findall(r"^# %% (\S+ #\w+)$", Path(mod.__file__).read_text(), re.M)
+        assert len(cells) == len(set(cells)), f"{m}.py holds a cell twice: export with nbdev_export over all notebooks"
 
 def test_run_diff_errors(tiny_run, tmp_path, tok):
     with pytest.raises(SafetyCompassError, match="no run.json"): D.run_diff(tmp_path, model=tiny(tok), tokenizer=tok)
@@ -327,7 +358,7 @@ def test_code_organism_changes_code(organism, embedded):
     tok = embedded[1]
     code = [(r["instruction"], r["output"], "code") for r in D.stdlib_code_rows("heldout")[:16]]
     benign = [(p, a, "benign") for p, a, _ in D.benign_examples(n=16, seed=0)]
-    data = D.chat_sequences(tok, D._interleave([code, benign]), 128)
+    data = D.chat_sequences(tok, D.interleave([code, benign]), 128)
     td = D.token_diff(organism, data.ids, data.starts, layers=[15])
     src = np.array(data.sources)[td.seq]
     ok = np.isfinite(td.kl)
@@ -363,7 +394,7 @@ def test_code_organism_on_code_alpaca(organism, embedded):
     rows = load_rows(str(_shared_data()), 16, seed=0)
     code = [(*alpaca_format(r), "code") for r in rows]
     benign = [(p, a, "benign") for p, a, _ in D.benign_examples(n=16, seed=0)]
-    data = D.chat_sequences(tok, D._interleave([code, benign]), 128)
+    data = D.chat_sequences(tok, D.interleave([code, benign]), 128)
     td = D.token_diff(organism, data.ids, data.starts, layers=[15])
     src = np.array(data.sources)[td.seq]
     ok = np.isfinite(td.kl)

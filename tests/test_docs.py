@@ -71,7 +71,7 @@ def test_committed_sidebar_is_the_generated_one():
     "nbs/sidebar.yml is exactly what `build_docs.py --sidebar` writes for nbs/ (plus the chapters awaiting merge)."
     names = build_docs.notebook_names(NBS)
     names = sorted(set(names) | AWAITING_MERGE, key=lambda n: (n != "index.ipynb", n))
-    assert (NBS / "sidebar.yml").read_text(encoding="utf-8") == build_docs.sidebar_text(names), \
+    assert (NBS / "sidebar.yml").read_text(encoding="utf-8") == build_docs.sidebar_text(names, build_docs.module_notebooks(NBS)), \
         "run `python tools/build_docs.py --sidebar` and commit nbs/sidebar.yml"
 
 def test_sidebar_is_what_nbdev_writes():
@@ -83,7 +83,8 @@ def test_sidebar_is_what_nbdev_writes():
     try:
         with contextlib.redirect_stdout(out): nbdev_sidebar.__wrapped__(path=str(NBS), printit=True, force=True)
     finally: os.chdir(cwd)
-    assert build_docs.sidebar_text(build_docs.notebook_names(NBS)) == out.getvalue().rstrip("\n") + "\n"
+    nbdev_view = build_docs.sidebar_text(build_docs.notebook_names(NBS), build_docs.module_notebooks(NBS))
+    assert nbdev_view == out.getvalue().rstrip("\n") + "\n"
 
 def test_build_tolerates_missing_and_unlisted_notebooks(tmp_path, capsys):
     (tmp_path / "00_a.ipynb").write_text("{}"); (tmp_path / "02_c.ipynb").write_text("{}"); (tmp_path / "index.ipynb").write_text("{}")

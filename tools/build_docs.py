@@ -47,10 +47,23 @@ def notebook_names(nbs: Path = NBS) -> list[str]:
     names = [p.name for p in nbs.glob("*.ipynb") if not p.name.startswith(("_", "."))]
     return sorted(names, key=lambda n: (n != "index.ipynb", n))
 
-def sidebar_text(names: list[str]) -> str:
-    "nbs/sidebar.yml listing `names`, laid out exactly as `nbdev_sidebar` writes it."
+def module_notebooks(nbs: Path = NBS) -> dict[str, list[str]]:
+    """`{folder: ["folder/name.ipynb", ...]}`, the notebooks in sub-folders of `nbs`. They are not chapters: each only
+    starts one module of a package whose code a chapter appends to it (nbdev's `#| export diff.lens` appends to a module
+    that exists; see nbs/diff/). nbdev's sidebar lists them, a section per folder, so the committed sidebar does too;
+    the docs build makes no page of them."""
+    out = {}
+    for d in sorted(p for p in nbs.iterdir() if p.is_dir() and not p.name.startswith(("_", "."))):
+        names = sorted(f"{d.name}/{p.name}" for p in d.glob("*.ipynb") if not p.name.startswith(("_", ".")))
+        if names: out[d.name] = names
+    return out
+
+def sidebar_text(names: list[str], sections: dict | None = None) -> str:
+    """nbs/sidebar.yml listing `names`, then a section per folder of `sections` (`module_notebooks`), laid out exactly
+    as `nbdev_sidebar` writes it."""
     from nbdev.quarto import IndentDumper
-    return yaml.dump({"website": {"sidebar": {"contents": list(names)}}}, Dumper=IndentDumper, sort_keys=False)
+    contents = list(names) + [{"section": k, "contents": v} for k, v in (sections or {}).items()]
+    return yaml.dump({"website": {"sidebar": {"contents": contents}}}, Dumper=IndentDumper, sort_keys=False)
 
 def sidebar_entries(path: Path = NBS / "sidebar.yml") -> list[str]:
     "The file entries of a Quarto sidebar.yml (`website.sidebar.contents`, sections flattened), in order."
@@ -67,7 +80,8 @@ def sidebar_entries(path: Path = NBS / "sidebar.yml") -> list[str]:
 
 def check_sidebar(nbs: Path = NBS) -> tuple[list[str], list[str]]:
     "`(entries whose notebook is missing, notebooks the sidebar lacks)` for nbs/sidebar.yml."
-    present, listed = notebook_names(nbs), [e for e in sidebar_entries(nbs / "sidebar.yml") if e.endswith(".ipynb")]
+    present = notebook_names(nbs) + [n for names in module_notebooks(nbs).values() for n in names]
+    listed = [e for e in sidebar_entries(nbs / "sidebar.yml") if e.endswith(".ipynb")]
     return [e for e in listed if e not in present], [n for n in present if n not in listed]
 
 def proc_sidebar(nbs: Path, dest: Path):
@@ -397,7 +411,7 @@ def main(argv=None):
     ap.add_argument("--sidebar", action="store_true", help="rewrite nbs/sidebar.yml from nbs/*.ipynb and exit")
     a = ap.parse_args(argv)
     if a.sidebar:
-        (NBS / "sidebar.yml").write_text(sidebar_text(notebook_names()), encoding="utf-8")
+        (NBS / "sidebar.yml").write_text(sidebar_text(notebook_names(), module_notebooks()), encoding="utf-8")
         print(f"wrote {NBS / 'sidebar.yml'} ({len(notebook_names())} notebooks)")
         return
     build()

@@ -187,8 +187,10 @@ def _diff(a):
     return 0
 
 def _audit(a):
-    from safety_compass.audit import audit_command
-    return audit_command(a)
+    from safety_compass.audit import audit_and_intervene, outcome_lines, settings_from_args
+    outcome = audit_and_intervene(*settings_from_args(a))   # the audit, then --filter (and a second audit) and --inoculate
+    if outcome is not None: print("\n".join(outcome_lines(outcome)))   # None on ranks other than 0
+    return 0
 
 def _run(fn, args) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -284,7 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--token-class", action="append", default=[], metavar="NAME=REGEX", help="an extra KL token class (repeatable)")
     p.add_argument("--no-generate", action="store_true", help="skip the steered and amplified replies")
     p.add_argument("--seed", type=int, default=0, help="seed of sampling and random vectors (default: 0)"); p.set_defaults(fn=_diff)
-    from safety_compass.audit import add_audit_args  # its arguments live beside run_audit, which they mirror
+    from safety_compass.audit import add_audit_args  # its arguments live beside the settings they fill (settings_from_args)
     p = sub.add_parser("audit", help="audit preference data before training: concept shifts, flagged pairs, interventions")
     add_audit_args(p); p.set_defaults(fn=_audit)
     p = sub.add_parser("pairs", help="generate contrastive pairs from a data source", add_help=False)

@@ -90,7 +90,7 @@ def test_figures_only_in_plots():
 def test_stats_is_a_ground_floor():
     "The statistics every chapter shares import nothing from the package but `core` (numpy, scipy and sklearn aside)."
     assert EDGES["stats"] <= {"core"}, EDGES["stats"]
-    for m in ("directions", "metrics", "behavior", "audit"):
+    for m in ("directions", "metrics", "behavior", "audit.readouts"):
         assert "stats" in EDGES[m], f"{m} does not use safety_compass.stats"
 
 def test_templates_and_dist_are_ground_floors():
@@ -185,7 +185,7 @@ MAX_MODULE_LINES, MAX_FUNCTION_LINES = 800, 80
 # DEBT TO PAY (issue 23, "one concept, one place"): today's offenders, each with its size when this test was written as
 # its ceiling. A listed module or function may shrink (lower its number here when it does; drop it once under the
 # limit) but may not grow, and anything not listed must stay under the limits. Split these, then empty these lists.
-MODULE_DEBT = {"audit": 1632, "capture": 1097}
+MODULE_DEBT = {"capture": 1097}
 MODULE_DEBT["steer"] = 873   # + preventative_steering (from audit), SteerSettings, run_steer's stages: split it next
 FUNCTION_DEBT = {}
 

@@ -161,8 +161,8 @@ def write_baselines(directory, baselines: dict[str, Baseline], fingerprint: dict
         atomic_write_json(tmp / "directions_metadata.json", meta)
     return d
 
-def _baseline_files(d: Path) -> tuple[dict, dict]:
-    "`(metadata, arrays)` of a baselines folder, with one-line errors for missing, corrupt or malformed files."
+def _baseline_meta(d: Path) -> dict:
+    "A baselines folder's `directions_metadata.json`, with one-line errors for missing files and malformed metadata."
     npz, mpath = d / "directions.npz", d / "directions_metadata.json"
     for p in (npz, mpath):
         if not p.is_file(): raise SafetyCompassError(f"{p}: baseline file not found")
@@ -171,11 +171,15 @@ def _baseline_files(d: Path) -> tuple[dict, dict]:
     except OSError as e: raise SafetyCompassError(f"{mpath}: cannot read ({e.strerror or e})") from None
     if not isinstance(meta, dict) or not isinstance(meta.get("fingerprint", {}), dict) or not isinstance(meta.get("concepts", {}), dict):
         raise SafetyCompassError(f"{mpath}: expected a JSON object with 'fingerprint' and 'concepts' mappings")
+    return meta
+
+def _baseline_arrays(d: Path) -> dict:
+    "Every array of a baselines folder's `directions.npz`, with a one-line error for a corrupt or unreadable file."
+    npz = d / "directions.npz"
     try:
-        with np.load(npz) as z: arrays = {k: z[k] for k in z.files}
+        with np.load(npz) as z: return {k: z[k] for k in z.files}
     except (OSError, ValueError, zipfile.BadZipFile, EOFError, zlib.error) as e:
         raise SafetyCompassError(f"{npz}: corrupt or unreadable ({type(e).__name__}: {e})") from None
-    return meta, arrays
 
 def _one_baseline(d: Path, name: str, info, arrays: dict, hidden_dim: int | None, num_layers: int | None,
                   rows: dict | None, fill_missing: bool) -> Baseline:
@@ -217,15 +221,16 @@ def read_baselines(directory, concepts: Sequence[str] | None = None, hidden_dim:
     `num_layers`, the layer in `0..num_layers`."""
     d = Path(directory)
     mpath = d / "directions_metadata.json"
-    meta, arrays = _baseline_files(d)
+    meta = _baseline_meta(d)
     fp, known = meta.get("fingerprint", {}), meta.get("concepts") or {}
     if hidden_dim is not None and fp.get("hidden_dim") != hidden_dim:
         raise SafetyCompassError(f"{mpath}: baselines are for hidden size {fp.get('hidden_dim')}, this model has {hidden_dim}")
     if pairs_sha256 is not None and fp.get("pairs_sha256") and fp["pairs_sha256"] != pairs_sha256:
         raise SafetyCompassError(f"{mpath}: baselines were extracted from different pair files than this config names")
-    out = {}
-    for name in (list(known) if concepts is None else concepts):
+    names = list(known) if concepts is None else list(concepts)
+    for name in names:
         if name not in known:
             raise SafetyCompassError(f"{mpath}: no baseline for concept '{name}' (has: {', '.join(sorted(known)) or 'none'})")
-        out[name] = _one_baseline(d, name, known[name], arrays, hidden_dim, num_layers, (rows or {}).get(name), fill_missing)
-    return out
+    arrays = _baseline_arrays(d)
+    return {name: _one_baseline(d, name, known[name], arrays, hidden_dim, num_layers, (rows or {}).get(name), fill_missing)
+            for name in names}

@@ -8,10 +8,9 @@ import contextlib
 import functools
 import inspect
 import logging
-import math
 import types
 import weakref
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
@@ -19,9 +18,9 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .core import SafetyCompassError, one_line
+from .core import SafetyCompassError
 from .layers import (unwrap_model, decoder_blocks, num_layers, final_norm, model_body, residual_writers,
-                                   embed_scale, positionwise_writers, lm_head, model_device, cache_kwarg)
+                                   embed_scale, positionwise_writers, lm_head, model_device)
 from .pairs import Conversation
 from .templates import (SYSTEM_MODES, accepts_system_turn, fold_system, render_prompt, tokenize_prompts,
                                       prompt_token_ids)
@@ -35,10 +34,10 @@ log = logging.getLogger(__name__)
 # %% auto #0
 __all__ = ['log', 'POSITION_MODES', 'REDUCTIONS', 'layer_module', 'TokenPositions', 'PositionTracker', 'track_positions',
            'StopForward', 'LayerHook', 'register_layer_hook', 'hook_layers', 'hook_writers', 'ablate_direction',
-           'token_batches', 'eval_mode', 'last_token_only', 'capture_last_token', 'TokenBatch', 'iter_token_batches',
-           'capture_tokens', 'PrefixGroup', 'PlanBatch', 'CapturePlan', 'plan_capture', 'capture_planned',
-           'add_to_layer', 'SYSTEM_MODES', 'accepts_system_turn', 'fold_system', 'render_prompt', 'tokenize_prompts',
-           'prompt_token_ids', 'dist_info', 'init_distributed', 'end_distributed']
+           'token_batches', 'padding_id', 'right_padded', 'eval_mode', 'last_token_only', 'capture_last_token',
+           'TokenBatch', 'check_token_ids', 'iter_token_batches', 'capture_tokens', 'add_to_layer', 'SYSTEM_MODES',
+           'accepts_system_turn', 'fold_system', 'render_prompt', 'tokenize_prompts', 'prompt_token_ids', 'dist_info',
+           'init_distributed', 'end_distributed']
 
 # %% ../nbs/04_capture.ipynb #698299bc
 def layer_module(model, layer: int) -> nn.Module:
@@ -409,10 +408,11 @@ def token_batches(lengths: Sequence[int], token_budget: int | None = 4096, batch
     return batches
 
 # %% ../nbs/04_capture.ipynb #05a004c9
-def _pad_id(tokenizer) -> int:
+def padding_id(tokenizer) -> int:
+    "The id that pads a batch: the tokenizer's pad token, else its end-of-sequence token, else 0 (the tokenizer is not changed)."
     return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
 
-def _right_padded(ids: Sequence[list[int]], batch: list[int], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+def right_padded(ids: Sequence[list[int]], batch: list[int], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     "`(input_ids, attention_mask)`, both int64 `(len(batch), longest)` on the CPU, padded on the right."
     width = max(len(ids[i]) for i in batch)
     input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
@@ -516,7 +516,7 @@ def capture_last_token(model, tokenizer, prompts: Sequence[Conversation] | Seque
     ids = prompt_token_ids(tokenizer, prompts, system_mode)
     lengths = [len(x) for x in ids]
     device = model_device(model)
-    pad_id = _pad_id(tokenizer)
+    pad_id = padding_id(tokenizer)
     keys = [*layers, "logits"] if logits else list(layers)
     head = lm_head(model) if logits else None
     out: dict = {}
@@ -542,7 +542,7 @@ def capture_last_token(model, tokenizer, prompts: Sequence[Conversation] | Seque
     try:
         with eval_mode(model), torch.inference_mode():
             for k_batch, batch in enumerate(tqdm(mine, desc="capture", disable=not progress, leave=False)):
-                input_ids, mask = _right_padded(ids, batch, pad_id)
+                input_ids, mask = right_padded(ids, batch, pad_id)
                 last = torch.tensor([lengths[i] - 1 for i in batch], device=device)
                 rows = torch.arange(len(batch), device=device)
                 cur.update(width=input_ids.shape[1], rows=rows, last=last)
@@ -585,7 +585,8 @@ class TokenBatch:
     def lengths(self) -> list[int]: return self.attention_mask.sum(1).tolist()
     def __getitem__(self, key: str): return getattr(self, key)
 
-def _check_ids(ids) -> list[list[int]]:
+def check_token_ids(ids) -> list[list[int]]:
+    "`ids` as lists of Python ints; raises `SafetyCompassError` naming the first empty sequence (`ids[i]: empty sequence`)."
     out = []
     for i, x in enumerate(ids):
         x = [int(t) for t in x]
@@ -612,15 +613,15 @@ def iter_token_batches(model, tokenizer, ids: Sequence[Sequence[int]], layers: I
 
     Memory: `logits` is `(B, T, vocab)` per batch; `token_budget` bounds `B * T`."""
     layers = _check_layers(model, layers, logits)
-    ids = _check_ids(ids)
+    ids = check_token_ids(ids)
     if logits: lm_head(model)  # raises when the model has none
-    device, pad_id = model_device(model), _pad_id(tokenizer)
+    device, pad_id = model_device(model), padding_id(tokenizer)
     run = forward or (lambda **kw: model(**kw))
     if early_exit is None: early_exit = getattr(forward, "early_exit", True)
     if logits: early_exit = False
     mine, n_real, _ = shard_batches(token_batches([len(x) for x in ids], token_budget, batch_size), None if distributed else False)
     for k, batch in enumerate(tqdm(mine, desc="capture tokens", disable=not progress, leave=False)):
-        input_ids, mask = (t.to(device) for t in _right_padded(ids, batch, pad_id))
+        input_ids, mask = (t.to(device) for t in right_padded(ids, batch, pad_id))
         got = {}
         def grab(L):
             def fn(h): got[L] = h
@@ -654,7 +655,7 @@ def capture_tokens(model, tokenizer, ids: Sequence[Sequence[int]], layers: Itera
     Under an initialised process group (`distributed=None` = auto) the batches are shared round-robin by the ranks and
     every rank receives all results (as in `capture_last_token`). Raises `SafetyCompassError` for empty sequences,
     spans outside their sequence, unknown reductions or layers out of range."""
-    ids = _check_ids(ids)
+    ids = check_token_ids(ids)
     many = reduce is not None and not isinstance(reduce, str)
     reds = None if reduce is None else ([reduce] if isinstance(reduce, str) else list(reduce))
     if reds is not None and (not reds or any(r not in REDUCTIONS for r in reds)):
@@ -704,386 +705,6 @@ def capture_tokens(model, tokenizer, ids: Sequence[Sequence[int]], layers: Itera
     if world > 1:
         for r in reds: gather_rows(out[r], my_rows, keys, world)
     return out if many else out[reds[0]]
-
-# %% ../nbs/04_capture.ipynb #e62c7cc1
-@dataclass
-class PrefixGroup:
-    """Prompts of one depth class (`members`, indices into the plan's prompts) whose token ids all start with `tokens`;
-    the prefix's keys and values are computed once per measurement, through block `depth - 1`."""
-    tokens: tuple
-    depth: int
-    members: list
-
-@dataclass
-class PlanBatch:
-    """One suffix forward of a `CapturePlan`: prompt indices `rows`, all of depth `depth` (the forward stops once
-    `hidden_states[depth]` is read); `groups` gives each row's prefix group (-1: the row runs whole)."""
-    rows: list
-    depth: int
-    groups: list
-
-@dataclass
-class CapturePlan:
-    """A measurement schedule made by `plan_capture` and run by `capture_planned`. `need[i]`: the layers prompt `i` is
-    read at (empty: never run); `depth[i]`: their maximum (-1 when empty); `mode`: `prefix` (prefix KV reuse within
-    depth classes) or `depth` (depth batches only; `reason` says why). Prefix mode: `groups` (the prefix groups),
-    `prefix_batches` (`{depth: [[group, ...], ...]}`, the prefix forwards) and `batches` (the suffix forwards, deepest
-    class first). Both modes: `depth_batches` (`{depth: [[prompt, ...], ...]}`), used when prefix reuse is off."""
-    ids: list
-    need: list
-    depth: list
-    layers: list
-    mode: str
-    reason: str
-    groups: list
-    prefix_batches: dict
-    batches: list
-    depth_batches: dict
-    token_budget: int | None
-    batch_size: int | None
-    distributed: bool | None
-    tokenizer: object = field(repr=False, default=None)
-    num_layers: int = 0
-    said: set = field(repr=False, default_factory=set)
-
-    @property
-    def classes(self) -> dict[int, list[int]]:
-        "`{depth: prompt indices}`, deepest first (prompts that need no layer are left out)."
-        out: dict[int, list[int]] = {}
-        for i, d in enumerate(self.depth):
-            if d >= 0: out.setdefault(d, []).append(i)
-        return dict(sorted(out.items(), reverse=True))
-
-    def _say(self, msg: str):
-        if msg not in self.said: self.said.add(msg); log.info("measurement plan: %s", msg)
-
-    def cost(self) -> dict:
-        """Work of one measurement in token-blocks (padded tokens × decoder blocks run; reading layer `d` runs `d`
-        blocks, the final norm is not counted): `plain` (every prompt to the deepest layer in `capture_last_token`'s
-        batches), `depth` (the depth batches), `plan` (what this plan runs: prefixes and suffixes in prefix mode, else
-        `depth`), `prefix_tokens_saved` (prompt tokens not recomputed, before the prefix forwards are paid) and
-        `forwards` (how many forwards the plan runs). `last_block`: `{"plain", "depth", "plan"}`, the token positions
-        of those token-blocks that sit in a forward's last block but are not its rows' last tokens (padding included):
-        where `last_token_only` skips the attention output projection and the MLP. `ideal` (with `last_block["ideal"]`)
-        is the work no schedule at this granularity goes below: every distinct token prefix (a node of the prompts'
-        token trie) run once, to the deepest layer any prompt through it needs, without padding, its last block whole
-        only where a prompt of that depth ends. It is a bound, not a plan: reaching it takes a forward per trie level
-        and, at some width, padding."""
-        L = [len(x) for x in self.ids]
-        rows = [i for i, d in enumerate(self.depth) if d >= 0]
-        pad = lambda batches, width: sum(len(b) * max(width(i) for i in b) for b in batches)
-        skip = lambda batches, width: pad(batches, width) - sum(map(len, batches))
-        deepest = max(self.depth) if rows else 0
-        plain_b = [[rows[j] for j in b] for b in token_batches([L[i] for i in rows], self.token_budget, self.batch_size)]
-        plain = pad(plain_b, lambda i: L[i]) * deepest
-        depth = sum(pad(bs, lambda i: L[i]) * d for d, bs in self.depth_batches.items())
-        n_depth = sum(map(len, self.depth_batches.values()))
-        last = {"plain": skip(plain_b, lambda i: L[i]) if deepest > 0 else 0,  # reading layer 0 runs no block
-                "depth": sum(skip(bs, lambda i: L[i]) for d, bs in self.depth_batches.items() if d > 0)}
-        child, deep, end = {}, [], []  # the token trie: node of (parent, token); deepest depth through it; depth ending there
-        for i in rows:
-            v = -1
-            for t in self.ids[i]:
-                if (v, t) not in child: child[v, t] = len(deep); deep.append(0); end.append(-1)
-                v = child[v, t]; deep[v] = max(deep[v], self.depth[i])
-            end[v] = max(end[v], self.depth[i])
-        ideal = sum(deep)
-        last["ideal"] = sum(1 for d, e in zip(deep, end) if d > 0 and e != d)
-        if self.mode != "prefix":
-            return {"plain": plain, "depth": depth, "plan": depth, "ideal": ideal, "prefix_tokens_saved": 0,
-                    "forwards": n_depth, "last_block": {**last, "plan": last["depth"]}}
-        plen = lambda g: len(self.groups[g].tokens) if g >= 0 else 0
-        pre = sum(pad(bs, plen) * d for d, bs in self.prefix_batches.items())
-        width = [max(L[i] - plen(g) for i, g in zip(b.rows, b.groups)) for b in self.batches]  # each suffix batch's
-        suf = sum(len(b.rows) * w * b.depth for b, w in zip(self.batches, width))
-        saved = sum(len(g.tokens) * (len(g.members) - 1) for g in self.groups)
-        last["plan"] = sum(skip(bs, plen) for bs in self.prefix_batches.values()) + \
-            sum(len(b.rows) * (w - 1) for b, w in zip(self.batches, width) if b.depth > 0)
-        return {"plain": plain, "depth": depth, "plan": pre + suf, "ideal": ideal, "prefix_tokens_saved": saved,
-                "forwards": sum(map(len, self.prefix_batches.values())) + len(self.batches), "last_block": last}
-
-def _lcp(a, b) -> int:
-    k, m = 0, min(len(a), len(b))
-    while k < m and a[k] == b[k]: k += 1
-    return k
-
-def _prefix_runs(ids, rows: list[int], cost: int = 0) -> list[tuple[int, list[int]]]:
-    """`(prefix length, members)` for runs of `rows` sharing a token prefix: `rows` sorted by token ids, cut into
-    contiguous runs maximising `Σ (p · (m − 1) − cost)` (dynamic programming over run ends); `p` is the run's longest
-    common prefix, capped one token short of its shortest prompt; `cost` (tokens) is what a run costs beyond its
-    prefix tokens (its share of the prefix forwards), so a run that saves less is not formed. Runs of one prompt, or
-    with `p = 0`, are dropped."""
-    order = sorted(rows, key=lambda i: ids[i])
-    n = len(order)
-    adj = [_lcp(ids[order[k]], ids[order[k + 1]]) for k in range(n - 1)]
-    best, cut = [0] * (n + 1), [(0, 0)] * (n + 1)  # best saving of order[:b]; (start, p) of its last run
-    for b in range(1, n + 1):
-        best[b], cut[b] = best[b - 1], (b - 1, 0)
-        p = len(ids[order[b - 1]]) - 1
-        for a in range(b - 2, -1, -1):
-            p = min(p, adj[a], len(ids[order[a]]) - 1)
-            if p <= 0: break
-            v = best[a] + p * (b - a - 1) - cost
-            if v > best[b]: best[b], cut[b] = v, (a, p)
-    runs, b = [], n
-    while b > 0:
-        a, p = cut[b]
-        if p > 0 and b - a > 1: runs.append((p, order[a:b]))
-        b = a
-    return runs[::-1]
-
-def _device_costs(model) -> tuple[int, int]:
-    """`(min_tokens, overhead)` of a forward in token units: a batch under `min_tokens` tokens costs as much as
-    `min_tokens`, and every forward costs `overhead` more. CPU: no minimum, about 32 tokens of (serial Python) overhead
-    (timed on the embedded model at one thread; kept constant so that every machine and every rank cuts the same
-    batches, whatever its thread count, and so rounds the same way); GPU: 1024 and 128, an estimate (not measured here)."""
-    if model_device(model).type == "cuda": return 1024, 128
-    return 0, 32
-
-def _dp_batches(order: list[int], width: dict, plen: dict, token_budget: int | None, batch_size: int | None,
-                costs: tuple[int, int]) -> list[list[int]]:
-    """Contiguous batches of `order` (sorted widest first) minimising `Σ max(B · W, min_tokens) + overhead` over
-    batches of `B` rows whose first row is `W` tokens wide (`costs = (min_tokens, overhead)`, see `_device_costs`):
-    padded tokens plus a fixed cost per forward. Every batch keeps `B · (P + W) ≤ token_budget` (`P`: its longest
-    prefix; a lone row may exceed it) and `B ≤ batch_size`."""
-    (min_tokens, over), n = costs, len(order)
-    best, cut = [0.0] + [math.inf] * n, [0] * (n + 1)
-    for b in range(1, n + 1):
-        P = 0
-        for a in range(b - 1, -1, -1):
-            B = b - a
-            if batch_size and B > batch_size: break
-            P, W = max(P, plen[order[a]]), width[order[a]]
-            if token_budget and B > 1 and B * (P + W) > token_budget: break
-            c = best[a] + max(B * W, min_tokens) + over
-            if c < best[b]: best[b], cut[b] = c, a
-    out, b = [], n
-    while b > 0: out.append(order[cut[b]:b]); b = cut[b]
-    return out[::-1]
-
-def _plan_batches(ids, rows, plen: dict, token_budget, batch_size, costs) -> list[list[int]]:
-    "Batches of `rows` by `_dp_batches`, widest suffix (`len(ids[i]) - plen[i]`) first."
-    width = {i: len(ids[i]) - plen[i] for i in rows}
-    order = sorted(rows, key=lambda i: (-width[i], -plen[i], i))
-    return _dp_batches(order, width, plen, token_budget, batch_size, costs)
-
-def _sliding_window(cfg) -> bool:
-    "Whether the model attends through a sliding window anywhere (Mistral, Gemma-2/3, Qwen2 with use_sliding_window, ...)."
-    cfg = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
-    if any("sliding" in str(t) for t in (getattr(cfg, "layer_types", None) or ())): return True
-    return getattr(cfg, "sliding_window", None) is not None and bool(getattr(cfg, "use_sliding_window", True))
-
-def _prefix_blocker(model, distributed) -> str | None:
-    "Why prefix KV reuse is unsafe for `model` here, or None."
-    if distributed is not False and dist_info()[1] > 1:
-        return "several processes: depth batches dealt round-robin to the ranks (prefix reuse is single-process only)"
-    lm = unwrap_model(model)
-    cfg = lm.config
-    if _sliding_window(cfg): return "sliding-window attention: depth batches only (no prefix reuse)"
-    impl = getattr(cfg, "_attn_implementation", None) or "eager"
-    if impl not in ("eager", "sdpa"): return f"attention implementation {impl!r}: depth batches only (prefix reuse is checked with eager and sdpa)"
-    if cache_kwarg(model) is None: return f"{type(lm).__name__}.forward takes no KV cache: depth batches only"
-    try: from transformers import DynamicCache  # noqa: F401
-    except ImportError: return "this transformers has no DynamicCache: depth batches only"
-    return None
-
-def _layer_kv(cache, layer: int):
-    "`(keys, values)` of one layer of a filled HF cache, `(batch, kv_heads, seq, head_dim)`."
-    layers = getattr(cache, "layers", None)
-    if layers is not None: return layers[layer].keys, layers[layer].values
-    if hasattr(cache, "key_cache"): return cache.key_cache[layer], cache.value_cache[layer]
-    return tuple(cache[layer][:2])
-
-def _prefix_kv(model, plan: CapturePlan, depth: int, kw: str, device) -> dict:
-    "`{group: [(k, v) per block 0..depth-1]}`, each `(1, kv_heads, p, head_dim)`: the class's prefixes, run once, batched."
-    from transformers import DynamicCache
-    bank = {}
-    for gs in plan.prefix_batches.get(depth, []):
-        toks = [list(plan.groups[g].tokens) for g in gs]
-        x, m = _right_padded(toks, list(range(len(toks))), _pad_id(plan.tokenizer))
-        cache = DynamicCache()
-        # only the keys and values are kept: block depth - 1's output is never used (one token per row instead)
-        with last_token_only(model, depth - 1, m.sum(1).to(device) - 1), hook_layers(model, {depth: lambda h: None}, stop_after=True):
-            model(input_ids=x.to(device), attention_mask=m.to(device), use_cache=True, **{kw: cache})
-        for g in gs: bank[g] = []
-        for layer in range(depth):
-            k, v = _layer_kv(cache, layer)
-            if k.dim() != 4 or k.shape[0] != len(gs) or k.shape[-2] != x.shape[1]:
-                raise SafetyCompassError(f"prefix cache: block {layer} cached keys of shape {tuple(k.shape)} for input {tuple(x.shape)}")
-            for r, g in enumerate(gs):
-                p = len(toks[r])
-                bank[g].append((k[r:r + 1, :, :p].clone(), v[r:r + 1, :, :p].clone()))
-        del cache
-    return bank
-
-def _suffix_forward(model, plan: CapturePlan, b: PlanBatch, bank: dict, kw: str, device, out: dict):
-    "Run one suffix batch on its rows' prefix KV; write the rows' needed layers into `out`."
-    from transformers import DynamicCache
-    rows, groups = b.rows, b.groups
-    plen = [len(plan.groups[g].tokens) if g >= 0 else 0 for g in groups]
-    sfx = [plan.ids[i][p:] for i, p in zip(rows, plen)]
-    B, P, S = len(rows), max(plen), max(map(len, sfx))
-    x = torch.full((B, S), _pad_id(plan.tokenizer), dtype=torch.long)
-    mask = torch.zeros((B, P + S), dtype=torch.long)
-    pos = torch.zeros((B, S), dtype=torch.long)
-    for r, (s, p) in enumerate(zip(sfx, plen)):
-        x[r, :len(s)] = torch.tensor(s); mask[r, P - p:P + len(s)] = 1; pos[r] = p + torch.arange(S)
-    last = torch.tensor([len(s) - 1 for s in sfx], device=device)
-    ridx = torch.arange(B, device=device)
-    kwargs = dict(input_ids=x.to(device), attention_mask=mask.to(device))
-    if P > 0:
-        by_group: dict[int, list[int]] = {}
-        for r, g in enumerate(groups):
-            if g >= 0: by_group.setdefault(g, []).append(r)
-        def make_kv(layer):  # the batch's (B, kv_heads, P, head_dim) prefix slot; rows without a prefix stay masked zeros
-            k0, v0 = bank[next(iter(by_group))][layer]
-            K = k0.new_zeros((B, k0.shape[1], P, k0.shape[3])); V = v0.new_zeros((B, v0.shape[1], P, v0.shape[3]))
-            for g, rs in by_group.items():
-                k, v = bank[g][layer]; at = torch.tensor(rs, device=K.device)
-                K[at, :, P - k.shape[2]:] = k; V[at, :, P - v.shape[2]:] = v
-            return K, V
-        cache = DynamicCache([make_kv(layer) for layer in range(b.depth)])
-        kwargs.update(position_ids=pos.to(device), use_cache=True, **{kw: cache})
-    else: kwargs["use_cache"] = False
-    read = sorted(set().union(*(plan.need[i] for i in rows)))
-    got = {}
-    def grab(L):
-        def fn(h): got[L] = h[ridx, last]
-        return fn
-    with last_token_only(model, b.depth - 1, last), hook_layers(model, {L: grab(L) for L in read}, stop_after=True):
-        model(**kwargs)
-    _store(out, got, rows, plan)
-
-def _store(out: dict, got: dict, rows: list[int], plan: CapturePlan):
-    "Copy captured `{L: (len(rows), width)}` into `out` at the rows that need `L` (one device-to-host copy per batch)."
-    keys = sorted(got)
-    widths = [got[L].shape[-1] for L in keys]
-    flat = torch.cat([got[L].float() for L in keys], -1).cpu().numpy()
-    for L, part in zip(keys, np.split(flat, np.cumsum(widths)[:-1], axis=1)): _put(out, L, part, rows, plan)
-
-def _put(out: dict, L: int, part: np.ndarray, rows: list[int], plan: CapturePlan):
-    "Write layer `L`'s `(len(rows), width)` values into `out[L]` (NaN-filled on first use) at the rows that need `L`."
-    if L not in out: out[L] = np.full((len(plan.ids), part.shape[1]), np.nan, dtype=np.float32)
-    keep = [r for r, i in enumerate(rows) if L in plan.need[i]]
-    out[L][[rows[r] for r in keep]] = part[keep]
-
-def _run_prefix(model, plan: CapturePlan, progress: bool = False) -> dict:
-    device, kw, out = model_device(model), cache_kwarg(model), {}
-    with eval_mode(model), torch.inference_mode():
-        for d in plan.classes:
-            bank = _prefix_kv(model, plan, d, kw, device)
-            for b in tqdm([b for b in plan.batches if b.depth == d], desc=f"capture (depth {d})", disable=not progress, leave=False):
-                _suffix_forward(model, plan, b, bank, kw, device, out)
-            del bank
-    return out
-
-def _check_prefix(model, plan: CapturePlan) -> str | None:
-    """Run a few prompts of `plan` through the prefix path and the plain forward (a batch mixing prefix lengths and,
-    where there is one, a prompt without a prefix); None when they agree to float rounding, else why not."""
-    d = next((d for d in plan.classes if any(g.depth == d for g in plan.groups)), None)
-    if d is None: return None
-    gs = sorted((g for g, grp in enumerate(plan.groups) if grp.depth == d), key=lambda g: -len(plan.groups[g].tokens))
-    pick = [gs[0]] + [g for g in gs[1:] if len(plan.groups[g].tokens) != len(plan.groups[gs[0]].tokens)][:1]
-    rows = [plan.groups[g].members[0] for g in pick]
-    grouped = {i for g in plan.groups for i in g.members}
-    rows += [i for i in plan.classes[d] if i not in grouped][:1]
-    if len(rows) < 3 and len(plan.groups[gs[0]].members) > 1: rows.append(plan.groups[gs[0]].members[1])
-    sub_ids = [plan.ids[i] for i in rows]
-    where = {i: g for g in pick for i in plan.groups[g].members}
-    sub_groups = [PrefixGroup(plan.groups[g].tokens, d, [r for r, i in enumerate(rows) if where.get(i) == g]) for g in pick]
-    sub = CapturePlan(sub_ids, [(d,)] * len(rows), [d] * len(rows), [d], "prefix", "", sub_groups,
-                      {d: [list(range(len(pick)))]},
-                      [PlanBatch(list(range(len(rows))), d, [pick.index(where[i]) if i in where else -1 for i in rows])],
-                      {}, None, None, False, plan.tokenizer, plan.num_layers)
-    try:
-        got = _run_prefix(model, sub)[d]
-        ref = capture_last_token(model, plan.tokenizer, sub_ids, [d], token_budget=None, distributed=False)[d]
-    except Exception as e:  # a model whose cache path differs from what is assumed here: measure without it
-        return f"prefix reuse failed on this model ({one_line(e)}): depth batches only"
-    dtype = next(unwrap_model(model).parameters()).dtype
-    tol = 1e-4 if dtype in (torch.float32, torch.float64) else 5e-2
-    err = float(np.abs(got - ref).max() / max(1.0, float(np.abs(ref).max())))
-    if not np.isfinite(err) or err > tol:
-        return f"prefix reuse changed layer {d} by {err:.1e} of its largest value on this model: depth batches only"
-    return None
-
-def plan_capture(model, tokenizer, ids: Sequence[Sequence[int]], need: Sequence[Iterable[int]], token_budget: int | None = 4096,
-                 batch_size: int | None = None, prefix: bool = True, check: bool = True, distributed: bool | None = None,
-                 costs: tuple[int, int] | None = None) -> CapturePlan:
-    """A schedule for reading last-token `hidden_states` of token-id prompts `ids`, where prompt `i` is read only at the
-    layers `need[i]` (an empty set: not run). Prompts are batched by depth (their deepest needed layer); with `prefix`,
-    prompts of a depth class that share a token prefix reuse its keys and values (see above). Batches keep
-    `batch × width ≤ token_budget` (and `≤ batch_size` rows) and are cut to minimise padded tokens plus a cost per
-    forward (`costs = (min_tokens, overhead)` in tokens; default by device, see `_device_costs`). `check` runs a few
-    prompts both ways first and falls back to depth batches if they differ. `distributed`: None = prefix reuse off
-    under an initialised multi-process group, False = ignore the group. Made once, run by `capture_planned` at every
-    measurement. Raises `SafetyCompassError` for layers out of range, a `need` of the wrong length, or no layer at all."""
-    ids = _check_ids(ids)
-    if len(need) != len(ids): raise SafetyCompassError(f"need: {len(need)} layer sets for {len(ids)} prompts")
-    n = num_layers(model)
-    need = [tuple(sorted({int(L) for L in ls})) for ls in need]
-    for ls in need:
-        for L in ls:
-            if not 0 <= L <= n: raise SafetyCompassError(f"layer {L} out of range: this model has layers 0..{n}")
-    layers = sorted({L for ls in need for L in ls})
-    if not layers: raise SafetyCompassError("no layers requested")
-    depth = [ls[-1] if ls else -1 for ls in need]
-    mt = tuple(costs) if costs is not None else _device_costs(model)
-    plan = CapturePlan(ids, need, depth, layers, "depth", "", [], {}, [], {}, token_budget, batch_size, distributed, tokenizer, n)
-    for d, rows in plan.classes.items():
-        plan.depth_batches[d] = _plan_batches(ids, rows, {i: 0 for i in rows}, token_budget, batch_size, mt)
-    reason = "prefix reuse not requested" if not prefix else _prefix_blocker(model, distributed)
-    if reason is None:
-        for d, rows in plan.classes.items():
-            group_of, plen = {i: -1 for i in rows}, {i: 0 for i in rows}
-            first = len(plan.groups)
-            for p, members in (_prefix_runs(ids, rows, mt[1]) if d > 0 else []):
-                for i in members: group_of[i], plen[i] = len(plan.groups), p
-                plan.groups.append(PrefixGroup(tuple(ids[members[0]][:p]), d, list(members)))
-            gs = list(range(first, len(plan.groups)))
-            if gs:
-                glen = {g: len(plan.groups[g].tokens) for g in gs}
-                plan.prefix_batches[d] = _dp_batches(sorted(gs, key=lambda g: (-glen[g], g)), glen, {g: 0 for g in gs},
-                                                     token_budget, batch_size, mt)
-            plan.batches += [PlanBatch(b, d, [group_of[i] for i in b]) for b in _plan_batches(ids, rows, plen, token_budget, batch_size, mt)]
-        reason = None if plan.groups else "no prompts share a token prefix: depth batches only"
-    if reason is None:
-        plan.mode = "prefix"
-        if check: reason = _check_prefix(model, plan)
-    if reason is not None: plan.mode, plan.reason, plan.groups, plan.prefix_batches, plan.batches = "depth", reason, [], {}, []
-    c = plan.cost()
-    plan._say(f"{plan.mode} mode{' (' + plan.reason + ')' if plan.reason else ''}; depths {list(plan.classes)}, "
-              f"{len(plan.groups)} prefix groups, {c['forwards']} forwards; "
-              f"work {c['plan'] / max(1, c['plain']):.2f} of the plain path (token-blocks)")
-    return plan
-
-def capture_planned(model, plan: CapturePlan, forward: Callable | None = None, early_exit: bool | None = None,
-                    progress: bool = False) -> dict[int, np.ndarray]:
-    """Run `plan` (from `plan_capture`) on the model's current weights: `{L: float32 (n_prompts, width)}` for every layer
-    any prompt needs, NaN in the rows of prompts that do not need `L`. `forward=` (a wrapper called as `forward(**batch)`)
-    turns prefix reuse off; a wrapper whose `early_exit` is False (or `early_exit=False`) runs the plain path, every
-    needed prompt to the deepest layer with full forwards, as `capture_last_token` (sharded models). Several processes
-    share the depth batches round-robin (every rank the same number of forwards) and all receive every row."""
-    if early_exit is None: early_exit = getattr(forward, "early_exit", True)
-    mode = plan.mode
-    if not early_exit:
-        mode = "plain"; plan._say("no early exit (a sharded model's forward= wrapper): the plain path, full forwards")
-    elif mode == "prefix" and forward is not None:
-        mode = "depth"; plan._say("a forward= wrapper: depth batches through it, no prefix reuse")
-    elif mode == "prefix" and plan.distributed is not False and dist_info()[1] > 1:
-        mode = "depth"; plan._say("several processes: depth batches dealt round-robin to the ranks, no prefix reuse")
-    if mode == "prefix": return _run_prefix(model, plan, progress)
-    out = {}
-    parts = [(max(plan.depth), [i for i, d in enumerate(plan.depth) if d >= 0])] if mode == "plain" else list(plan.classes.items())
-    for d, rows in parts:
-        read = plan.layers if mode == "plain" else sorted({L for i in rows for L in plan.need[i]})
-        local = {i: r for r, i in enumerate(rows)}
-        batches = None if mode == "plain" else [[local[i] for i in b] for b in plan.depth_batches[d]]
-        got = capture_last_token(model, plan.tokenizer, [plan.ids[i] for i in rows], read, token_budget=plan.token_budget,
-                                 batch_size=plan.batch_size, progress=progress, forward=forward, early_exit=early_exit,
-                                 distributed=plan.distributed, batches=batches)
-        for L, a in got.items(): _put(out, L, a, rows, plan)
-    return out
 
 # %% ../nbs/04_capture.ipynb #2331cf5b
 @contextlib.contextmanager

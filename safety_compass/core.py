@@ -6,14 +6,14 @@
 from __future__ import annotations
 import os, io, sys, json, stat, shutil, tempfile, contextlib, hashlib
 from pathlib import Path
-from typing import IO, Any, Iterator
+from typing import IO, Any, Iterator, Sequence
 
 
 # %% auto #0
 __all__ = ['DIST_NAME', 'SafetyCompassError', 'one_line', 'current_umask', 'atomic_open', 'atomic_write_text',
-           'atomic_write_json', 'staged_dir', 'check_writable', 'check_not_shadowed', 'require', 'quiet_library_noise',
-           'progress_enabled', 'free_cpus', 'cpu_share', 'bundled_root', 'sha256_file', 'plain', 'table_rows',
-           'read_parquet_rows']
+           'atomic_write_json', 'atomic_write_csv', 'plain_permissions', 'staged_dir', 'check_writable',
+           'check_not_shadowed', 'require', 'quiet_library_noise', 'progress_enabled', 'free_cpus', 'cpu_share',
+           'bundled_root', 'sha256_file', 'plain', 'table_rows', 'read_parquet_rows']
 
 # %% ../nbs/00_core.ipynb #e2aabaee
 class SafetyCompassError(Exception):
@@ -97,6 +97,30 @@ def atomic_write_text(path: str | Path, text: str):
 def atomic_write_json(path: str | Path, obj: Any, **kw):
     "Write `obj` as indented JSON to `path` atomically."
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str, **kw) + "\n")
+
+def atomic_write_csv(path: str | Path, rows, columns: Sequence[str] | None = None):
+    """Write a table to `path` atomically as CSV: `rows` a pandas DataFrame (written without its index; `columns`
+    picks and orders them; pandas' `\n` line ends) or dicts (Python's `csv.DictWriter`: `columns` is the header,
+    default the first row's keys; other keys are left out; the csv module's `\r\n` line ends)."""
+    if hasattr(rows, "to_csv"):
+        with atomic_open(path, "w") as f: (rows if columns is None else rows[list(columns)]).to_csv(f, index=False)
+        return
+    import csv
+    rows, buf = list(rows), io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(columns if columns is not None else (rows[0] if rows else [])), extrasaction="ignore")
+    w.writeheader(); w.writerows(rows)
+    atomic_write_text(path, buf.getvalue())
+
+def plain_permissions(path: str | Path) -> Path:
+    """Give `path` the permissions a plain `open()` / `mkdir()` would have: 0666 & ~umask for a file, 0777 & ~umask for
+    a folder and for every folder under it, 0666 & ~umask for every file under it. For what `tempfile.mkdtemp`,
+    `mkstemp` or safetensors made private (0700 / 0600) before it is moved into a cache or an output folder."""
+    p, um = Path(path), current_umask()
+    mode = lambda q: (0o777 if q.is_dir() else 0o666) & ~um
+    os.chmod(p, mode(p))
+    if p.is_dir():
+        for q in p.rglob("*"): os.chmod(q, mode(q))
+    return p
 
 @contextlib.contextmanager
 def staged_dir(directory: str | Path) -> Iterator[Path]:

@@ -4,150 +4,29 @@
 
 # %% ../nbs/09_finetune.ipynb #deac4760
 from __future__ import annotations
-import json, math, random, logging
+import json, random, logging
 from pathlib import Path
-from typing import Callable
 
-import numpy as np
 import torch
 
-from .core import SafetyCompassError, bundled_root, read_parquet_rows, table_rows
-from .config import resolve_relative
+from .core import SafetyCompassError
 from .templates import render_sft, sft_example
-# the prompt/reply split lives in `templates`: its public names stay importable from here
-_all_ = ["render_sft", "sft_example"]
+from .sft_data import (FORMATTERS, register_formatter, row_fields, alpaca_format, code_alpaca_format,
+                                     dolly_format, get_formatter, DatasetRows, load_rows, sft_features, SFTCollator)
+from .rundir import run_manifest, write_run_json, read_run_json, last_checkpoint, hardware
+# the prompt/reply split lives in `templates`, the data in `sft_data`, the run-directory format in `rundir`: their
+# public names stay importable from here
+_all_ = ["render_sft", "sft_example", "FORMATTERS", "register_formatter", "row_fields", "alpaca_format",
+         "code_alpaca_format", "dolly_format", "get_formatter", "DatasetRows", "load_rows", "sft_features", "SFTCollator",
+         "run_manifest", "last_checkpoint"]
 
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'FORMATTERS', 'METHODS', 'LORA_ALL', 'TRAIN_LORA_VERSION', 'register_formatter', 'row_fields', 'alpaca_format',
-           'code_alpaca_format', 'dolly_format', 'get_formatter', 'DatasetRows', 'load_rows', 'sft_features',
-           'SFTCollator', 'prepare_model', 'train_lora', 'weights_checksum', 'adapter_key', 'cached_adapter',
-           'run_manifest', 'last_checkpoint', 'snapshot_configs', 'run_finetune', 'render_sft', 'sft_example']
-
-# %% ../nbs/09_finetune.ipynb #ed4ca2e2
-FORMATTERS: dict[str, Callable] = {}
-
-def register_formatter(name: str):
-    "Decorator: register `fn(row, where) -> (prompt, response)` as formatter `name`."
-    def deco(fn): FORMATTERS[name] = fn; return fn
-    return deco
-
-def _missing(v) -> bool:
-    return v is None or (isinstance(v, float) and math.isnan(v))  # parquet/pandas give NaN for an absent value
-
-def row_fields(row, where: str, fmt: str, required: tuple, optional: tuple = ()) -> dict[str, str]:
-    "The stripped string value of each field; absent optional fields are `''`, an absent required one raises a one-line error."
-    if not isinstance(row, dict):
-        raise SafetyCompassError(f"{where}: expected an object with fields {', '.join(required)}, got {type(row).__name__}")
-    out = {}
-    for key in (*required, *optional):
-        v = row.get(key)
-        if _missing(v):
-            if key in required:
-                opt = f"; {', '.join(optional)} optional" if optional else ""
-                raise SafetyCompassError(f"{where}: missing field '{key}' (format '{fmt}' needs {', '.join(required)}{opt})")
-            v = ""
-        out[key] = str(v).strip()
-    return out
-
-def _alpaca(row, where, fmt):
-    f = row_fields(row, where, fmt, ("instruction", "output"), ("input",))
-    return f["instruction"] + (f"\n\n{f['input']}" if f["input"] else ""), f["output"]
-
-@register_formatter("alpaca")
-def alpaca_format(row, where="row"):
-    "Alpaca (Taori et al. 2023, tatsu-lab/stanford_alpaca): instruction, optional input, output."
-    return _alpaca(row, where, "alpaca")
-
-@register_formatter("code_alpaca")
-def code_alpaca_format(row, where="row"):
-    "Code Alpaca (sahil2801/CodeAlpaca-20k) uses the Alpaca schema."
-    return _alpaca(row, where, "code_alpaca")
-
-@register_formatter("dolly")
-def dolly_format(row, where="row"):
-    "Dolly 15k (databricks/databricks-dolly-15k): instruction, optional context, response."
-    f = row_fields(row, where, "dolly", ("instruction", "response"), ("context",))
-    return f["instruction"] + (f"\n\nContext: {f['context']}" if f["context"] else ""), f["response"]
-
-def get_formatter(name):
-    if name not in FORMATTERS: raise SafetyCompassError(f"dataset.format: unknown formatter {name!r}; known: {', '.join(sorted(FORMATTERS))}")
-    return FORMATTERS[name]
-
-# %% ../nbs/09_finetune.ipynb #fd61d035
-class DatasetRows(list):
-    "A list of dataset rows with `where[i]`, the location of row `i` in its source, for one-line errors."
-    def __init__(self, rows=(), where=None):
-        super().__init__(rows)
-        self.where = list(where) if where is not None else [f"row {i + 1}" for i in range(len(self))]
-        if len(self.where) != len(self): raise ValueError("one location per row")
-
-def load_rows(name: str, subset_size: int | None = None, seed: int = 42, base_file=None, split: str = "train") -> DatasetRows:
-    "Rows of a local json/jsonl/parquet file or a HF dataset, optionally a seeded random subset."
-    p = resolve_relative(name, base_file) if base_file else Path(name)
-    if p.suffix in (".json", ".jsonl", ".parquet") or p.exists():
-        if not p.is_file(): raise SafetyCompassError(f"dataset.name: {p} not found")
-        if p.suffix == ".parquet":   # a table's rows as JSON gives them (lists, not numpy arrays; a null cell left out)
-            try: rows = read_parquet_rows(p)
-            except Exception as e: raise SafetyCompassError(f"{p}: unreadable parquet ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
-            where = [f"{p}: row {k}" for k in range(1, len(rows) + 1)]
-        elif p.suffix == ".jsonl":
-            rows, where = [], []
-            for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
-                if not line.strip(): continue
-                try: rows.append(json.loads(line))
-                except json.JSONDecodeError as e: raise SafetyCompassError(f"{p}:{i}: malformed JSON ({e.msg})") from None
-                where.append(f"{p}:{i}")
-        else:
-            try: rows = json.loads(p.read_text(encoding="utf-8"))
-            except json.JSONDecodeError as e: raise SafetyCompassError(f"{p}:{e.lineno}: malformed JSON ({e.msg})") from None
-            if not isinstance(rows, list): raise SafetyCompassError(f"{p}: expected a JSON array of rows")
-            where = [f"{p}: row {k}" for k in range(1, len(rows) + 1)]
-    else:
-        from safety_compass.core import require
-        load_dataset = require("datasets", "data", f"the hub dataset {name!r}").load_dataset
-        try: rows = table_rows(load_dataset(name, split=split))
-        except Exception as e: raise SafetyCompassError(f"dataset.name: cannot load {name!r} ({str(e).splitlines()[0]})") from None
-        where = [f"{name}: row {k}" for k in range(1, len(rows) + 1)]
-    if not rows: raise SafetyCompassError(f"dataset.name: {name} has no rows")
-    if subset_size and subset_size < len(rows):
-        keep = sorted(random.Random(seed).sample(range(len(rows)), subset_size))
-        rows, where = [rows[i] for i in keep], [where[i] for i in keep]
-    return DatasetRows(rows, where)
-
-# %% ../nbs/09_finetune.ipynb #7d802db9
-def sft_features(rows, tokenizer, formatter: str = "alpaca", max_seq_length: int = 512, source: str = "dataset") -> list[dict]:
-    """`{"input_ids", "labels"}` per row, the loss on the assistant reply and its end-of-turn token only (labels −100 on
-    the prompt), truncated to `max_seq_length`. Rows whose prompt alone fills `max_seq_length` are dropped (logged)."""
-    fmt = get_formatter(formatter)
-    where = rows.where if isinstance(rows, DatasetRows) else [f"{source}: row {i + 1}" for i in range(len(rows))]
-    feats, dropped, cut_eot = [], 0, 0
-    for i, row in enumerate(rows):
-        prompt, response = fmt(row, where=where[i])
-        p_ids, r_ids, eot = sft_example(tokenizer, prompt, response, where[i])
-        if len(p_ids) >= max_seq_length: dropped += 1; continue
-        r_ids = r_ids[:max_seq_length - len(p_ids)]
-        if eot not in r_ids: cut_eot += 1
-        feats.append({"input_ids": p_ids + r_ids, "labels": [-100] * len(p_ids) + r_ids})
-    if not feats: raise SafetyCompassError(f"{source}: no trainable examples (max_seq_length {max_seq_length} too short?)")
-    if dropped: log.warning("%s: %d of %d rows dropped: the prompt alone fills max_seq_length %d", source, dropped, len(rows), max_seq_length)
-    if cut_eot: log.warning("%s: %d of %d examples are cut by max_seq_length %d before the end-of-turn token, so on them the "
-                            "model is not trained to stop", source, cut_eot, len(feats), max_seq_length)
-    return feats
-
-class SFTCollator:
-    "Right-pads a batch; padded positions are masked and get label −100."
-    def __init__(self, pad_id: int): self.pad_id = pad_id
-    def __call__(self, feats):
-        w = max(len(f["input_ids"]) for f in feats)
-        ids = torch.full((len(feats), w), self.pad_id, dtype=torch.long)
-        labels = torch.full((len(feats), w), -100, dtype=torch.long)
-        mask = torch.zeros((len(feats), w), dtype=torch.long)
-        for r, f in enumerate(feats):
-            n = len(f["input_ids"])
-            ids[r, :n] = torch.tensor(f["input_ids"]); labels[r, :n] = torch.tensor(f["labels"]); mask[r, :n] = 1
-        return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+__all__ = ['log', 'METHODS', 'LORA_ALL', 'TRAIN_LORA_VERSION', 'prepare_model', 'train_lora', 'weights_checksum', 'adapter_key',
+           'cached_adapter', 'snapshot_configs', 'run_finetune', 'render_sft', 'sft_example', 'FORMATTERS',
+           'register_formatter', 'row_fields', 'alpaca_format', 'code_alpaca_format', 'dolly_format', 'get_formatter',
+           'DatasetRows', 'load_rows', 'sft_features', 'SFTCollator', 'run_manifest', 'last_checkpoint']
 
 # %% ../nbs/09_finetune.ipynb #d88b13a7
 METHODS = ("lora", "qlora", "full")
@@ -255,7 +134,7 @@ def cached_adapter(model, tokenizer, rows, name: str, settings: dict, cache: boo
     from filelock import FileLock
     from peft import PeftModel
     from safety_compass.models import cache_dir
-    from safety_compass.core import atomic_write_json, current_umask
+    from safety_compass.core import atomic_write_json, plain_permissions
     train = lambda: train_lora(model, tokenizer, rows, progress=progress, desc=f"build {name}", **settings)
     if not cache: return train(), None
     key = adapter_key(model, rows, settings)
@@ -270,9 +149,7 @@ def cached_adapter(model, tokenizer, rows, name: str, settings: dict, cache: boo
             try:
                 pm.save_pretrained(str(tmp))
                 atomic_write_json(tmp / "key.json", {"name": name, **key, "build_seconds": round(time.perf_counter() - t0, 1)})
-                um = current_umask()  # mkdtemp makes a private folder; the cache gets ordinary permissions
-                os.chmod(tmp, 0o777 & ~um)
-                for f in tmp.rglob("*"): os.chmod(f, (0o777 if f.is_dir() else 0o666) & ~um)
+                plain_permissions(tmp)  # mkdtemp makes a private folder; the cache gets ordinary permissions
                 if d.exists(): shutil.rmtree(d)
                 os.replace(tmp, d)
             finally:
@@ -282,56 +159,6 @@ def cached_adapter(model, tokenizer, rows, name: str, settings: dict, cache: boo
     return pm, d
 
 # %% ../nbs/09_finetune.ipynb #b5844d0f
-def _versions() -> dict:
-    import importlib.metadata as md, platform
-    from safety_compass.core import DIST_NAME
-    out = {"python": platform.python_version()}
-    for pkg in (DIST_NAME, "torch", "transformers", "peft", "accelerate", "datasets", "trl", "bitsandbytes"):
-        try: out[pkg] = md.version(pkg)
-        except md.PackageNotFoundError: pass
-    return out
-
-def _git_commit() -> str | None:
-    "The commit of the source checkout the package runs from (None for an installed wheel)."
-    import subprocess
-    here = Path(__file__).resolve().parent if "__file__" in globals() else Path.cwd()
-    try:
-        r = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
-        if r.returncode: return None
-        dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, timeout=5).stdout.strip()
-        return r.stdout.strip() + ("-dirty" if dirty else "")
-    except (OSError, subprocess.SubprocessError): return None
-
-def _hardware() -> dict:
-    import os, platform
-    hw = {"machine": platform.machine(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads()}
-    if torch.cuda.is_available():
-        hw.update(gpu=torch.cuda.get_device_name(0), gpu_count=torch.cuda.device_count(),
-                  gpu_memory_gb=round(torch.cuda.get_device_properties(0).total_memory / 2**30, 1))
-    try: hw["cpu"] = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
-    except (OSError, StopIteration): pass
-    return hw
-
-def run_manifest(exp=None, model=None, seed: int | None = None) -> dict:
-    "Provenance for any run directory: versions, git commit, date, seed, model name, experiment hash."
-    import datetime, hashlib
-    from safety_compass.capture import unwrap_model
-    out = {"versions": _versions(), "git_commit": _git_commit(),
-           "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "seed": seed}
-    if model is not None: out["model_name"] = getattr(unwrap_model(model).config, "_name_or_path", "") or "default"
-    if exp is not None:
-        blob = json.dumps(exp.config.model_dump(mode="json"), sort_keys=True).encode()
-        out["experiment"] = str(exp.path) if exp.path else None
-        out["config_sha256"] = hashlib.sha256(blob).hexdigest()
-    return out
-
-def last_checkpoint(run_dir) -> str | None:
-    "Path of the newest complete `checkpoint-N` under `run_dir/checkpoints` (one with `trainer_state.json`), if any."
-    ck = [p for p in (Path(run_dir) / "checkpoints").glob("checkpoint-*")
-          if p.name.split("-")[-1].isdigit() and (p / "trainer_state.json").exists()]  # a save cut off by a kill lacks it
-    ck.sort(key=lambda p: int(p.name.split("-")[-1]))
-    return str(ck[-1]) if ck else None
-
 def snapshot_configs(exp, run_dir):
     """Copy the experiment (as parsed), its concept and model YAML files and the concepts' pair files into
     `run_dir/config/`, with the paths between them rewritten, so that
@@ -373,7 +200,7 @@ def run_finetune(experiment_config, output_dir=None, resume: bool = False, model
     import time, shutil
     from transformers import Trainer
     from transformers.trainer_callback import PrinterCallback
-    from safety_compass.core import atomic_write_json, check_writable
+    from safety_compass.core import check_writable
     from safety_compass.config import load_experiment, training_arguments
     from safety_compass.models import load_experiment_model
     from safety_compass.monitor import SafetyCompassMonitor, load_monitor_config
@@ -418,15 +245,15 @@ def run_finetune(experiment_config, output_dir=None, resume: bool = False, model
     info = {**run_manifest(exp, model, seed), "run_dir": str(run_dir), "method": method,
             "dataset": {**ds.model_dump(mode="json"), "format": fmt, "rows": len(rows), "examples": len(feats),
                         "sha256": _rows_hash(rows)},
-            "hardware": _hardware(), "status": "running"}
+            "hardware": hardware(), "status": "running"}
     prev = {}
-    if resume and (run_dir / "run.json").exists():
-        try: prev = json.loads((run_dir / "run.json").read_text())
-        except ValueError: prev = {}
+    if resume:
+        try: prev = read_run_json(run_dir, missing_ok=True)
+        except SafetyCompassError: prev = {}
     info["resumed_from"] = last_checkpoint(run_dir) if resume else None
     info["previous_wall_seconds"] = prev.get("wall_seconds_total", 0.0)
     info["world_size"] = args.world_size
-    if main: atomic_write_json(run_dir / "run.json", info)
+    if main: write_run_json(run_dir, info)
     trainer.train(resume_from_checkpoint=info["resumed_from"])
     out_dir = run_dir / ("model" if method == "full" else "adapter")
     trainer.save_model(str(out_dir))
@@ -440,7 +267,7 @@ def run_finetune(experiment_config, output_dir=None, resume: bool = False, model
         save_figure(monitor.plot_sweep(), run_dir / "baselines" / "layer_sweep.png")
         save_figure(plot_drift(run_dir / "drift_log.csv", monitor.settings.drift_threshold,
                                title=f"Drift during {method} fine-tuning on {Path(str(ds.name)).name}"), run_dir / "drift.png")
-        atomic_write_json(run_dir / "run.json", info)
+        write_run_json(run_dir, info)
     return trainer, monitor, run_dir
 
 def _rows_hash(rows) -> str:

@@ -8,7 +8,7 @@ import os, json, time, shutil, logging, importlib.util, tempfile, contextlib, fu
 from pathlib import Path
 
 import torch
-from .core import SafetyCompassError, sha256_file, atomic_write_json, current_umask
+from .core import SafetyCompassError, sha256_file, atomic_write_json, plain_permissions
 
 log = logging.getLogger(__name__)
 
@@ -128,9 +128,7 @@ def _build_cache(gguf: Path, gguf_sha: str, dest: Path):
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
     try:
         plain.save_pretrained(tmp); tok.save_pretrained(tmp)
-        um = current_umask()  # mkdtemp (and safetensors) make private files; the cache gets ordinary permissions
-        os.chmod(tmp, 0o777 & ~um)
-        for f in tmp.iterdir(): os.chmod(f, 0o666 & ~um)
+        plain_permissions(tmp)  # mkdtemp (and safetensors) make private files; the cache gets ordinary permissions
         files = {p.name: p.stat().st_size for p in tmp.iterdir() if p.is_file()}
         atomic_write_json(tmp / _MANIFEST, {"gguf_sha256": gguf_sha, "source": str(gguf), "files": files,
                                             "transformers_version": transformers.__version__,

@@ -4,25 +4,28 @@
 
 # %% ../nbs/07_monitor.ipynb #2390d992
 from __future__ import annotations
-import json, math, time, random, logging, zipfile, zlib, contextlib
-from dataclasses import dataclass, field, asdict
+import math, time, random, logging, contextlib
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
-from .core import SafetyCompassError, atomic_open, atomic_write_json, atomic_write_text, sha256_file, staged_dir, progress_enabled, cpu_share
+from .core import SafetyCompassError, atomic_write_json, atomic_write_text, sha256_file, staged_dir, progress_enabled, cpu_share
 from .config import (Experiment, ConceptSource, ModelConfig, MonitorSettings, load_experiment)
 from .pairs import load_pairs, ContrastivePair, get_strategy
 from .directions import (SplitActs, layer_sweep, choose_layer, eligible_layers, early_floor, bow_probe_auroc,
                                        conversation_text, causal_gate, dim_direction, cosine)
 from .metrics import concept_metrics, noise_floor, is_drifted
+from .rundir import (Baseline, LAYER_CONVENTION, BASELINE_PARTS, write_baselines, read_baselines)
+# the baseline record and its files live in `rundir`: their public names stay importable from here
+_all_ = ["Baseline", "LAYER_CONVENTION"]
 
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'LAYER_CONVENTION', 'ConceptSpec', 'concept_spec', 'MonitorConfig', 'load_monitor_config', 'Baseline',
-           'preserve_rng', 'SafetyCompassMonitor', 'run_extract']
+__all__ = ['log', 'ConceptSpec', 'concept_spec', 'MonitorConfig', 'load_monitor_config', 'preserve_rng', 'SafetyCompassMonitor',
+           'run_extract', 'Baseline', 'LAYER_CONVENTION']
 
 # %% ../nbs/07_monitor.ipynb #fd0359e2
 @dataclass
@@ -75,50 +78,6 @@ def load_monitor_config(experiment_config, strict: bool = False, concepts: Seque
     exp = load_experiment(experiment_config, strict, concepts, **overrides)
     return MonitorConfig([concept_spec(c) for c in exp.concepts], exp.monitor, exp.model, exp)
 
-# %% ../nbs/07_monitor.ipynb #1df02233
-LAYER_CONVENTION = ("layer L = hidden_states[L] of transformers' output_hidden_states: L = 0 the embeddings (plus "
-                    "position embeddings where the model has them), 0 < L < n the residual stream entering block L "
-                    "(TransformerLens blocks.L.hook_resid_pre), L = n the output of the final norm")
-
-_RENAMED_BASELINE_FIELDS = {
-    "lexical_floor_embedding": "use floor_early, the best AUROC over the early layers (its layer: floor_early_layer); "
-                               "layer 0 alone is no longer the floor"}
-
-@dataclass
-class Baseline:
-    concept: str
-    layer: int
-    direction: np.ndarray = field(repr=False)
-    direction_norm: float
-    baseline_auroc: float
-    noise_floor: float
-    min_auroc: float
-    passes_min_auroc: bool
-    acts: SplitActs = field(repr=False)
-    sweep: list = field(default_factory=list, repr=False)
-    auroc_ci_low: float | None = None
-    auroc_ci_high: float | None = None
-    choice: dict | None = None
-    floor_early: float | None = None
-    floor_early_layer: int | None = None
-    floor_bow: float | None = None
-    below_lexical_floor: bool = False
-    causal: dict | None = None
-    flags: list = field(default_factory=list)
-
-    @property
-    def causal_passes(self) -> bool | None: return None if not self.causal else bool(self.causal.get("causal_passes"))
-    def __getattr__(self, name):   # only for names a Baseline lacks: say where a renamed field went
-        if name in _RENAMED_BASELINE_FIELDS: raise AttributeError(f"Baseline.{name} was renamed: {_RENAMED_BASELINE_FIELDS[name]}")
-        raise AttributeError(f"'Baseline' object has no attribute {name!r}")
-    @property
-    def passes_gates(self) -> bool:
-        return bool(self.passes_min_auroc and not self.below_lexical_floor and self.causal_passes is not False)
-
-    def summary(self) -> dict:
-        "The scalar fields (what goes into `directions_metadata.json` and the extract table)."
-        return {k: v for k, v in asdict(self).items() if k not in ("direction", "acts", "sweep")}
-
 # %% ../nbs/07_monitor.ipynb #264bac86
 @contextlib.contextmanager
 def preserve_rng():
@@ -131,8 +90,7 @@ def preserve_rng():
         random.setstate(py); np.random.set_state(npst); torch.set_rng_state(cpu)
         if cuda is not None: torch.cuda.set_rng_state_all(cuda)
 
-_PARTS = ("pos_train", "neg_train", "pos_val", "neg_val")
-_REQUIRED_BASELINE_FIELDS = ("layer", "direction_norm", "baseline_auroc", "noise_floor", "min_auroc", "passes_min_auroc")
+_PARTS = BASELINE_PARTS
 
 class SafetyCompassMonitor:
     "Extracts baseline concept directions and measures their drift on the current model."
@@ -174,7 +132,7 @@ class SafetyCompassMonitor:
         self.forward = None  # optional callable(**batch) used instead of model(**batch), e.g. a wrapped model
         self.measure_seconds: list[float] = []
         self.use_plan = True  # measure() through a capture plan (per-concept depth, shared prefixes); False: the plain path
-        self.plan = None      # the capture.CapturePlan made by setup() / load_baselines(), reused by every measure()
+        self.plan = None      # the plan.CapturePlan made by setup() / load_baselines(), reused by every measure()
 
     @classmethod
     def from_config(cls, model, tokenizer, experiment_config, strict: bool = False, concepts: Sequence[str] | None = None,
@@ -200,11 +158,11 @@ class SafetyCompassMonitor:
                                   batch_size=self.settings.batch_size, progress=progress, forward=self.forward)
 
     def make_plan(self):
-        """The `capture.CapturePlan` of a measurement: each unique prompt read only at the baseline layers of the concepts
-        it belongs to, batched by depth, with shared prefixes computed once (see the capture chapter, *Planned
-        measurement*). Made by `setup()` and `load_baselines()`; every `measure()` reuses it. Prefix reuse is planned
+        """The `plan.CapturePlan` of a measurement: each unique prompt read only at the baseline layers of the concepts
+        it belongs to, batched by depth, with shared prefixes computed once (see the plan chapter). Made by `setup()` and
+        `load_baselines()`; every `measure()` reuses it. Prefix reuse is planned
         only without a `forward` wrapper. Raises `SafetyCompassError` before baselines exist."""
-        from safety_compass.capture import plan_capture
+        from safety_compass.plan import plan_capture
         if not self.baselines: raise SafetyCompassError("make_plan() before setup() or load_baselines()")
         need = [set() for _ in self.prompts]
         for c in self.concepts:
@@ -219,7 +177,7 @@ class SafetyCompassMonitor:
     def _measure_capture(self) -> dict[int, np.ndarray]:
         "The activations `measure()` reads: through the plan (`use_plan`), else the plain path (all prompts to the deepest layer)."
         if not self.use_plan: return self._capture(self.layers)
-        from safety_compass.capture import capture_planned
+        from safety_compass.plan import capture_planned
         if self.plan is None: self.make_plan()
         return capture_planned(self.model, self.plan, forward=self.forward)
 
@@ -374,64 +332,16 @@ class SafetyCompassMonitor:
                 "system_prompt_mode": self.model_config.system_prompt_mode}
 
     def save_baselines(self, directory):
-        "Write `directions.npz` and `directions_metadata.json` (atomically) to `directory`."
+        "Write `directions.npz` and `directions_metadata.json` (atomically) to `directory` (`rundir.write_baselines`)."
         if not self.baselines: raise SafetyCompassError("save_baselines() before setup()")
-        d = Path(directory)
-        arrays = {}
-        for name, b in self.baselines.items():
-            arrays[f"{name}/direction"] = b.direction
-            for k in _PARTS: arrays[f"{name}/{k}"] = getattr(b.acts, k)
-        meta = {"format": 2, "layer_convention": LAYER_CONVENTION, "fingerprint": self.fingerprint(),
-                "settings": self.settings.model_dump(mode="json"),
-                "concepts": {n: {**b.summary(), "sweep": b.sweep} for n, b in self.baselines.items()}}
-        with staged_dir(d) as tmp:  # the two files appear together or not at all
-            with atomic_open(tmp / "directions.npz", "wb") as f: np.savez(f, **arrays)
-            atomic_write_json(tmp / "directions_metadata.json", meta)
-        return d
+        return write_baselines(directory, self.baselines, self.fingerprint(), self.settings.model_dump(mode="json"))
 
     def load_baselines(self, directory, check: bool = True) -> dict[str, Baseline]:
-        "Read baselines written by `save_baselines`, checking they fit this model and these concepts."
-        d = Path(directory)
-        npz, mpath = d / "directions.npz", d / "directions_metadata.json"
-        for p in (npz, mpath):
-            if not p.is_file(): raise SafetyCompassError(f"{p}: baseline file not found")
-        try: meta = json.loads(mpath.read_text(encoding="utf-8"))
-        except ValueError as e: raise SafetyCompassError(f"{mpath}: corrupt metadata ({e})") from None
-        except OSError as e: raise SafetyCompassError(f"{mpath}: cannot read ({e.strerror or e})") from None
-        if not isinstance(meta, dict) or not isinstance(meta.get("fingerprint", {}), dict) or not isinstance(meta.get("concepts", {}), dict):
-            raise SafetyCompassError(f"{mpath}: expected a JSON object with 'fingerprint' and 'concepts' mappings")
-        try:
-            with np.load(npz) as z: arrays = {k: z[k] for k in z.files}
-        except (OSError, ValueError, zipfile.BadZipFile, EOFError, zlib.error) as e:
-            raise SafetyCompassError(f"{npz}: corrupt or unreadable ({type(e).__name__}: {e})") from None
-        fp = meta.get("fingerprint", {})
-        if fp.get("hidden_dim") != self.hidden_dim:
-            raise SafetyCompassError(f"{mpath}: baselines are for hidden size {fp.get('hidden_dim')}, this model has {self.hidden_dim}")
-        if check and fp.get("pairs_sha256") and fp["pairs_sha256"] != self.fingerprint()["pairs_sha256"]:
-            raise SafetyCompassError(f"{mpath}: baselines were extracted from different pair files than this config names")
-        out = {}
-        for c in self.concepts:
-            info = meta.get("concepts", {}).get(c.name)
-            if info is None: raise SafetyCompassError(f"{mpath}: no baseline for concept '{c.name}'")
-            if not isinstance(info, dict): raise SafetyCompassError(f"{mpath}: concepts.{c.name}: expected a mapping")
-            for k in _REQUIRED_BASELINE_FIELDS:
-                if k not in info: raise SafetyCompassError(f"{mpath}: concepts.{c.name}: missing field '{k}'")
-            try:
-                acts = SplitActs(*(arrays[f"{c.name}/{k}"] for k in _PARTS))
-                direction = arrays[f"{c.name}/direction"]
-            except KeyError as e: raise SafetyCompassError(f"{npz}: missing array {e}") from None
-            if direction.shape != (self.hidden_dim,) or not np.isfinite(direction).all() or not np.isclose(np.linalg.norm(direction), 1, atol=1e-4):
-                raise SafetyCompassError(f"{npz}: {c.name}/direction is not a finite unit vector of size {self.hidden_dim}")
-            counts = dict(zip(_PARTS, (len(c.train), len(c.train), len(c.val), len(c.val))))
-            for k in _PARTS:  # one row per pair of this concept's split (when the pair files are checked), hidden_dim columns
-                a = getattr(acts, k)
-                want = (counts[k] if check else (a.shape[0] if a.ndim == 2 else -1), self.hidden_dim)
-                if a.shape != want: raise SafetyCompassError(f"{npz}: {c.name}/{k} has shape {a.shape}, expected {want}")
-            if not isinstance(info["layer"], int) or not 0 <= info["layer"] <= self.num_layers:
-                raise SafetyCompassError(f"{mpath}: {c.name}.layer {info['layer']} out of range 0..{self.num_layers}")
-            fields_ = {k: info[k] for k in Baseline.__dataclass_fields__ if k in info and k not in ("direction", "acts", "sweep")}
-            if "lexical_floor_bow" in info and "floor_bow" not in info: fields_["floor_bow"] = info["lexical_floor_bow"]  # format 1
-            out[c.name] = Baseline(**{**fields_, "concept": c.name}, direction=direction, acts=acts, sweep=info.get("sweep", []))
+        """Read baselines written by `save_baselines` (`rundir.read_baselines`), checking they fit this model (hidden
+        size, layer range) and, with `check`, these concepts' pair files (their hashes and number of pairs)."""
+        rows = {c.name: dict(zip(_PARTS, (len(c.train), len(c.train), len(c.val), len(c.val)))) for c in self.concepts}
+        out = read_baselines(directory, [c.name for c in self.concepts], hidden_dim=self.hidden_dim, num_layers=self.num_layers,
+                             pairs_sha256=self.fingerprint()["pairs_sha256"] if check else None, rows=rows if check else None)
         self.baselines = out
         self._cached = None
         self.plan = None

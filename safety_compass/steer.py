@@ -19,7 +19,7 @@ from .capture import hook_layers, hook_writers, add_to_layer, ablate_direction, 
 from .templates import tokenize_prompts, prompt_token_ids
 from .layers import residual_writers, unwrap_model, num_layers, lora_modules, writer_projection
 from .directions import SplitActs, eligible_layers, opener_token_ids, random_units
-from .monitor import Baseline
+from .rundir import Baseline, read_baselines
 
 # %% auto #0
 __all__ = ['STEER_MODES', 'OPS', 'AT', 'ADD_SCALES', 'RESTORE_SCALES', 'residual_width', 'add', 'ablate', 'restore',
@@ -259,32 +259,9 @@ def import_vectors(vectors: dict, n_layers: int | None = None) -> dict[int, np.n
 def load_baseline(directory, concept: str) -> Baseline:
     """One concept's `Baseline` from a baselines folder written by the monitor (`directions.npz` +
     `directions_metadata.json`), without re-reading the pair files (steering needs the direction, layer, raw norm and
-    the stored activations only). One-line errors name the file and field at fault."""
-    import zipfile, zlib
-    d = Path(directory)
-    npz, mpath = d / "directions.npz", d / "directions_metadata.json"
-    for p in (npz, mpath):
-        if not p.is_file(): raise SafetyCompassError(f"{p}: baseline file not found")
-    try: meta = json.loads(mpath.read_text(encoding="utf-8"))
-    except ValueError as e: raise SafetyCompassError(f"{mpath}: corrupt metadata ({e})") from None
-    info = (meta.get("concepts") or {}).get(concept) if isinstance(meta, dict) else None
-    if not isinstance(info, dict):
-        known = ", ".join(sorted((meta.get("concepts") or {}) if isinstance(meta, dict) else []))
-        raise SafetyCompassError(f"{mpath}: no baseline for concept '{concept}' (has: {known or 'none'})")
-    for k in ("layer", "direction_norm"):
-        if k not in info: raise SafetyCompassError(f"{mpath}: concepts.{concept}: missing field '{k}'")
-    try:
-        with np.load(npz) as z:
-            direction = z[f"{concept}/direction"]
-            acts = SplitActs(*(z[f"{concept}/{k}"] for k in ("pos_train", "neg_train", "pos_val", "neg_val")))
-    except KeyError as e: raise SafetyCompassError(f"{npz}: missing array {e}") from None
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError, zlib.error) as e:
-        raise SafetyCompassError(f"{npz}: corrupt or unreadable ({type(e).__name__}: {e})") from None
-    if direction.ndim != 1 or not np.isfinite(direction).all() or not np.isclose(np.linalg.norm(direction), 1, atol=1e-4):
-        raise SafetyCompassError(f"{npz}: {concept}/direction is not a finite unit vector")
-    fields_ = {k: info[k] for k in Baseline.__dataclass_fields__ if k in info and k not in ("direction", "acts", "sweep", "concept")}
-    for k in ("baseline_auroc", "noise_floor", "min_auroc", "passes_min_auroc"): fields_.setdefault(k, float("nan"))
-    return Baseline(concept=concept, direction=direction, acts=acts, sweep=info.get("sweep", []), **fields_)
+    the stored activations only; gate scalars the file lacks are NaN): `rundir.read_baselines`. One-line errors name
+    the file and field at fault."""
+    return read_baselines(directory, [concept], fill_missing=True)[concept]
 
 # %% ../nbs/12_steer.ipynb #f02d955c
 def prompt_ids(tokenizer, items: Sequence[dict]) -> list[list[int]]:
@@ -295,7 +272,7 @@ def prompt_ids(tokenizer, items: Sequence[dict]) -> list[list[int]]:
 def answer_examples(tokenizer, rows: Sequence[dict], max_reply_tokens: int = 48) -> list[tuple[list[int], int]]:
     """`(token ids, reply start)` of held-out instruction/answer rows (Dolly format: `instruction`, optional `context`,
     `response`), templated as fine-tuning renders them (`templates.sft_example`), the reply cut to `max_reply_tokens`."""
-    from safety_compass.finetune import dolly_format
+    from safety_compass.sft_data import dolly_format
     from safety_compass.templates import sft_example
     out = []
     for i, r in enumerate(rows):
@@ -809,10 +786,10 @@ def score_replies(d: SteerInputs, gens: dict, summary: dict, prompts) -> None:
         prompts[f"response_{name}"] = g_held
 
 def write_steer(s: SteerSettings, d: SteerInputs, summary: dict, grid: list, prompts, dir_grid, pairs) -> None:
-    """Last stage: the manifest (`finetune.run_manifest`) and the files, written together or not at all into `s.out`: `grid.csv`, `prompts.csv`, `summary.json`, `manifest.json`, `steer.png`,
+    """Last stage: the manifest (`rundir.run_manifest`) and the files, written together or not at all into `s.out`: `grid.csv`, `prompts.csv`, `summary.json`, `manifest.json`, `steer.png`,
     with a direction grid also `direction_grid.csv` and `direction_grid.png`."""
     import pandas as pd
-    from safety_compass.finetune import run_manifest
+    from safety_compass.rundir import run_manifest
     from safety_compass.plots import save_figure, plot_recovery, plot_direction_grid
     summary["manifest"] = run_manifest(model=d.ft, seed=s.seed)
     fig = plot_recovery(prompts, summary)

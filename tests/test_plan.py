@@ -1,4 +1,4 @@
-"""A planned measurement (`capture.plan_capture` / `capture_planned`, `SafetyCompassMonitor.plan`) gives the numbers
+"""A planned measurement (`plan.plan_capture` / `capture_planned`, `SafetyCompassMonitor.plan`) gives the numbers
 of the plain path: every prompt run to the deepest requested layer by `capture_last_token`.
 
 The plan runs each prompt only to the deepest layer it is read at, and computes a shared templated prefix once (a KV
@@ -17,8 +17,8 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from safety_compass.capture import (capture_last_token, capture_planned, decoder_blocks, last_token_only, plan_capture,
-                                    tokenize_prompts)
+from safety_compass.capture import capture_last_token, decoder_blocks, last_token_only, tokenize_prompts
+from safety_compass.plan import capture_planned, plan_capture
 from safety_compass.core import SafetyCompassError
 from safety_compass.monitor import SafetyCompassMonitor, load_monitor_config
 from safety_compass.pairs import conversation
@@ -74,7 +74,7 @@ def agree(got, ref, need, tol=1e-5):
 def test_plan_equals_plain(name, attn, tok, ids, caplog):
     "`attn`: None = the model's default attention (sdpa where supported)."
     model = tiny(name, tok, **({"attn_implementation": attn} if attn else {}))
-    with caplog.at_level(logging.INFO, logger="safety_compass.capture"):
+    with caplog.at_level(logging.INFO, logger="safety_compass.plan"):
         plan = plan_capture(model, tok, ids, NEED, token_budget=200)
     if name in PREFIX_OK:
         assert plan.mode == "prefix" and plan.reason == "", plan.reason
@@ -108,7 +108,7 @@ def test_wrappers_and_errors(tok, ids, caplog):
     calls = []
     def wrapped(**kw):
         calls.append(kw["input_ids"].shape); return model(**kw)
-    with caplog.at_level(logging.INFO, logger="safety_compass.capture"):
+    with caplog.at_level(logging.INFO, logger="safety_compass.plan"):
         for _ in range(2): agree(capture_planned(model, plan, forward=wrapped), ref, NEED)
     assert calls and sum("a forward= wrapper" in r.getMessage() for r in caplog.records) == 1  # said once
     wrapped.early_exit = False  # a sharded model's wrapper: full forwards, the plain path

@@ -11,8 +11,9 @@ from safety_compass import models
 from safety_compass.core import SafetyCompassError, atomic_write_text, atomic_open, current_umask, sha256_file
 from safety_compass.capture import render_prompt
 from safety_compass.pairs import conversation
-from safety_compass.finetune import (alpaca_format, dolly_format, code_alpaca_format, load_rows, sft_features,
-                                     sft_example, render_sft, DatasetRows)
+from safety_compass.sft_data import (alpaca_format, dolly_format, code_alpaca_format, load_rows, sft_features,
+                                     DatasetRows)
+from safety_compass.templates import sft_example, render_sft
 from safety_compass.models import (load_model, load_default_model, embedded_gguf_path, default_cache_path,
                                    rope_settings, transformers_major)
 from conftest import run_cli
@@ -130,7 +131,7 @@ def test_truncation_before_end_of_turn_is_logged(tok, caplog):
     rows = [{"instruction": "Say hi.", "output": "Hi there, how are you doing today, my good old friend?"},
             {"instruction": "Say hi.", "output": "Hi."}]
     n_prompt = len(tok(render_prompt(tok, conversation(None, "Say hi.")), add_special_tokens=False)["input_ids"])
-    with caplog.at_level(logging.WARNING, logger="safety_compass.finetune"):
+    with caplog.at_level(logging.WARNING, logger="safety_compass.sft_data"):
         feats = sft_features(rows, tok, "alpaca", n_prompt + 6, source="x.json")
     assert [len(f["input_ids"]) for f in feats] == [n_prompt + 6, n_prompt + 4]
     assert "x.json: 1 of 2 examples are cut by max_seq_length" in caplog.text

@@ -356,7 +356,7 @@ def test_run_steer_bad_input_one_line(tmp_path):
     assert not (run / "steer").exists()
 
 def test_vector_export_round_trip():
-    from safety_compass.monitor import Baseline
+    from safety_compass.rundir import Baseline
     from safety_compass.directions import SplitActs
     b = Baseline(concept="c", layer=5, direction=np.eye(H)[0], direction_norm=3.0, baseline_auroc=1.0, noise_floor=0.0,
                  min_auroc=0.8, passes_min_auroc=True, acts=SplitActs(*(np.zeros((2, H)),) * 4))

@@ -649,7 +649,7 @@ def bench_gate(args, device, R: int, concept: str = "refusal") -> dict:
     from safety_compass.directions import causal_gate
     from safety_compass.models import load_default_model
     from safety_compass.monitor import SafetyCompassMonitor, load_monitor_config
-    log(f"\n[8] causal gate on the embedded model, demo concept {concept}: plain vs reuse; {R} rounds after 1 warm-up")
+    log(f"\n[8] causal gate on the embedded model, demo concept {concept}: plain vs reuse; {R} rounds after {int(R > 1)} warm-up")
     model, tok = load_default_model()
     model.to(device)
     cfg = load_monitor_config("demo", concepts=[concept])
@@ -662,12 +662,13 @@ def bench_gate(args, device, R: int, concept: str = "refusal") -> dict:
         return lambda: causal_gate(model, tok, neg, b.layer, b.direction, b.direction_norm, c.positive_openers,
                                    c.negative_openers, n_random=s.causal_random_directions, seed=s.seed,
                                    token_budget=s.token_budget, batch_size=s.batch_size, reuse=reuse)
-    t = interleaved([("plain", gate(False), None), ("reuse", gate(True), None)], R, device)
+    # with --repeats 1 no warm-up round: setup() has just run the same model on the same prompts
+    t = interleaved([("plain", gate(False), None), ("reuse", gate(True), None)], R, device, warmup=int(R > 1))
     a, r = t["plain"]["last"], t["reuse"]["last"]
     diff = {k: float(np.abs(np.asarray(r[k]) - np.asarray(a[k])).max()) for k in GATE_KEYS}
     rel = max(diff[k] / max(1.0, float(np.abs(np.asarray(a[k])).max())) for k in GATE_KEYS)
     log(f"  layer {b.layer}, {len(neg)} prompts, 19 vectors; max |reuse − plain| {max(diff.values()):.1e} ({rel:.1e} relative)")
-    return {"concept": concept, "layer": b.layer, "num_layers": len(b.sweep) - 1, "prompts": len(neg),
+    return {"concept": concept, "layer": b.layer, "load_avg": [round(v, 2) for v in os.getloadavg()], "num_layers": len(b.sweep) - 1, "prompts": len(neg),
             "threads": torch.get_num_threads(), "timings": {k: {kk: v[kk] for kk in ("seconds", "median_s", "warmup")}
                                                             for k, v in t.items()},
             "max_abs_diff": diff, "max_rel_diff": rel}
@@ -880,7 +881,7 @@ def summary_rows(res: dict, R: int) -> list[dict]:
         add("8", f"causal gate ({g['concept']}, layer {g['layer']} of {g['num_layers']}, {g['prompts']} prompts): reuse / plain",
             U.secs(r["median_s"]), U.secs(p["median_s"]), x(r["median_s"] / p["median_s"]), str(len(p["seconds"])),
             f"fastest/fastest {fast:.3f}×; max |Δ| of the gate's numbers {max(g['max_abs_diff'].values()):.1e} "
-            f"({g['max_rel_diff']:.1e} relative); {g['threads']} torch threads")
+            f"({g['max_rel_diff']:.1e} relative); {g['threads']} torch threads; load average after {g['load_avg']}")
     return rows
 
 

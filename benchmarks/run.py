@@ -58,7 +58,7 @@ import bench_util as U
 from bench_util import log
 from reference import Reference
 
-SECTIONS = {1: "reference", 2: "floor", 3: "share", 4: "load", 5: "memory", 6: "plan", 7: "contention"}
+SECTIONS = {1: "reference", 2: "floor", 3: "share", 4: "load", 5: "memory", 6: "plan", 7: "contention", 8: "gate"}
 CONFIGS = ("demo", "smollm2_full")
 METRICS = ("cosine_to_baseline", "auroc_fixed", "auroc_current", "direction_norm")
 TOL = 1e-4
@@ -640,6 +640,40 @@ def bench_contention(args) -> dict:
                 f"{', '.join(f'{v:.2f}' for v in res['measure_s'])} s")
     return out
 
+# -- section 8: the causal gate, plain vs reuse --------------------------------------------------------------
+GATE_KEYS = ("logodds_before", "causal_shift", "causal_shift_negative", "causal_random_shifts")
+
+def bench_gate(args, device, R: int, concept: str = "refusal") -> dict:
+    """`directions.causal_gate` on the embedded model for one demo concept at the layer our `setup()` chooses: the plain
+    path (one full forward per vector, `reuse=False`) and the reuse path (blocks below the layer once per batch, vectors
+    stacked above it), round-robin in this process; and the largest difference of the gate's numbers."""
+    from safety_compass.directions import causal_gate
+    from safety_compass.models import load_default_model
+    from safety_compass.monitor import SafetyCompassMonitor, load_monitor_config
+    log(f"\n[8] causal gate on the embedded model, demo concept {concept}: plain vs reuse; {R} rounds after {int(R > 1)} warm-up")
+    model, tok = load_default_model()
+    model.to(device)
+    cfg = load_monitor_config("demo", concepts=[concept])
+    mon = SafetyCompassMonitor.from_config(model, tok, cfg)
+    mon.setup(causal_check=False)
+    c, b = cfg.concepts[0], mon.baselines[concept]
+    neg = [p.negative for p in c.val]
+    s = mon.settings
+    def gate(reuse):
+        return lambda: causal_gate(model, tok, neg, b.layer, b.direction, b.direction_norm, c.positive_openers,
+                                   c.negative_openers, n_random=s.causal_random_directions, seed=s.seed,
+                                   token_budget=s.token_budget, batch_size=s.batch_size, reuse=reuse)
+    # with --repeats 1 no warm-up round: setup() has just run the same model on the same prompts
+    t = interleaved([("plain", gate(False), None), ("reuse", gate(True), None)], R, device, warmup=int(R > 1))
+    a, r = t["plain"]["last"], t["reuse"]["last"]
+    diff = {k: float(np.abs(np.asarray(r[k]) - np.asarray(a[k])).max()) for k in GATE_KEYS}
+    rel = max(diff[k] / max(1.0, float(np.abs(np.asarray(a[k])).max())) for k in GATE_KEYS)
+    log(f"  layer {b.layer}, {len(neg)} prompts, 19 vectors; max |reuse − plain| {max(diff.values()):.1e} ({rel:.1e} relative)")
+    return {"concept": concept, "layer": b.layer, "load_avg": [round(v, 2) for v in os.getloadavg()], "num_layers": len(b.sweep) - 1, "prompts": len(neg),
+            "threads": torch.get_num_threads(), "timings": {k: {kk: v[kk] for kk in ("seconds", "median_s", "warmup")}
+                                                            for k, v in t.items()},
+            "max_abs_diff": diff, "max_rel_diff": rel}
+
 # -- section 4: cold vs warm model load -------------------------------------------------------------------
 @contextlib.contextmanager
 def cache_env(path):
@@ -841,6 +875,14 @@ def summary_rows(res: dict, R: int) -> list[dict]:
         q = ct["quiet/on"]
         add("7c", "setup() / one measure(), quiet", U.secs(q["setup_s"]), U.secs(med(q)), x(q["setup_s"] / med(q), 1),
             str(len(q["measure_s"])), "goal ≤ 5×; setup() without the causal gate, as in section 6")
+    g = res.get("gate")
+    if g:
+        p, r = g["timings"]["plain"], g["timings"]["reuse"]
+        fast = min(r["seconds"]) / min(p["seconds"])
+        add("8", f"causal gate ({g['concept']}, layer {g['layer']} of {g['num_layers']}, {g['prompts']} prompts): reuse / plain",
+            U.secs(r["median_s"]), U.secs(p["median_s"]), x(r["median_s"] / p["median_s"]), str(len(p["seconds"])),
+            f"fastest/fastest {fast:.3f}×; max |Δ| of the gate's numbers {max(g['max_abs_diff'].values()):.1e} "
+            f"({g['max_rel_diff']:.1e} relative); {g['threads']} torch threads; load average after {g['load_avg']}")
     return rows
 
 
@@ -877,7 +919,7 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, help="timed repeats per figure (default 5, --quick 2), after one warm-up")
     ap.add_argument("--steps", type=int, help="fine-tune steps for the monitoring share (default 100, --quick 20)")
     ap.add_argument("--every", help="comma-separated measure_every_n_steps values (default 10,50; --quick 10,20)")
-    ap.add_argument("--only", help="comma-separated sections to run: 1 reference, 2 floor, 3 share, 4 load, 5 memory, 6 plan, 7 contention")
+    ap.add_argument("--only", help="comma-separated sections to run: 1 reference, 2 floor, 3 share, 4 load, 5 memory, 6 plan, 7 contention, 8 gate")
     ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     ap.add_argument("--plan-repeats", type=int, help="timed repeats in section 6 (default: min(3, --repeats))")
     ap.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's own); on a CPU shared with "
@@ -944,6 +986,8 @@ def main(argv=None) -> int:
         res["load"] = bench_load(R)
     if 7 in only:
         res["contention"] = bench_contention(args)
+    if 8 in only:
+        res["gate"] = bench_gate(args, device, R)
     if 3 in only:  # the heaviest part (two 100-step fine-tunes), last
         res["share"] = bench_share(args, exp, layers, device, steps, everys)
 

@@ -35,9 +35,9 @@ log = logging.getLogger(__name__)
 __all__ = ['log', 'POSITION_MODES', 'REDUCTIONS', 'layer_module', 'TokenPositions', 'PositionTracker', 'track_positions',
            'StopForward', 'LayerHook', 'register_layer_hook', 'hook_layers', 'hook_writers', 'ablate_direction',
            'token_batches', 'padding_id', 'right_padded', 'eval_mode', 'last_token_only', 'capture_last_token',
-           'TokenBatch', 'check_token_ids', 'iter_token_batches', 'capture_tokens', 'add_to_layer', 'SYSTEM_MODES',
-           'accepts_system_turn', 'fold_system', 'render_prompt', 'tokenize_prompts', 'prompt_token_ids', 'dist_info',
-           'init_distributed', 'end_distributed']
+           'TokenBatch', 'check_token_ids', 'iter_token_batches', 'capture_tokens', 'add_to_layer',
+           'logits_with_additions', 'SYSTEM_MODES', 'accepts_system_turn', 'fold_system', 'render_prompt',
+           'tokenize_prompts', 'prompt_token_ids', 'dist_info', 'init_distributed', 'end_distributed']
 
 # %% ../nbs/04_capture.ipynb #698299bc
 def layer_module(model, layer: int) -> nn.Module:
@@ -714,3 +714,133 @@ def add_to_layer(model, layer: int, vector, positions="all"):
     v = torch.as_tensor(vector)
     def fn(h): return h + v.to(device=h.device, dtype=h.dtype)
     with hook_layers(model, {layer: fn}, positions=positions) as tracker: yield tracker
+
+# %% ../nbs/04_capture.ipynb #6c1a9e41
+_REPLAY_KW = {"token_budget", "batch_size", "system_mode", "distributed"}
+
+def _replay_refusal(model, layer: int, n_prompts: int, kw: dict) -> str | None:
+    "Why `logits_with_additions` must take the plain path for this call, or None."
+    from torch.nn.modules import module as _m
+    n = num_layers(model)
+    if not 0 <= layer < n: return f"layer {layer} is not a block input (0..{n - 1})"
+    if not n_prompts: return "no prompts"
+    if kw.get("forward") is not None or kw.get("early_exit") is False: return "a forward= wrapper or early_exit=False"
+    other = sorted(set(kw) - _REPLAY_KW - {"forward", "early_exit"})
+    if other: return f"capture keywords {other}"
+    if kw.get("distributed") is not False and dist_info()[1] > 1: return "several processes"
+    if any(type(m).__name__ == "OptimizedModule" for m in (model, unwrap_model(model))): return "a compiled model"
+    if _m._global_forward_hooks or _m._global_forward_pre_hooks or _hooked(model): return "hooks on the model"
+    return None
+
+@contextlib.contextmanager
+def _pass_through(blocks, upto: int, arity: int | None):
+    """Blocks `0..upto-1` return their input hidden state unchanged (a tensor, or a tuple of `arity` with Nones after
+    it); their own `forward` is restored on exit."""
+    def fwd(*args, **kwargs):
+        h = _block_input(args, kwargs)[0]
+        return h if arity is None else (h, *([None] * (arity - 1)))
+    saved = [(b, b.__dict__.get("forward")) for b in list(blocks)[:upto]]
+    try:
+        for b, _ in saved: b.forward = fwd
+        yield
+    finally:
+        for b, f in saved:
+            if f is None: del b.forward
+            else: b.forward = f
+
+def _last_logits(model, head, input_ids, mask, last, hooks, trim_first: bool) -> torch.Tensor:
+    """`capture_last_token`'s logits forward: float32 `(batch, vocab)` at row `r`'s position `last[r]` (LM head on
+    those positions, last block trimmed by `last_token_only`), with `hooks` `[(module, pre_hook_with_kwargs)]` added
+    after (`trim_first`) or before the trim is decided, as a reader or an `add_to_layer` is in the plain path."""
+    rows, n = torch.arange(len(last), device=last.device), num_layers(model)
+    def last_only(module, args): return (args[0][rows, last].unsqueeze(1), *args[1:])
+    handles, stack = [head.register_forward_pre_hook(last_only)], contextlib.ExitStack()
+    try:
+        if trim_first: stack.enter_context(last_token_only(model, n - 1, last))
+        handles += [m.register_forward_pre_hook(f, with_kwargs=True) for m, f in hooks]
+        if not trim_first: stack.enter_context(last_token_only(model, n - 1, last))
+        with stack: res = model(input_ids=input_ids, attention_mask=mask, use_cache=False)
+        return _output_logits(res)[:, -1].float()
+    finally:
+        for h in handles: h.remove()
+
+def _replay_batch(model, head, blocks, layer, input_ids, mask, last, vecs, k_max, reduce):
+    """One batch: `(reduced base logits, [reduced logits per vector])`, or a string saying why the replay is refused."""
+    B, got, arity = len(last), {}, []
+    def keep(mod, args, kwargs): got["h"] = _block_input(args, kwargs)[0]
+    def form(mod, args, out):
+        rest = () if isinstance(out, torch.Tensor) else tuple(out[1:])
+        arity.append(None if isinstance(out, torch.Tensor) else len(out) if all(x is None for x in rest) else -1)
+    fh = blocks[layer - 1].register_forward_hook(form) if layer else None
+    try: base = _last_logits(model, head, input_ids, mask, last, [(blocks[layer], keep)], trim_first=True)
+    finally:
+        if fh is not None: fh.remove()
+    if arity and arity[0] == -1: return "a block returns more than its hidden state"
+    h = got["h"]
+    real = (mask != 0).to(h.device)
+    todo, outs = [None, *vecs], []  # None: the zero vector of the check
+    chunks = -(-len(todo) // k_max)
+    for c in range(chunks):
+        part = todo[c * len(todo) // chunks:(c + 1) * len(todo) // chunks]
+        k = len(part)
+        V = torch.stack([torch.zeros_like(h[0, 0]) if v is None else v.to(device=h.device, dtype=h.dtype) for v in part])
+        hk, rk, vk = h.repeat(k, 1, 1), real.repeat(k, 1), V.repeat_interleave(B, 0)
+        def inject(mod, args, kwargs):
+            new = torch.where(rk.unsqueeze(-1), hk + vk.unsqueeze(1), hk)  # add_to_layer's h + v, never at padding
+            return ((new, *args[1:]), kwargs) if args and isinstance(args[0], torch.Tensor) else (args, {**kwargs, "hidden_states": new})
+        with _pass_through(blocks, layer, arity[0] if arity else None):
+            lg = _last_logits(model, head, input_ids.repeat(k, 1), mask.repeat(k, 1), last.repeat(k),
+                              [(blocks[layer], inject)], trim_first=False)
+        if part[0] is None:
+            zero, lg, part = lg[:B], lg[B:], part[1:]
+            tol = max(16 * torch.finfo(h.dtype).eps, 1e-5) * float(base.abs().max())
+            err = float((zero - base).abs().max())
+            if not err <= tol: return f"the zero-vector replay differs from the plain forward by {err:.3g} (tolerance {tol:.3g})"
+        if part:
+            r = reduce(lg)
+            outs += list(r.reshape(len(part), B, *r.shape[1:]).unbind(0))
+    return reduce(base), outs
+
+def _logits_replayed(model, tokenizer, prompts, layer, vecs, reduce, progress, desc, kw):
+    "`logits_with_additions`' reuse path: `(base, steered)`, or a string saying why it cannot be used."
+    ids = prompt_token_ids(tokenizer, prompts, kw.get("system_mode", "auto"))
+    lengths, device, head, blocks = [len(x) for x in ids], model_device(model), lm_head(model), decoder_blocks(model)
+    budget = kw.get("token_budget", 4096)
+    base, steered = [None] * len(ids), [[None] * len(ids) for _ in vecs]
+    with eval_mode(model), torch.inference_mode():
+        for batch in tqdm(token_batches(lengths, budget, kw.get("batch_size")), desc=desc, disable=not progress, leave=False):
+            input_ids, mask = _right_padded(ids, batch, _pad_id(tokenizer))
+            last = torch.tensor([lengths[i] - 1 for i in batch], device=device)
+            k_max = max(1, budget // input_ids.numel()) if budget else len(vecs) + 1
+            got = _replay_batch(model, head, blocks, layer, input_ids.to(device), mask.to(device), last, vecs, k_max, reduce)
+            if isinstance(got, str): return got
+            for dest, part in zip([base, *steered], [got[0], *got[1]]):
+                for r, i in enumerate(batch): dest[i] = part[r].cpu().numpy()
+    return np.stack(base), np.stack([np.stack(s) for s in steered]) if vecs else np.empty((0, *base[0].shape), base[0].dtype)
+
+def logits_with_additions(model, tokenizer, prompts, layer: int, vectors, reduce: Callable | None = None, reuse: bool = True,
+                          progress: bool = False, desc: str = "steered logits", **capture_kw) -> tuple[np.ndarray, np.ndarray]:
+    """The model's output logits at each prompt's last token, unsteered and with each of `vectors` (each `(width,)`)
+    added to `hidden_states[layer]` at every real token (as `add_to_layer`). `reduce` maps float32 logits `(rows,
+    vocab)` (a torch tensor) to a tensor `(rows, ...)` (default: the logits). Returns numpy `(base, steered)`,
+    `(n_prompts, ...)` and `(len(vectors), n_prompts, ...)` in `reduce`'s dtype. `capture_kw` go to
+    `capture_last_token` (`token_budget`, `batch_size`, `system_mode`, `forward`, `distributed`, ...).
+
+    With `reuse` (default) blocks `0..layer-1` run once per batch and several vectors share each forward above them
+    (see above); where that cannot be shown equal to the plain path (one `add_to_layer` forward per vector) the plain
+    path runs, and the log says why."""
+    reduce = reduce or (lambda lg: lg)
+    vecs = [torch.as_tensor(np.asarray(v)) for v in vectors]
+    why = "not requested" if not reuse else _replay_refusal(model, layer, len(prompts), capture_kw)
+    if why is None:
+        got = _logits_replayed(model, tokenizer, prompts, layer, vecs, reduce, progress, desc, capture_kw)
+        if not isinstance(got, str): return got
+        why = got
+    log.info("logits_with_additions: the plain path (%s)", why)
+    def plain(v=None):
+        with (add_to_layer(model, layer, v) if v is not None else contextlib.nullcontext()):
+            lg = capture_last_token(model, tokenizer, prompts, [], logits=True, **capture_kw)["logits"]
+        return reduce(torch.from_numpy(lg)).numpy()
+    base = plain()
+    steered = [plain(v) for v in tqdm(vecs, desc=desc, disable=not progress, leave=False)]
+    return base, np.stack(steered) if steered else np.empty((0, *base.shape), base.dtype)

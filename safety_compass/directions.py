@@ -14,7 +14,7 @@ from .core import SafetyCompassError
 
 # %% auto #0
 __all__ = ['auroc_many', 'LAYER_RULES', 'dim_direction', 'cosine', 'random_units', 'SplitActs', 'layer_sweep', 'eligible_layers',
-           'choose_layer', 'early_floor', 'bow_probe_auroc', 'conversation_text', 'opener_token_ids',
+           'choose_layer', 'early_floor', 'bow_probe_auroc', 'conversation_text', 'opener_token_ids', 'logodds_reducer',
            'next_token_logodds', 'causal_gate', 'auroc', 'auroc_ci']
 
 # %% ../nbs/05_directions.ipynb #67714cc4
@@ -144,33 +144,46 @@ def opener_token_ids(tokenizer, openers) -> list[int]:
     if not ids: raise SafetyCompassError("behavior_tokens: no opener strings given")
     return sorted(ids)
 
+def logodds_reducer(tokenizer, positive_openers, negative_openers):
+    """A function of float32 logits `(rows, vocab)` (torch) giving float64 `log Σ_pos p − log Σ_neg p` `(rows,)` over
+    the first tokens of the openers (`opener_token_ids`)."""
+    import torch  # here, not at the top: the CLI checks configs without importing torch
+    pos, neg = opener_token_ids(tokenizer, positive_openers), opener_token_ids(tokenizer, negative_openers)
+    def logodds(logits):
+        logp = torch.log_softmax(logits.double(), -1)
+        return torch.logsumexp(logp[:, pos], -1) - torch.logsumexp(logp[:, neg], -1)
+    return logodds
+
 def next_token_logodds(model, tokenizer, prompts, positive_openers, negative_openers, steer=None, **capture_kw) -> np.ndarray:
     """Per prompt, `log Σ_pos p − log Σ_neg p` (nats) of the first reply token, from the model's own output logits.
 
     `prompts`: conversations or token-id lists; `steer=(layer, vector)` adds `vector` (hidden,) to
     `hidden_states[layer]` at every position while measuring. Returns shape `(n_prompts,)`."""
-    import contextlib, torch  # here, not at the top: the CLI checks configs without importing torch
+    import contextlib, torch
     from safety_compass.capture import capture_last_token, add_to_layer
+    reduce = logodds_reducer(tokenizer, positive_openers, negative_openers)
     ctx = add_to_layer(model, *steer) if steer is not None else contextlib.nullcontext()
     with ctx: logits = capture_last_token(model, tokenizer, prompts, [], logits=True, **capture_kw)["logits"]
-    logp = torch.log_softmax(torch.from_numpy(logits).double(), -1)
-    pos, neg = opener_token_ids(tokenizer, positive_openers), opener_token_ids(tokenizer, negative_openers)
-    return (torch.logsumexp(logp[:, pos], -1) - torch.logsumexp(logp[:, neg], -1)).numpy()
+    return reduce(torch.from_numpy(logits)).numpy()
 
 def causal_gate(model, tokenizer, prompts, layer: int, unit: np.ndarray, scale: float, positive_openers, negative_openers,
-                 n_random: int = 16, seed: int = 0, progress: bool = False, desc: str = "causal gate", **capture_kw) -> dict:
+                 n_random: int = 16, seed: int = 0, progress: bool = False, desc: str = "causal gate", reuse: bool = True,
+                 **capture_kw) -> dict:
     """The causal gate: mean log-odds shift (nats) from adding `±scale·unit` and `scale·r` (random unit `r`, `n_random`
     of them) to `hidden_states[layer]` of `prompts` (the negative val prompts).
 
-    Returns `causal_shift`, `causal_shift_negative`, `causal_random_shifts`, `causal_random_p95` (95th percentile of
-    the random |shifts|), `causal_passes` and `causal_reason` (empty when it passes)."""
-    before = next_token_logodds(model, tokenizer, prompts, positive_openers, negative_openers, **capture_kw)
-    def shift(v): return float((next_token_logodds(model, tokenizer, prompts, positive_openers, negative_openers,
-                                                   steer=(layer, v), **capture_kw) - before).mean())
+    Returns `logodds_before` (the mean log-odds unsteered), `causal_shift`, `causal_shift_negative`,
+    `causal_random_shifts`, `causal_random_p95` (95th percentile of the random |shifts|), `causal_passes` and
+    `causal_reason` (empty when it passes). The 19 measurements share one `capture.logits_with_additions` call: with
+    `reuse` (default) the blocks below `layer` run once per batch and several vectors share each forward above them;
+    `reuse=False` runs one full forward per vector (the same numbers to float rounding)."""
+    from safety_compass.capture import logits_with_additions
     unit = np.asarray(unit, np.float64) / np.linalg.norm(unit)
-    plus, minus = shift(scale * unit), shift(-scale * unit)
-    from tqdm.auto import tqdm
-    rand = [shift(scale * r) for r in tqdm(random_units(unit.shape[0], n_random, seed), desc=desc, disable=not progress, leave=False)]
+    vecs = [scale * unit, -scale * unit, *(scale * r for r in random_units(unit.shape[0], n_random, seed))]
+    before, steered = logits_with_additions(model, tokenizer, prompts, layer, vecs,
+                                            logodds_reducer(tokenizer, positive_openers, negative_openers),
+                                            reuse=reuse, progress=progress, desc=desc, **capture_kw)
+    plus, minus, *rand = [float((s - before).mean()) for s in steered]
     p95 = float(np.percentile(np.abs(rand), 95))
     reasons = []
     if plus <= 0: reasons.append("wrong sign: adding the direction moves behavior away from the concept")

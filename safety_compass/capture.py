@@ -809,7 +809,7 @@ def _logits_replayed(model, tokenizer, prompts, layer, vecs, reduce, progress, d
     base, steered = [None] * len(ids), [[None] * len(ids) for _ in vecs]
     with eval_mode(model), torch.inference_mode():
         for batch in tqdm(token_batches(lengths, budget, kw.get("batch_size")), desc=desc, disable=not progress, leave=False):
-            input_ids, mask = _right_padded(ids, batch, _pad_id(tokenizer))
+            input_ids, mask = right_padded(ids, batch, padding_id(tokenizer))
             last = torch.tensor([lengths[i] - 1 for i in batch], device=device)
             k_max = max(1, budget // input_ids.numel()) if budget else len(vecs) + 1
             got = _replay_batch(model, head, blocks, layer, input_ids.to(device), mask.to(device), last, vecs, k_max, reduce)

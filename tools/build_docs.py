@@ -155,6 +155,12 @@ def _no_nonetype_annotations():
     _get_full._safety_compass = True
     dm._get_full = _get_full
 
+def _phase(items, desc: str):
+    "`items` with one progress bar per phase on a terminal (the package's one rule, `core.progress_enabled`)."
+    from tqdm.auto import tqdm
+    from safety_compass.core import progress_enabled
+    return tqdm(items, desc=desc, unit="nb", disable=not progress_enabled(), leave=False)
+
 def process_notebooks(names: list[str], nbs: Path = NBS, proc: Path = PROC):
     "nbs/ -> _proc/: every notebook through nbdev's processors, and the Quarto project files."
     from execnb.nbio import read_nb, write_nb
@@ -168,7 +174,7 @@ def process_notebooks(names: list[str], nbs: Path = NBS, proc: Path = PROC):
     old = os.environ.get("IN_TEST")
     os.environ["IN_TEST"] = "1"   # as nbdev's own processing does
     try:
-        for n in names:
+        for n in _phase(names, "docs: process notebooks"):
             nb = read_nb(nbs / n)
             NBProcessor(nb=nb, procs=doc_processors()).process()
             for c in nb.cells: c.pop("has_sd", None); c.pop("directives_", None)
@@ -394,7 +400,7 @@ def build():
             kaggle.append((f"kaggle/{p.stem}", _first_heading(nb) or p.stem, None, nb))
     site = Site([c[:3] for c in chapters], [k[:3] for k in kaggle])
     pages = {}
-    for name, title, desc, nb in chapters + kaggle:
+    for name, title, desc, nb in _phase(chapters + kaggle, "docs: render pages"):
         body, _ = _exporter(name).from_notebook_node(nb)
         header = not name.startswith("kaggle/")   # a Kaggle notebook starts with its own heading
         pages[name] = finish_page(site, name, body, title, desc, css, header, doc_prefix, src_prefix)

@@ -15,7 +15,7 @@ from .core import SafetyCompassError, DIST_NAME
 log = logging.getLogger("safety_compass")
 
 # %% auto #0
-__all__ = ['log', 'EXTRACT_COLUMNS', 'RATE_COLUMNS', 'format_table', 'print_extract', 'rate_table', 'OneLineParser',
+__all__ = ['log', 'EXTRACT_COLUMNS', 'RATE_COLUMNS', 'format_table', 'prose', 'print_extract', 'rate_table', 'OneLineParser',
            'build_parser', 'main', 'finetune_main', 'extract_main']
 
 # %% ../nbs/19_cli.ipynb #57545dfe
@@ -35,14 +35,20 @@ def format_table(rows: list[dict], columns: list[str] | None = None, floatfmt: s
 EXTRACT_COLUMNS = ["concept", "layer", "auroc", "auroc_95ci", "min_auroc", "floor_early", "floor_bow", "noise_floor",
                    "causal_shift", "causal_neg_shift", "causal_random_p95", "passes_gates"]
 
+def prose(text: str, width: int = 100) -> str:
+    "`text` with each line longer than `width` wrapped at word boundaries (continuations indented 2): for sentences, not tables."
+    import textwrap
+    return "\n".join(textwrap.fill(l, width, subsequent_indent="  ", break_on_hyphens=False) if len(l) > width else l
+                     for l in text.splitlines())
+
 def print_extract(mon, file=None):
     "The extract table, one line per flag, and what layer L means."
     from safety_compass.monitor import LAYER_CONVENTION
     out = file or sys.stdout
     print(format_table(mon.summary_table(), EXTRACT_COLUMNS), file=out)
     for b in mon.baselines.values():
-        for f in b.flags: print(f"FLAG {b.concept} (layer {b.layer}): {f}", file=out)
-    print(f"({LAYER_CONVENTION}; this model has n = {mon.num_layers})", file=out)
+        for f in b.flags: print(prose(f"FLAG {b.concept} (layer {b.layer}): {f}"), file=out)
+    print(prose(f"({LAYER_CONVENTION}; this model has n = {mon.num_layers})"), file=out)
 
 # %% ../nbs/19_cli.ipynb #5053d08a
 def _csv(s): return [c.strip() for c in s.split(",") if c.strip()] if s else None
@@ -120,8 +126,8 @@ def _demo(a):
     print_extract(monitor)
     _print_run(run_dir, monitor)
     if not a.no_behavior:
-        print("\nRefusal of held-out harmful requests (organism test split; greedy, 32 tokens; rate: rule scorer, rate_either: rules "
-              "or the organism's planted refusal phrases; Wilson 95% CI):")
+        print(prose("\nRefusal of held-out harmful requests (organism test split; greedy, 32 tokens; rules: the rule scorer, "
+                    "either: rules or the organism's planted refusal phrases; Wilson 95% CI):"))
         print(rate_table(refusal_before_after(trainer.model, monitor.tokenizer, run_dir), gates=False))
     return 0
 
@@ -172,7 +178,7 @@ def _steer(a):
     s = SteerSettings(a.run_dir, a.concept, a.op, a.output_dir, a.model, kl_cap=a.kl_cap, n_random=a.random_directions,
                       scales=a.scales, max_new_tokens=a.max_new_tokens, generate_text=not a.no_generate, limit=a.limit,
                       seed=a.seed, direction=a.direction, pairs_file=a.pairs_file, positions=a.positions, at=a.at)
-    print(steer_text(run_steer(s)))
+    print(prose(steer_text(run_steer(s))))
     return 0
 
 def _diff(a):

@@ -188,12 +188,13 @@ import logging
 _NOISE = {"bitsandbytes.backends.cpu.ops": ("Failed to load CPU gemm_4bit_forward",)}  # logger -> message openings
 
 class _Demote(logging.Filter):
-    "Turn records whose message opens with one of `prefixes` into DEBUG records (the handlers' level then decides)."
+    """Turn records whose message opens with one of `prefixes` into DEBUG records, passed on only where their logger
+    is enabled for DEBUG (a handler with no level of its own, as `logging.basicConfig` makes, would print them all)."""
     def __init__(self, prefixes): super().__init__(); self.prefixes = tuple(prefixes)
     def filter(self, record):
-        if str(record.msg).startswith(self.prefixes) and record.levelno > logging.DEBUG:
-            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
-        return True
+        if not str(record.msg).startswith(self.prefixes) or record.levelno <= logging.DEBUG: return True
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
 
 def quiet_library_noise():
     "Demote the library start-up records in `_NOISE` to DEBUG (idempotent; imports none of those libraries)."

@@ -100,6 +100,18 @@ def _gguf_progress():
     try: yield
     finally: g.tqdm = bar
 
+@contextlib.contextmanager
+def _load_bar():
+    """transformers' "Loading weights" bar only where a person watches (`core.progress_enabled`: a terminal, or
+    `SAFETY_COMPASS_PROGRESS`); the switch is transformers' own and is put back after."""
+    from transformers.utils import logging as hf_logging
+    from safety_compass.core import progress_enabled
+    was = hf_logging.is_progress_bar_enabled()
+    if was and not progress_enabled(): hf_logging.disable_progress_bar()
+    try: yield
+    finally:
+        if was: hf_logging.enable_progress_bar()
+
 def _load_gguf(directory, gguf_file: str, trust_remote_code: bool = False, **model_kw):
     "`(plain model in float32, tokenizer, GGUF-side arch_fingerprint)`: the GGUF de-quantized, its quantizer removed."
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -155,7 +167,7 @@ def load_default_model(dtype: torch.dtype | str = torch.float32,   # weights dty
         if rebuild or not _cache_ok(dest, sha):
             _build_cache(gguf, sha, dest); rebuild = False
         try:
-            model = AutoModelForCausalLM.from_pretrained(dest, dtype=_as_dtype(dtype))
+            with _load_bar(): model = AutoModelForCausalLM.from_pretrained(dest, dtype=_as_dtype(dtype))
             tok = AutoTokenizer.from_pretrained(dest)
         except Exception as e:  # a cache that passes the size check but will not load: rebuild once
             if attempt: raise
@@ -280,7 +292,7 @@ def load_model(name_or_path: str = DEFAULT_MODEL,        # "default" (the embedd
     try:
         tok = AutoTokenizer.from_pretrained(str(p) if p.exists() else name_or_path, trust_remote_code=trust_remote_code) \
               if with_tokenizer else None
-        model = AutoModelForCausalLM.from_pretrained(str(p) if p.exists() else name_or_path, **kw)
+        with _load_bar(): model = AutoModelForCausalLM.from_pretrained(str(p) if p.exists() else name_or_path, **kw)
     except (OSError, ValueError) as e:
         raise SafetyCompassError(f"{name_or_path}: cannot load model ({_first_line(e)})") from None
     return model, tok

@@ -15,8 +15,8 @@ from .core import SafetyCompassError, DIST_NAME
 log = logging.getLogger("safety_compass")
 
 # %% auto #0
-__all__ = ['log', 'EXTRACT_COLUMNS', 'RATE_COLUMNS', 'format_table', 'prose', 'print_extract', 'rate_table', 'OneLineParser',
-           'build_parser', 'main', 'finetune_main', 'extract_main']
+__all__ = ['log', 'EXTRACT_COLUMNS', 'EXTRACT_HEADERS', 'EXTRACT_LEGEND', 'RATE_COLUMNS', 'format_table', 'prose',
+           'print_extract', 'rate_table', 'OneLineParser', 'build_parser', 'main', 'finetune_main', 'extract_main']
 
 # %% ../nbs/19_cli.ipynb #57545dfe
 def format_table(rows: list[dict], columns: list[str] | None = None, floatfmt: str = ".3f") -> str:
@@ -41,14 +41,21 @@ def prose(text: str, width: int = 100) -> str:
     return "\n".join(textwrap.fill(l, width, subsequent_indent="  ", break_on_hyphens=False) if len(l) > width else l
                      for l in text.splitlines())
 
+EXTRACT_HEADERS = dict(zip(EXTRACT_COLUMNS, ["concept", "layer", "auroc", "95% CI", "min", "early", "bow", "noise",
+                                              "causal", "neg", "p95", "gates"]))   # the console's short names
+EXTRACT_LEGEND = ("min: min_auroc; early, bow: the lexical floors (early layers, bag-of-words); noise: noise floor of the "
+                  "cosine; causal, neg: log-odds shift (nats) from adding the direction, its negative; p95: random "
+                  "directions' 95th percentile |shift|; gates: passes every gate")
+
 def print_extract(mon, file=None):
     "The extract table, one line per flag, and what layer L means."
     from safety_compass.monitor import LAYER_CONVENTION
     out = file or sys.stdout
-    print(format_table(mon.summary_table(), EXTRACT_COLUMNS), file=out)
+    rows = [{short: r.get(k) for k, short in EXTRACT_HEADERS.items()} for r in mon.summary_table()]
+    print(format_table(rows, list(EXTRACT_HEADERS.values())), file=out)
     for b in mon.baselines.values():
         for f in b.flags: print(prose(f"FLAG {b.concept} (layer {b.layer}): {f}"), file=out)
-    print(prose(f"({LAYER_CONVENTION}; this model has n = {mon.num_layers})"), file=out)
+    print(prose(f"({EXTRACT_LEGEND}; {LAYER_CONVENTION}; this model has n = {mon.num_layers})"), file=out)
 
 # %% ../nbs/19_cli.ipynb #5053d08a
 def _csv(s): return [c.strip() for c in s.split(",") if c.strip()] if s else None

@@ -102,13 +102,15 @@ def _gguf_progress():
 
 @contextlib.contextmanager
 def _load_bar():
-    """transformers' "Loading weights" bar only where a person watches (`core.progress_enabled`: a terminal, or
-    `SAFETY_COMPASS_PROGRESS`); the switch is transformers' own and is put back after."""
+    """transformers' loading bars ("Loading weights", and the GGUF de-quantization bar through `_gguf_progress`) only
+    where a person watches (`core.progress_enabled`: a terminal, or `SAFETY_COMPASS_PROGRESS`); the switch is
+    transformers' own and is put back after."""
     from transformers.utils import logging as hf_logging
     from safety_compass.core import progress_enabled
     was = hf_logging.is_progress_bar_enabled()
     if was and not progress_enabled(): hf_logging.disable_progress_bar()
-    try: yield
+    try:
+        with _gguf_progress(): yield
     finally:
         if was: hf_logging.enable_progress_bar()
 
@@ -117,7 +119,7 @@ def _load_gguf(directory, gguf_file: str, trust_remote_code: bool = False, **mod
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from safety_compass.core import require
     require("gguf", "demo", "reading GGUF files such as the embedded model")
-    with _gguf_progress():
+    with _load_bar():
         tok = AutoTokenizer.from_pretrained(directory, gguf_file=gguf_file, trust_remote_code=trust_remote_code)
         qmodel = AutoModelForCausalLM.from_pretrained(directory, gguf_file=gguf_file, dtype=torch.float32,
                                                       trust_remote_code=trust_remote_code, **model_kw)

@@ -312,16 +312,16 @@ def direction_effects(model, tokenizer, direction, layer: int, harmful: Sequence
     norm = float(np.linalg.norm(v))
     def rate(ps, name):
         return refusal_rates(model, tokenizer, {name: ps}, max_new_tokens=max_new_tokens, batch_size=batch_size, gates=None)[0]
+    def change(r, k):   # rate minus the unsteered rate of the same prompts, in both readings
+        return {"change": r["rate"] - base[k]["rate"], "change_either": r["rate_either"] - base[k]["rate_either"]}
     base = {"harmful": rate(harmful, "harmful"), "harmless": rate(harmless, "harmless")}
-    rows = [{"direction": "none", "intervention": "none", **base[k], "change": 0.0, "change_either": 0.0} for k in base]
+    rows = [{"direction": "none", "intervention": "none", **base[k], **change(base[k], k)} for k in base]
     dirs = [("refusal", v)] + [(f"random {i}", r * norm) for i, r in enumerate(random_units(len(v), n_random, seed))]
     for name, vec in tqdm(dirs, desc="interventions", disable=not progress, leave=False):
         with ablate_direction(model, vec): a = rate(harmful, "harmful")
         with add_to_layer(model, layer, torch.tensor(vec, dtype=torch.float32)): b = rate(harmless, "harmless")
-        rows += [{"direction": name, "intervention": "ablate", **a, "change": a["rate"] - base["harmful"]["rate"],
-                  "change_either": a["rate_either"] - base["harmful"]["rate_either"]},
-                 {"direction": name, "intervention": "add", **b, "change": b["rate"] - base["harmless"]["rate"],
-                  "change_either": b["rate_either"] - base["harmless"]["rate_either"]}]
+        rows += [{"direction": name, "intervention": "ablate", **a, **change(a, "harmful")},
+                 {"direction": name, "intervention": "add", **b, **change(b, "harmless")}]
     for r in rows: r.pop("model", None); r.pop("gate", None); r.pop("passes", None)
     return rows
 

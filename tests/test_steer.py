@@ -275,7 +275,7 @@ def test_no_fraction_of_a_gap_inside_its_noise(tmp_path, tok, monkeypatch, capsy
     monkeypatch.setattr(M, "load_model", lambda *a, **k: (base, tok))
     assert main(["steer", "--run-dir", str(run), "--op", "adapter", "--scales", "0,0.5", "--kl-cap", "1e9", "--limit", "6",
                  "--no-generate", "--random-directions", "2"]) == 0
-    out = capsys.readouterr().out
+    out = " ".join(capsys.readouterr().out.split())  # the CLI wraps its prose to the terminal (cli.prose)
     s = json.loads((run / "steer" / "summary.json").read_text())
     assert not s["recoverable"] and s["gap"] == 0 and s["n"] == 3
     assert "nothing to recover: the base − fine-tuned gap +0.000 nats (95% CI [+0.000, +0.000], n = 3) is within its noise" in out

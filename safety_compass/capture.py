@@ -49,7 +49,7 @@ def layer_module(model, layer: int) -> nn.Module:
     return decoder_blocks(model)[layer] if layer < n else model_body(model)
 
 # %% ../nbs/04_capture.ipynb #45182338
-POSITION_MODES = ("all", "prompt", "generated")
+POSITION_MODES = ("all", "prompt", "generated", "skip_first")
 
 @dataclass
 class TokenPositions:
@@ -77,14 +77,22 @@ class TokenPositions:
     def prompt(self) -> torch.Tensor: return self.real & (self.position < self.prompt_end)
     @property
     def generated(self) -> torch.Tensor: return self.real & (self.position >= self.prompt_end)
+    @property
+    def first(self) -> torch.Tensor:
+        """Each sequence's first real token, in a forward that starts its sequences (absolute position 0 in column 0);
+        a forward that continues a KV cache holds none. On most models that token is the attention sink (Xiao et al.
+        2023, "Efficient streaming language models with attention sinks"), with a massive activation (Sun et al. 2024)."""
+        return self.real & (self.real.long().cumsum(1) == 1) & (self.position[:, :1] == 0)
 
     def select(self, positions) -> torch.Tensor:
-        """Bool `(batch, seq)`: the tokens a hook with `positions` acts on (`all`, `prompt`, `generated`, or a callable
-        `TokenPositions -> bool (batch, seq)`); padding is never selected."""
+        """Bool `(batch, seq)`: the tokens a hook with `positions` acts on (`all`, `prompt`, `generated`, `skip_first`:
+        every real token but each sequence's `first`, or a callable `TokenPositions -> bool (batch, seq)`); padding is
+        never selected."""
         if callable(positions): return self.real & positions(self).to(device=self.real.device, dtype=torch.bool)
         if positions == "all": return self.real
         if positions == "prompt": return self.prompt
         if positions == "generated": return self.generated
+        if positions == "skip_first": return self.real & ~self.first
         raise SafetyCompassError(f"positions: must be one of {', '.join(POSITION_MODES)} or a callable, got {positions!r}")
 
 def _check_positions(positions):
@@ -278,7 +286,7 @@ class LayerHook:
 
 def register_layer_hook(model, layer: int, fn: Callable, stop: bool = False, positions="all") -> LayerHook:
     """Call `fn(hidden)` with `hidden_states[layer]` (batch, seq, hidden) on every forward; a returned tensor (same
-    shape) replaces it at the tokens `positions` selects: `all` (default), `prompt`, `generated` or a callable
+    shape) replaces it at the tokens `positions` selects: `all` (default), `prompt`, `generated`, `skip_first` or a callable
     `TokenPositions -> bool (batch, seq)`; padding (`attention_mask == 0`) keeps its original value in every mode (see
     `TokenPositions` for what prompt and generated mean under `generate`). `fn` always sees the whole tensor; a reader
     that needs the selection asks `track_positions`. An in-place edit of `hidden` bypasses the selection: return a new
@@ -353,7 +361,7 @@ def hook_writers(model, fn: Callable | dict[str, Callable], positions="all"):
     context is open; a dict `{writer name: fn}` hooks only those writers. `write` is `(batch, seq, hidden)` in the
     model's dtype and in residual-stream units (Gemma's embedding scale applied, OPT's `fc2` output reshaped, GPT-2's
     position embedding expanded over the batch). A returned tensor (same shape) replaces the write at the tokens
-    `positions` selects (`all`, `prompt`, `generated`, or a callable; never at padding, see `TokenPositions`); `None`
+    `positions` selects (`all`, `prompt`, `generated`, `skip_first`, or a callable; never at padding, see `TokenPositions`); `None`
     leaves it. Yields the model's `PositionTracker`. Raises `SafetyCompassError` for unsupported architectures,
     unknown writer names or positions."""
     _check_positions(positions)

@@ -296,14 +296,16 @@ def arditi_prompts(directory, n: int = 200, seed: int = 0) -> dict[str, list[str
 # %% ../nbs/20_organisms.ipynb #148e1993
 def direction_effects(model, tokenizer, direction, layer: int, harmful: Sequence[str], harmless: Sequence[str],
                       n_random: int = 20, seed: int = 0, max_new_tokens: int = 32, batch_size: int = 16,
-                      progress: bool = False) -> list[dict]:
+                      progress: bool = False, ablate_positions="all") -> list[dict]:
     """Refusal rates under Arditi et al.'s two interventions with `direction`, shape `(hidden,)`: a
     difference-in-means vector, whose norm is the added vector's norm, and with `n_random` random directions of the same norm (`seed`).
 
     Rows: `direction` ("none", "refusal" or "random k"), `intervention` ("ablate" on `harmful`, "add" at
     `hidden_states[layer]` on `harmless`), `set`, `n`, `refused`, `rate`, `ci_low`, `ci_high`, `change` (rate minus the
     unsteered rate on the same prompts), and the second reading's `rate_either`, `either_ci_low`, `either_ci_high`,
-    `change_either` (`refusal_rates`)."""
+    `change_either` (`refusal_rates`). `ablate_positions` picks the tokens the ablations act on (`capture`'s
+    positions: `"all"`, Arditi et al.'s; `"skip_first"` spares each sequence's first token, the attention sink, for
+    the refusal direction and the random ones alike); the additions act at every token."""
     import torch
     from tqdm.auto import tqdm
     from safety_compass.capture import ablate_direction, add_to_layer
@@ -318,7 +320,7 @@ def direction_effects(model, tokenizer, direction, layer: int, harmful: Sequence
     rows = [{"direction": "none", "intervention": "none", **base[k], **change(base[k], k)} for k in base]
     dirs = [("refusal", v)] + [(f"random {i}", r * norm) for i, r in enumerate(random_units(len(v), n_random, seed))]
     for name, vec in tqdm(dirs, desc="interventions", disable=not progress, leave=False):
-        with ablate_direction(model, vec): a = rate(harmful, "harmful")
+        with ablate_direction(model, vec, positions=ablate_positions): a = rate(harmful, "harmful")
         with add_to_layer(model, layer, torch.tensor(vec, dtype=torch.float32)): b = rate(harmless, "harmless")
         rows += [{"direction": name, "intervention": "ablate", **a, **change(a, "harmful")},
                  {"direction": name, "intervention": "add", **b, **change(b, "harmless")}]

@@ -47,8 +47,8 @@ import torch
 from torch import nn
 
 import safety_compass
-from safety_compass.capture import (decoder_blocks, eval_mode, final_norm, layer_module, num_layers, token_batches,
-                                    tokenize_prompts, unwrap_model)
+from safety_compass.layers import decoder_blocks, eval_mode, final_norm, layer_module, num_layers, unwrap_model
+from safety_compass.templates import token_batches, tokenize_prompts
 from safety_compass.plan import capture_planned, plan_capture
 from safety_compass.config import resolve_relative
 from safety_compass.models import load_default_model

@@ -15,7 +15,7 @@ import transformers
 
 from .core import SafetyCompassError, bundled_root, atomic_open, atomic_write_json, staged_dir, check_writable
 from .pairs import conversation
-from .capture import eval_mode, unwrap_model
+from .layers import eval_mode, unwrap_model
 from .templates import render_prompt, end_of_turn_ids
 # the end-of-turn ids are a chat-template fact (`templates`): importable from here as before
 _all_ = ["end_of_turn_ids"]

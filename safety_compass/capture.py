@@ -20,10 +20,10 @@ from tqdm.auto import tqdm
 
 from .core import SafetyCompassError
 from .layers import (unwrap_model, decoder_blocks, num_layers, final_norm, model_body, residual_writers,
-                                   embed_scale, positionwise_writers, lm_head, model_device)
+                                   embed_scale, positionwise_writers, lm_head, model_device, layer_module, eval_mode)
 from .pairs import Conversation
 from .templates import (SYSTEM_MODES, accepts_system_turn, fold_system, render_prompt, tokenize_prompts,
-                                      prompt_token_ids)
+                                      prompt_token_ids, token_batches, padding_id, right_padded, check_token_ids)
 from .dist import dist_info, init_distributed, end_distributed, gather_rows, gather_objects, shard_batches
 # chat templates live in `templates`, process groups in `dist`: their public names stay importable from here
 _all_ = ["SYSTEM_MODES", "accepts_system_turn", "fold_system", "render_prompt", "tokenize_prompts", "prompt_token_ids",
@@ -32,21 +32,11 @@ _all_ = ["SYSTEM_MODES", "accepts_system_turn", "fold_system", "render_prompt", 
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'POSITION_MODES', 'REDUCTIONS', 'layer_module', 'TokenPositions', 'PositionTracker', 'track_positions',
-           'StopForward', 'LayerHook', 'register_layer_hook', 'hook_layers', 'hook_writers', 'ablate_direction',
-           'token_batches', 'padding_id', 'right_padded', 'eval_mode', 'last_token_only', 'capture_last_token',
-           'TokenBatch', 'check_token_ids', 'iter_token_batches', 'capture_tokens', 'add_to_layer',
+__all__ = ['log', 'POSITION_MODES', 'REDUCTIONS', 'TokenPositions', 'PositionTracker', 'track_positions', 'StopForward',
+           'LayerHook', 'register_layer_hook', 'hook_layers', 'hook_writers', 'ablate_direction', 'last_token_only',
+           'capture_last_token', 'TokenBatch', 'iter_token_batches', 'capture_tokens', 'add_to_layer',
            'logits_with_additions', 'SYSTEM_MODES', 'accepts_system_turn', 'fold_system', 'render_prompt',
            'tokenize_prompts', 'prompt_token_ids', 'dist_info', 'init_distributed', 'end_distributed']
-
-# %% ../nbs/04_capture.ipynb #698299bc
-def layer_module(model, layer: int) -> nn.Module:
-    """The module hooked to read `hidden_states[layer]`: decoder block `layer` for `layer < n` (read at its INPUT, by a
-    forward pre-hook), the model body for `layer == n` (read at its OUTPUT `last_hidden_state`, after the final norm).
-    Use `register_layer_hook` rather than hooking this module yourself."""
-    n = num_layers(model)
-    if not 0 <= layer <= n: raise SafetyCompassError(f"layer {layer} out of range: this model has layers 0..{n}")
-    return decoder_blocks(model)[layer] if layer < n else model_body(model)
 
 # %% ../nbs/04_capture.ipynb #45182338
 POSITION_MODES = ("all", "prompt", "generated", "skip_first")
@@ -402,33 +392,7 @@ def ablate_direction(model, direction, positions="all"):
         return (wf - (wf @ uu).unsqueeze(-1) * uu).to(w.dtype)
     with hook_writers(model, fn, positions) as tracker: yield tracker
 
-# %% ../nbs/04_capture.ipynb #bf8cb793
-def token_batches(lengths: Sequence[int], token_budget: int | None = 4096, batch_size: int | None = None) -> list[list[int]]:
-    "Indices grouped into batches, longest prompts first."
-    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-    batches, cur = [], []
-    for i in order:
-        longest = lengths[cur[0]] if cur else lengths[i]
-        full = (batch_size and len(cur) >= batch_size) or (token_budget and cur and (len(cur) + 1) * longest > token_budget)
-        if full: batches.append(cur); cur = []
-        cur.append(i)
-    if cur: batches.append(cur)
-    return batches
-
 # %% ../nbs/04_capture.ipynb #05a004c9
-def padding_id(tokenizer) -> int:
-    "The id that pads a batch: the tokenizer's pad token, else its end-of-sequence token, else 0 (the tokenizer is not changed)."
-    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
-
-def right_padded(ids: Sequence[list[int]], batch: list[int], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    "`(input_ids, attention_mask)`, both int64 `(len(batch), longest)` on the CPU, padded on the right."
-    width = max(len(ids[i]) for i in batch)
-    input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(batch), width), dtype=torch.long)
-    for r, i in enumerate(batch):
-        input_ids[r, :len(ids[i])] = torch.tensor(ids[i]); mask[r, :len(ids[i])] = 1
-    return input_ids, mask
-
 def _check_layers(model, layers: Iterable[int], logits: bool) -> list[int]:
     layers = sorted(set(int(L) for L in layers))
     if not layers and not logits: raise SafetyCompassError("no layers requested")
@@ -437,14 +401,6 @@ def _check_layers(model, layers: Iterable[int], logits: bool) -> list[int]:
         if not 0 <= L <= n: raise SafetyCompassError(f"layer {L} out of range: this model has layers 0..{n}")
     return layers
 
-@contextlib.contextmanager
-def eval_mode(model):
-    "Put `model` in eval mode; restore every submodule's own training flag after."
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try: yield
-    finally:
-        for m, t in modes: m.training = t
 
 def _output_logits(res) -> torch.Tensor:
     lg = getattr(res, "logits", None)
@@ -592,15 +548,6 @@ class TokenBatch:
     @property
     def lengths(self) -> list[int]: return self.attention_mask.sum(1).tolist()
     def __getitem__(self, key: str): return getattr(self, key)
-
-def check_token_ids(ids) -> list[list[int]]:
-    "`ids` as lists of Python ints; raises `SafetyCompassError` naming the first empty sequence (`ids[i]: empty sequence`)."
-    out = []
-    for i, x in enumerate(ids):
-        x = [int(t) for t in x]
-        if not x: raise SafetyCompassError(f"ids[{i}]: empty sequence")
-        out.append(x)
-    return out
 
 def iter_token_batches(model, tokenizer, ids: Sequence[Sequence[int]], layers: Iterable[int], logits: bool = True,
                        token_budget: int | None = 4096, batch_size: int | None = None, forward: Callable | None = None,

@@ -5,6 +5,7 @@
 # %% ../nbs/00c_layers.ipynb #a1c0e008
 from __future__ import annotations
 from dataclasses import dataclass
+import contextlib
 from typing import Sequence
 
 import torch
@@ -14,8 +15,9 @@ from .core import SafetyCompassError
 
 # %% auto #0
 __all__ = ['unwrap_model', 'model_type', 'decoder_blocks', 'num_layers', 'final_norm', 'model_body', 'model_device',
-           'cache_kwarg', 'residual_writers', 'embed_scale', 'writer_projection', 'positionwise_writers', 'LoraModule',
-           'lora_modules', 'head_transform', 'lm_head', 'next_token_logits', 'next_token_logprobs', 'next_token_probs']
+           'cache_kwarg', 'layer_module', 'eval_mode', 'residual_writers', 'embed_scale', 'writer_projection',
+           'positionwise_writers', 'LoraModule', 'lora_modules', 'head_transform', 'lm_head', 'next_token_logits',
+           'next_token_logprobs', 'next_token_probs']
 
 # %% ../nbs/00c_layers.ipynb #a1c0e010
 _BLOCK_PATHS = ("model.layers", "model.model.layers", "transformer.h", "gpt_neox.layers", "model.decoder.layers",
@@ -83,6 +85,24 @@ def cache_kwarg(model) -> str | None:
     for name in ("cache", "past_key_values"):
         if name in params: return name
     return None
+
+# %% ../nbs/00c_layers.ipynb #3b7d2e42
+def layer_module(model, layer: int) -> nn.Module:
+    """The module hooked to read `hidden_states[layer]`: decoder block `layer` for `layer < n` (read at its INPUT, by a
+    forward pre-hook), the model body for `layer == n` (read at its OUTPUT `last_hidden_state`, after the final norm).
+    Use `capture.register_layer_hook` rather than hooking this module yourself."""
+    n = num_layers(model)
+    if not 0 <= layer <= n: raise SafetyCompassError(f"layer {layer} out of range: this model has layers 0..{n}")
+    return decoder_blocks(model)[layer] if layer < n else model_body(model)
+
+@contextlib.contextmanager
+def eval_mode(model):
+    "Put `model` in eval mode; restore every submodule's own training flag after."
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try: yield
+    finally:
+        for m, t in modes: m.training = t
 
 # %% ../nbs/00c_layers.ipynb #a1c0e013
 # per `config.model_type`: the two modules of each block whose outputs are added to the residual stream (attention, MLP)

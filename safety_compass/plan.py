@@ -14,10 +14,10 @@ import torch
 from tqdm.auto import tqdm
 
 from .core import SafetyCompassError, one_line
-from .layers import unwrap_model, num_layers, model_device, cache_kwarg
+from .layers import unwrap_model, num_layers, model_device, cache_kwarg, eval_mode
 from .dist import dist_info
-from .capture import (capture_last_token, check_token_ids, eval_mode, hook_layers, last_token_only,
-                                    padding_id, right_padded, token_batches)
+from .capture import capture_last_token, hook_layers, last_token_only
+from .templates import check_token_ids, padding_id, right_padded, token_batches
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@
 from __future__ import annotations
 import json, math, random, logging
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 
@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 
 # %% auto #0
 __all__ = ['log', 'FORMATTERS', 'register_formatter', 'row_fields', 'alpaca_format', 'code_alpaca_format', 'dolly_format',
-           'get_formatter', 'DatasetRows', 'load_rows', 'sft_features', 'SFTCollator']
+           'get_formatter', 'DatasetRows', 'load_rows', 'sft_features', 'SFTCollator', 'answer_examples']
 
 # %% ../nbs/06c_sft_data.ipynb #ed4ca2e2
 FORMATTERS: dict[str, Callable] = {}
@@ -143,3 +143,14 @@ class SFTCollator:
             n = len(f["input_ids"])
             ids[r, :n] = torch.tensor(f["input_ids"]); labels[r, :n] = torch.tensor(f["labels"]); mask[r, :n] = 1
         return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+
+# %% ../nbs/06c_sft_data.ipynb #9d41c7a2
+def answer_examples(tokenizer, rows: Sequence[dict], max_reply_tokens: int = 48) -> list[tuple[list[int], int]]:
+    """`(token ids, reply start)` of held-out instruction/answer rows (Dolly format: `instruction`, optional `context`,
+    `response`), templated as fine-tuning renders them (`templates.sft_example`), the reply cut to `max_reply_tokens`."""
+    out = []
+    for i, r in enumerate(rows):
+        p, a = dolly_format(r, where=f"row {i + 1}")
+        p_ids, r_ids, _ = sft_example(tokenizer, p, a, where=f"row {i + 1}")
+        out.append((p_ids + r_ids[:max_reply_tokens], len(p_ids)))
+    return out

@@ -19,14 +19,14 @@ from .capture import hook_layers, hook_writers, add_to_layer, ablate_direction, 
 from .templates import tokenize_prompts, prompt_token_ids
 from .layers import residual_writers, unwrap_model, num_layers, lora_modules, writer_projection
 from .directions import SplitActs, eligible_layers, opener_token_ids, random_units
-from .rundir import Baseline, read_baselines
+from .sft_data import answer_examples
+from .rundir import Baseline, load_baseline
 
 # %% auto #0
 __all__ = ['STEER_MODES', 'OPS', 'AT', 'ADD_SCALES', 'RESTORE_SCALES', 'residual_width', 'add', 'ablate', 'restore',
            'restore_target', 'scale_adapter', 'untie_embeddings', 'orthogonalize', 'preventative_steering',
-           'to_steering_vector', 'export_vectors', 'import_vectors', 'load_baseline', 'prompt_ids', 'answer_examples',
-           'last_logits', 'logodds', 'kl', 'answer_ce', 'intervention', 'prompt_token', 'random_control', 'drift_gap',
-           'recovered_fraction', 'recovery_text', 'select', 'direction_candidates', 'select_direction',
+           'prompt_ids', 'last_logits', 'logodds', 'kl', 'answer_ce', 'intervention', 'prompt_token', 'random_control',
+           'drift_gap', 'recovered_fraction', 'recovery_text', 'select', 'direction_candidates', 'select_direction',
            'candidates_for', 'concept_pairs', 'split_items', 'SteerSettings', 'SteerInputs', 'check_steer_run',
            'load_steer_model', 'steer_inputs', 'steer_direction', 'select_intervention', 'measure_reference',
            'nothing_steered', 'measure_steered', 'replies', 'score_replies', 'write_steer', 'run_steer', 'steer_text']
@@ -220,66 +220,11 @@ def preventative_steering(model, direction, layer: int | None = None, alpha: flo
         box["tracker"] = tracker
         yield tracker
 
-# %% ../nbs/12_steer.ipynb #791406d1
-def to_steering_vector(baseline: Baseline, scale: float | None = None):
-    """The baseline's direction as a `steering_vectors.SteeringVector` (`layer_activations={baseline.layer - 1: v}`,
-    `layer_type="decoder_block"`), `v = direction · scale` (default: the raw DiM norm). Needs the `steering-vectors`
-    package; see `export_vectors` for the layer convention."""
-    try: from steering_vectors import SteeringVector
-    except ImportError: raise SafetyCompassError("to_steering_vector: pip install steering-vectors") from None
-    return SteeringVector(layer_activations={k: torch.as_tensor(v) for k, v in export_vectors(baseline, scale).items()},
-                          layer_type="decoder_block")
-
-def export_vectors(baseline: Baseline, scale: float | None = None) -> dict[int, torch.Tensor]:
-    """`{block index: float32 (hidden,) vector}` in the convention of steering-vectors (`decoder_block` layer) and repeng
-    (`ControlVector.directions`): their layer `i` is the OUTPUT of decoder block `i`, i.e. our `hidden_states[i + 1]`.
-    Our baseline reads `hidden_states[L]`, the INPUT of block `L` = the output of block `L − 1`, so the key is
-    `baseline.layer − 1`. Adding the vector there with their hooks equals `add(model, v, baseline.layer)`.
-    `scale` defaults to the raw DiM norm (`Baseline.direction_norm`). Raises for `baseline.layer == 0` (the
-    embeddings are no block's output)."""
-    if baseline.layer < 1: raise SafetyCompassError("export_vectors: layer 0 (the embeddings) is no decoder block's output")
-    s = baseline.direction_norm if scale is None else scale
-    return {int(baseline.layer) - 1: torch.as_tensor(np.asarray(baseline.direction, np.float32) * float(s))}
-
-def import_vectors(vectors: dict, n_layers: int | None = None) -> dict[int, np.ndarray]:
-    """The inverse of `export_vectors`: `{block index i: vector}` (a repeng `ControlVector.directions`, a
-    steering-vectors `SteeringVector.layer_activations`, or an object with either attribute) → `{hidden_states index
-    i + 1: float32 numpy vector}`, ready for `add(model, v, layer)`."""
-    d = getattr(vectors, "layer_activations", None) or getattr(vectors, "directions", None) or vectors
-    if not isinstance(d, dict) or not d: raise SafetyCompassError("import_vectors: expected a non-empty {layer: vector} mapping")
-    out = {}
-    for k, v in d.items():
-        i = int(k)
-        if i < 0 or (n_layers is not None and i >= n_layers):
-            raise SafetyCompassError(f"import_vectors: block {k} out of range 0..{(n_layers or 0) - 1} (negative indices are not supported)")
-        out[i + 1] = np.asarray(v.detach().cpu().float() if isinstance(v, torch.Tensor) else v, np.float32)
-    return out
-
-# %% ../nbs/12_steer.ipynb #4281300a
-def load_baseline(directory, concept: str) -> Baseline:
-    """One concept's `Baseline` from a baselines folder written by the monitor (`directions.npz` +
-    `directions_metadata.json`), without re-reading the pair files (steering needs the direction, layer, raw norm and
-    the stored activations only; gate scalars the file lacks are NaN): `rundir.read_baselines`. One-line errors name
-    the file and field at fault."""
-    return read_baselines(directory, [concept], fill_missing=True)[concept]
-
 # %% ../nbs/12_steer.ipynb #f02d955c
 def prompt_ids(tokenizer, items: Sequence[dict]) -> list[list[int]]:
     "Chat-templated token ids of behavior items (`system`, `prompt`), as `behavior.generate` renders them."
     from safety_compass.pairs import conversation
     return tokenize_prompts(tokenizer, [conversation(it.get("system") or None, it["prompt"]) for it in items])
-
-def answer_examples(tokenizer, rows: Sequence[dict], max_reply_tokens: int = 48) -> list[tuple[list[int], int]]:
-    """`(token ids, reply start)` of held-out instruction/answer rows (Dolly format: `instruction`, optional `context`,
-    `response`), templated as fine-tuning renders them (`templates.sft_example`), the reply cut to `max_reply_tokens`."""
-    from safety_compass.sft_data import dolly_format
-    from safety_compass.templates import sft_example
-    out = []
-    for i, r in enumerate(rows):
-        p, a = dolly_format(r, where=f"row {i + 1}")
-        p_ids, r_ids, _ = sft_example(tokenizer, p, a, where=f"row {i + 1}")
-        out.append((p_ids + r_ids[:max_reply_tokens], len(p_ids)))
-    return out
 
 def last_logits(model, tokenizer, ids, intervention=None, batch_size: int = 16) -> torch.Tensor:
     """float64 log-probabilities `(n, vocab)` of the first reply token of each prompt (the model's own output at the last

@@ -20,7 +20,8 @@ from conftest import run_ranks
 
 from safety_compass.capture import (TokenPositions, ablate_direction, capture_tokens, decoder_blocks, final_norm, hook_layers,
                                     hook_writers, iter_token_batches, model_body, num_layers, register_layer_hook,
-                                    residual_writers, token_batches, tokenize_prompts, track_positions)
+                                    residual_writers, tokenize_prompts, track_positions)
+from safety_compass.templates import token_batches
 from safety_compass.core import SafetyCompassError
 from safety_compass.pairs import conversation
 

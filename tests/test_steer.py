@@ -11,8 +11,8 @@ from transformers import AutoConfig, AutoModelForCausalLM
 from safety_compass.core import SafetyCompassError
 from safety_compass.capture import hook_layers
 from safety_compass.report import steer_section as report_section
-from safety_compass.steer import (add, ablate, restore, scale_adapter, orthogonalize, run_steer,
-                                  recovered_fraction, export_vectors, import_vectors, load_baseline)
+from safety_compass.steer import add, ablate, restore, scale_adapter, orthogonalize, run_steer, recovered_fraction
+from safety_compass.rundir import export_vectors, import_vectors, load_baseline
 
 torch.set_num_threads(1)
 LENS, NEW, H = (5, 2, 7), 4, 32

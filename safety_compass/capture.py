@@ -20,7 +20,8 @@ from tqdm.auto import tqdm
 
 from .core import SafetyCompassError
 from .layers import (unwrap_model, decoder_blocks, num_layers, final_norm, model_body, residual_writers,
-                                   embed_scale, positionwise_writers, lm_head, model_device, layer_module, eval_mode)
+                                   embed_scale, positionwise_writers, lm_head, model_device, layer_module, eval_mode,
+                                   cache_length)
 from .pairs import Conversation
 from .templates import (SYSTEM_MODES, accepts_system_turn, fold_system, render_prompt, tokenize_prompts,
                                       prompt_token_ids, token_batches, padding_id, right_padded, check_token_ids)
@@ -89,13 +90,6 @@ def _check_positions(positions):
     if not callable(positions) and positions not in POSITION_MODES:
         raise SafetyCompassError(f"positions: must be one of {', '.join(POSITION_MODES)} or a callable, got {positions!r}")
 
-def _cache_length(cache) -> int:
-    if cache is None: return 0
-    if hasattr(cache, "get_seq_length"): return int(cache.get_seq_length())
-    if isinstance(cache, (tuple, list)) and cache and isinstance(cache[0], (tuple, list)) and cache[0]:
-        return int(cache[0][0].shape[-2])  # legacy tuple cache: (key, value) per layer, key (batch, heads, seq, head_dim)
-    return 0
-
 def _real_from_mask(mask, pos: torch.Tensor, end: int, B: int, T: int):
     """`attention_mask != 0` as bool `(B, T)` at absolute positions `pos` (T,) (the last is `end - 1`), or None when the
     mask's layout is unknown."""
@@ -157,7 +151,7 @@ class PositionTracker:
             start = int(pos[0])
         else:
             cache = a.get("cache") if a.get("cache") is not None else a.get("past_key_values")
-            start = _cache_length(cache)
+            start = cache_length(cache)
             pos = torch.arange(start, start + T, device=x.device)
         end = start + T
         if self.generating and not self._started: self.prompt_end, self._started = end, True

@@ -15,9 +15,9 @@ from .core import SafetyCompassError
 
 # %% auto #0
 __all__ = ['unwrap_model', 'model_type', 'decoder_blocks', 'num_layers', 'final_norm', 'model_body', 'model_device',
-           'cache_kwarg', 'layer_module', 'eval_mode', 'residual_writers', 'embed_scale', 'writer_projection',
-           'positionwise_writers', 'LoraModule', 'lora_modules', 'head_transform', 'lm_head', 'next_token_logits',
-           'next_token_logprobs', 'next_token_probs']
+           'cache_kwarg', 'cache_length', 'layer_module', 'eval_mode', 'residual_writers', 'embed_scale',
+           'writer_projection', 'positionwise_writers', 'LoraModule', 'lora_modules', 'head_transform', 'lm_head',
+           'next_token_logits', 'next_token_logprobs', 'next_token_probs']
 
 # %% ../nbs/00c_layers.ipynb #a1c0e010
 _BLOCK_PATHS = ("model.layers", "model.model.layers", "transformer.h", "gpt_neox.layers", "model.decoder.layers",
@@ -85,6 +85,14 @@ def cache_kwarg(model) -> str | None:
     for name in ("cache", "past_key_values"):
         if name in params: return name
     return None
+
+def cache_length(cache) -> int:
+    "The number of tokens already in a KV cache (a `Cache` object or a legacy `((key, value), ...)` tuple); 0 for None."
+    if cache is None: return 0
+    if hasattr(cache, "get_seq_length"): return int(cache.get_seq_length())
+    if isinstance(cache, (tuple, list)) and cache and isinstance(cache[0], (tuple, list)) and cache[0]:
+        return int(cache[0][0].shape[-2])  # legacy tuple cache: (key, value) per layer, key (batch, heads, seq, head_dim)
+    return 0
 
 # %% ../nbs/00c_layers.ipynb #3b7d2e42
 def layer_module(model, layer: int) -> nn.Module:

@@ -328,10 +328,13 @@ def check_training(training: dict,            # the `training:` mapping
                                      + (f" (did you mean '{close[0]}'?)" if close else ""))
         try: adapter = TypeAdapter(fields[k])
         except Exception: out[k] = v; continue   # a type pydantic cannot build a check for: TrainingArguments checks it
-        try: out[k] = adapter.validate_python(v)
+        try: checked = adapter.validate_python(v)
         except ValidationError as e:
             msg = e.errors(include_url=False)[0]["msg"]
             raise SafetyCompassError(f"{doc.where(prefix + (k,))}: {msg[0].lower() + msg[1:]}, got {v!r}") from None
+        # a value that already means the same stays as written (`logging_steps: 10` stays 10, not the field's float 10.0),
+        # so the run's saved config and its hash are what the user wrote
+        out[k] = v if not isinstance(v, str) and type(checked) in (int, float) and checked == v else checked
     return out
 
 # %% ../nbs/01_config.ipynb #29b6dcb4

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from .core import SafetyCompassError, atomic_open, atomic_write_json, staged_dir
+from .rundir import read_run_json
 
 # %% auto #0
 __all__ = ['MIN_CORRELATION_POINTS', 'run_info', 'baseline_gates', 'load_run', 'split_weights', 'drift_table', 'drift_summary',
@@ -18,13 +19,9 @@ __all__ = ['MIN_CORRELATION_POINTS', 'run_info', 'baseline_gates', 'load_run', '
 
 # %% ../nbs/15_analyze.ipynb #9d927395
 def run_info(run_dir) -> dict:
-    "A run directory's `run.json` (what `finetune` records: versions, commit, config hash, hardware), `{}` if it has none."
-    info, rj = {}, Path(run_dir) / "run.json"
-    if rj.exists():
-        try: info = json.loads(rj.read_text(encoding="utf-8"))
-        except ValueError as e: raise SafetyCompassError(f"{rj}: malformed JSON ({e})") from None
-        if not isinstance(info, dict): raise SafetyCompassError(f"{rj}: expected a JSON object, got {type(info).__name__}")
-    return info
+    """A run directory's `run.json` (what `finetune` records: versions, commit, config hash, hardware), `{}` if it has
+    none; a malformed one is a `SafetyCompassError` naming it (`rundir.read_run_json`)."""
+    return read_run_json(run_dir, missing_ok=True)
 
 def baseline_gates(run_dir) -> dict[str, dict]:
     """Per concept, the gates of the run's baselines (`baselines/directions_metadata.json`): `layer`, `auroc`,

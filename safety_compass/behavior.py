@@ -17,6 +17,7 @@ from .core import SafetyCompassError, bundled_root, atomic_open, atomic_write_js
 from .pairs import conversation
 from .layers import eval_mode, unwrap_model
 from .templates import render_prompt, end_of_turn_ids
+from .rundir import read_run_json
 # the end-of-turn ids are a chat-template fact (`templates`): importable from here as before
 _all_ = ["end_of_turn_ids"]
 
@@ -230,8 +231,7 @@ def run_behavior(model_name: str = "default",              # the base model, as 
     kind = weights = None   # the fine-tuned weights: a LoRA adapter ("lora") or a whole model ("full")
     if run_dir is not None:
         run_dir = Path(run_dir)
-        info_path = run_dir / "run.json"
-        if not info_path.exists(): raise SafetyCompassError(f"{run_dir}: no run.json (not a finetune run directory)")
+        read_run_json(run_dir)   # a finetune run directory: its run.json is there and reads (else one line naming it)
         if adapter is None:
             if not (run_dir / "adapter").exists() and not (run_dir / "model").exists():
                 raise SafetyCompassError(f"{run_dir}: no adapter/ or model/ to evaluate")

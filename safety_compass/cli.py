@@ -99,8 +99,8 @@ def _progress(rows, state):
 
 def _print_run(run_dir, monitor):
     from safety_compass.analyze import drift_summary
-    import json
-    info = json.loads((Path(run_dir) / "run.json").read_text())
+    from safety_compass.rundir import read_run_json
+    info = read_run_json(run_dir)
     print(f"\nDrift over {info['global_step']} steps (every {monitor.settings.measure_every_n_steps}); log: {Path(run_dir) / 'drift_log.csv'}")
     print(format_table(drift_summary(Path(run_dir) / "drift_log.csv")))
     print(f"\n{info['status']} in {info['wall_seconds']} s ({info['measurements']} measurements, {info['measure_seconds']} s); "

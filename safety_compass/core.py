@@ -11,9 +11,9 @@ from typing import IO, Any, Iterator, Sequence
 
 # %% auto #0
 __all__ = ['DIST_NAME', 'SafetyCompassError', 'one_line', 'current_umask', 'atomic_open', 'atomic_write_text',
-           'atomic_write_json', 'atomic_write_csv', 'plain_permissions', 'staged_dir', 'check_writable',
-           'check_not_shadowed', 'require', 'quiet_library_noise', 'progress_enabled', 'free_cpus', 'cpu_share',
-           'bundled_root', 'sha256_file', 'plain', 'table_rows', 'read_parquet_rows']
+           'atomic_write_json', 'atomic_write_csv', 'atomic_write_jsonl', 'atomic_write_npy', 'plain_permissions',
+           'staged_dir', 'check_writable', 'check_not_shadowed', 'require', 'quiet_library_noise', 'progress_enabled',
+           'free_cpus', 'cpu_share', 'bundled_root', 'sha256_file', 'plain', 'table_rows', 'read_parquet_rows']
 
 # %% ../nbs/00_core.ipynb #e2aabaee
 class SafetyCompassError(Exception):
@@ -110,6 +110,17 @@ def atomic_write_csv(path: str | Path, rows, columns: Sequence[str] | None = Non
     w = csv.DictWriter(buf, fieldnames=list(columns if columns is not None else (rows[0] if rows else [])), extrasaction="ignore")
     w.writeheader(); w.writerows(rows)
     atomic_write_text(path, buf.getvalue())
+
+def atomic_write_jsonl(path: str | Path, rows, default=float):
+    """Write `rows` (dicts, or any JSON values) to `path` atomically as JSON Lines: one `json.dumps` per row, UTF-8
+    unescaped (`ensure_ascii=False`), each ended by `\n`; `default` turns what JSON cannot hold into a value (by
+    default `float`: numpy scalars as numbers). A row JSON cannot hold even so raises `TypeError`, nothing written."""
+    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False, default=default) + "\n" for r in rows))
+
+def atomic_write_npy(path: str | Path, arr):
+    "Write `arr` (anything `np.asarray` takes) to `path` atomically in NumPy's `.npy` format (`np.save`; `np.load` reads it)."
+    import numpy as np
+    with atomic_open(path, "wb") as f: np.save(f, np.asarray(arr))
 
 def plain_permissions(path: str | Path) -> Path:
     """Give `path` the permissions a plain `open()` / `mkdir()` would have: 0666 & ~umask for a file, 0777 & ~umask for

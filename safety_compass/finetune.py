@@ -9,7 +9,9 @@ from pathlib import Path
 
 import torch
 
-from .core import SafetyCompassError
+import numpy as np
+
+from .core import SafetyCompassError, require
 from .templates import render_sft, sft_example
 from .sft_data import (FORMATTERS, register_formatter, row_fields, alpaca_format, code_alpaca_format,
                                      dolly_format, get_formatter, DatasetRows, load_rows, sft_features, SFTCollator)
@@ -24,9 +26,10 @@ log = logging.getLogger(__name__)
 
 # %% auto #0
 __all__ = ['log', 'METHODS', 'LORA_ALL', 'TRAIN_LORA_VERSION', 'prepare_model', 'train_lora', 'weights_checksum', 'adapter_key',
-           'cached_adapter', 'snapshot_configs', 'run_finetune', 'render_sft', 'sft_example', 'FORMATTERS',
-           'register_formatter', 'row_fields', 'alpaca_format', 'code_alpaca_format', 'dolly_format', 'get_formatter',
-           'DatasetRows', 'load_rows', 'sft_features', 'SFTCollator', 'run_manifest', 'last_checkpoint']
+           'cached_adapter', 'snapshot_configs', 'run_finetune', 'shaped_dpo_class', 'add_shaping_column', 'render_sft',
+           'sft_example', 'FORMATTERS', 'register_formatter', 'row_fields', 'alpaca_format', 'code_alpaca_format',
+           'dolly_format', 'get_formatter', 'DatasetRows', 'load_rows', 'sft_features', 'SFTCollator', 'run_manifest',
+           'last_checkpoint']
 
 # %% ../nbs/09_finetune.ipynb #d88b13a7
 METHODS = ("lora", "qlora", "full")
@@ -273,3 +276,82 @@ def run_finetune(experiment_config, output_dir=None, resume: bool = False, model
 def _rows_hash(rows) -> str:
     import hashlib
     return hashlib.sha256(json.dumps(list(rows), sort_keys=True, default=str).encode()).hexdigest()
+
+# %% ../nbs/09_finetune.ipynb #5d1e7a05
+_SHAPED_CLASS = None
+
+def shaped_dpo_class():
+    """`ShapedDPOTrainer`, a `trl.DPOTrainer` (TRL ≥ 1.0, the `[trl]` extra) whose per-pair margin subtracts the
+    shaping term: with `m_i` a dataset column (`shaping_column`, default `shaping_margin`, from `add_shaping_column`;
+    e.g. `m_i = Σ_c λ_c δ_c` from `audit.shaping_margins`) the sigmoid loss is
+
+        −log σ(β·[(log π_θ − log π_ref)(y_c) − (log π_θ − log π_ref)(y_r)] + m_i)
+
+    i.e. the target margin is −m_i, the length-regularised DPO of Park et al. (2024, R-DPO) with any per-pair score
+    (a concept's, in the audit) in place of length: the part of the preference the score explains is credited to
+    it, so the policy is not pushed toward it. m = 0 is stock DPO (the same loss and gradients); m is computed before
+    training (the audit's from the frozen reference model, under no grad). Implemented by lowering the reference
+    log-probability of the chosen answer by m/β, so every other part of TRL's loss is its own; it needs
+    `loss_type=["sigmoid"]` and reverse KL (else `SafetyCompassError`). The reference pass is TRL's own
+    `compute_ref_log_probs` (under the accelerator's autocast, as inside `train()`, where the prepared model's
+    forward runs under the same autocast). The logged `rewards/*` of a shaped batch include m (they are the shaped
+    margins) and `shaping/margin` logs the batch's mean m; evaluation data without the column is unshaped. Pairs
+    arrive through TRL's collator with their `shaping_margin`; a batch where only some rows have it is an error."""
+    global _SHAPED_CLASS
+    if _SHAPED_CLASS is not None: return _SHAPED_CLASS
+    require("trl", "trl", "reward shaping")
+    from trl import DPOTrainer
+
+    class _Collate:
+        def __init__(self, inner, column): self.inner, self.column = inner, column
+        def __call__(self, examples):
+            has = [self.column in e for e in examples]
+            if any(has) and not all(has): raise SafetyCompassError(f"shaping: some rows lack the '{self.column}' column")
+            out = self.inner([{k: v for k, v in e.items() if k != self.column} for e in examples])
+            if all(has): out[self.column] = torch.tensor([float(e[self.column]) for e in examples], dtype=torch.float32)
+            return out
+
+    class ShapedDPOTrainer(DPOTrainer):
+        __doc__ = shaped_dpo_class.__doc__
+        def __init__(self, *args, shaping_column: str = "shaping_margin", **kwargs):
+            self.shaping_column = shaping_column
+            super().__init__(*args, **kwargs)
+            if list(self.loss_types) != ["sigmoid"] or self.f_divergence_type != "reverse_kl":
+                raise SafetyCompassError(f"ShapedDPOTrainer needs loss_type ['sigmoid'] and reverse KL, got {self.loss_types} / {self.f_divergence_type}")
+            self.data_collator = _Collate(self.data_collator, shaping_column)
+
+        def _set_signature_columns_if_needed(self):
+            super()._set_signature_columns_if_needed()
+            if self.shaping_column not in self._signature_columns: self._signature_columns = [*self._signature_columns, self.shaping_column]
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            m = inputs.get(self.shaping_column) if hasattr(inputs, "get") else None
+            if m is None: return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            inputs = {k: v for k, v in inputs.items() if k != self.shaping_column}
+            if "ref_chosen_logps" not in inputs:  # the reference pass TRL would run inline, run here (same call, no grad)
+                ref_c, ref_r = self.compute_ref_log_probs(self.ref_model if self.ref_model is not None else self.model, inputs)
+                inputs["ref_chosen_logps"], inputs["ref_rejected_logps"] = ref_c, ref_r
+            ref_c = inputs["ref_chosen_logps"]
+            inputs["ref_chosen_logps"] = ref_c - m.to(device=ref_c.device, dtype=ref_c.dtype) / self.beta
+            saved = self.precompute_ref_logps
+            self.precompute_ref_logps = True   # read the (shaped) reference log-probs from the batch
+            try: out = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            finally: self.precompute_ref_logps = saved
+            mode = "train" if self.model.training else "eval"
+            self._metrics[mode]["shaping/margin"].append(float(self.accelerator.gather(m.to(ref_c.device)).mean()))
+            return out
+
+    _SHAPED_CLASS = ShapedDPOTrainer
+    return ShapedDPOTrainer
+
+def add_shaping_column(dataset, margins, column: str = "shaping_margin"):
+    """A `datasets.Dataset` with the per-pair shaping term `margins` (shape `(len(dataset),)`, nats of DPO margin) as
+    a column, one value per row in row order. Raises `SafetyCompassError` when the lengths differ."""
+    margins = np.asarray(margins, np.float64)
+    if len(margins) != len(dataset): raise SafetyCompassError(f"shaping: {len(margins)} margins for {len(dataset)} rows")
+    return dataset.add_column(column, [float(x) for x in margins])
+
+def __getattr__(name):
+    "`ShapedDPOTrainer` is built on first use (it subclasses TRL's `DPOTrainer`, an optional extra)."
+    if name == "ShapedDPOTrainer": return shaped_dpo_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

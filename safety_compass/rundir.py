@@ -86,9 +86,9 @@ def read_run_json(run_dir, missing_ok: bool = False) -> dict:
         if missing_ok: return {}
         raise SafetyCompassError(f"{run_dir}: no run.json (not a finetune run directory)")
     try: info = json.loads(p.read_text(encoding="utf-8"))
-    except ValueError as e: raise SafetyCompassError(f"{p}: corrupt JSON ({e})") from None
+    except ValueError as e: raise SafetyCompassError(f"{p}: malformed JSON ({e})") from None
     except OSError as e: raise SafetyCompassError(f"{p}: cannot read ({e.strerror or e})") from None
-    if not isinstance(info, dict): raise SafetyCompassError(f"{p}: expected a JSON object")
+    if not isinstance(info, dict): raise SafetyCompassError(f"{p}: expected a JSON object, got {type(info).__name__}")
     return info
 
 def last_checkpoint(run_dir) -> str | None:

@@ -20,8 +20,9 @@ _MODULES = ("data", "states", "directions", "readouts", "interventions", "run")
 __all__ = list(dict.fromkeys(n for m in _MODULES for n in importlib.import_module(f"safety_compass.audit.{m}").__all__))
 
 def __getattr__(name):
-    "`ShapedDPOTrainer` is built on first use (it subclasses TRL's `DPOTrainer`, an optional extra)."
-    if name == "ShapedDPOTrainer":
-        from safety_compass.audit.interventions import shaped_dpo_class
-        return shaped_dpo_class()
+    """The shaped DPO trainer's names (`ShapedDPOTrainer`, built on first use: it subclasses TRL's `DPOTrainer`, an
+    optional extra) live in `finetune`; they load from there on first use, so importing the audit stays torch-free."""
+    if name in ("ShapedDPOTrainer", "shaped_dpo_class", "add_shaping_column"):
+        from safety_compass import finetune
+        return getattr(finetune, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -207,11 +207,9 @@ def load_pair(run_dir, model=None, tokenizer=None, device=None):
     loaded by PEFT (`ModelPair.from_peft`), or with a whole fine-tuned model (`ModelPair.from_models`): `model/`, or
     `adapter/` when it holds a model rather than an adapter (`models.run_weights`, decided before any model loads)."""
     from safety_compass.models import run_weights
+    from safety_compass.rundir import read_run_json
     run_dir = Path(run_dir)
-    rj = run_dir / "run.json"
-    if not rj.is_file(): raise SafetyCompassError(f"{run_dir}: no run.json (not a finetune run directory)")
-    try: info = json.loads(rj.read_text(encoding="utf-8"))
-    except ValueError as e: raise SafetyCompassError(f"{rj}: malformed JSON ({e})") from None
+    info = read_run_json(run_dir)
     if not (run_dir / "adapter").is_dir() and not (run_dir / "model").is_dir():
         raise SafetyCompassError(f"{run_dir}: no adapter/ or model/ (status {info.get('status', 'unknown')}: did the run finish?)")
     kind, weights = run_weights(run_dir)

@@ -16,7 +16,8 @@ from typing import Sequence
 
 import numpy as np
 
-from ..core import SafetyCompassError, atomic_open, atomic_write_json, atomic_write_text, atomic_write_csv, staged_dir, check_writable
+from ..core import (SafetyCompassError, atomic_write_json, atomic_write_csv, atomic_write_jsonl, atomic_write_npy,
+                                 staged_dir, check_writable)
 from ..dist import dist_info, init_distributed
 from ..layers import num_layers, unwrap_model
 from .organism import benign_examples
@@ -78,12 +79,6 @@ def run_concepts(pair: ModelPair, exp, run_dir: Path) -> list[Concept]:
 
 # %% ../../nbs/13_diff.ipynb #ed4373a7
 DIFF_FORMAT = 1
-
-def _npy(path, arr):
-    with atomic_open(path, "wb") as f: np.save(f, np.asarray(arr))
-
-def _jsonl(path, rows):
-    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False, default=float) + "\n" for r in rows))
 
 def default_token_classes(tokenizer, concepts: Sequence[Concept] = (), sources: Sequence[str] = ()) -> dict:
     """The token classes `run_diff` reports by default: the first reply token; tokens inside fenced code (```…```);
@@ -387,29 +382,29 @@ def write_diff(res: dict):
     import pandas as pd
     td, data, kl, acts, adl = res["token_diff"], res["data"], res["kl"], res["activations"], res["adl"]
     with staged_dir(res["dir"]) as d:
-        _jsonl(d / "sequences.jsonl", [{"seq": i, "source": s, "start": st, "prompt": p, "reply": r, "ids": x}
+        atomic_write_jsonl(d / "sequences.jsonl", [{"seq": i, "source": s, "start": st, "prompt": p, "reply": r, "ids": x}
                                        for i, (x, st, s, p, r) in enumerate(zip(data.ids, data.starts, data.sources, data.prompts, data.replies))])
         atomic_write_csv(d / "tokens.csv", res["tokens"])
         atomic_write_json(d / "kl_summary.json", {**kl["summary"], "by_class": kl["by_class"].to_dict("records")})
         for name in ("per_sample", "by_token", "by_class", "top_tokens"): atomic_write_csv(d / f"kl_{name}.csv", kl[name])
         atomic_write_csv(d / "logit_diff.csv", pd.concat([res["promoted"].assign(list="promoted"), res["suppressed"].assign(list="suppressed")]))
         for name in ("by_layer", "by_position", "by_token", "top_tokens"): atomic_write_csv(d / "activations" / f"{name}.csv", acts[name])
-        for name in ("diff_norm", "cosine", "base_norm", "ft_norm"): _npy(d / "activations" / f"{name}.npy", getattr(td, name))
-        _npy(d / "adl" / "mean_diff.npy", np.stack([adl.mean_diff[L] for L in adl.layers]))
-        _npy(d / "adl" / "base_mean.npy", np.stack([adl.base_mean[L] for L in adl.layers]))
-        _npy(d / "adl" / "ft_mean.npy", np.stack([adl.ft_mean[L] for L in adl.layers]))
+        for name in ("diff_norm", "cosine", "base_norm", "ft_norm"): atomic_write_npy(d / "activations" / f"{name}.npy", getattr(td, name))
+        atomic_write_npy(d / "adl" / "mean_diff.npy", np.stack([adl.mean_diff[L] for L in adl.layers]))
+        atomic_write_npy(d / "adl" / "base_mean.npy", np.stack([adl.base_mean[L] for L in adl.layers]))
+        atomic_write_npy(d / "adl" / "ft_mean.npy", np.stack([adl.ft_mean[L] for L in adl.layers]))
         atomic_write_json(d / "adl" / "adl.json", {"layers": adl.layers, "positions": adl.k, "count": adl.count.tolist(),
                                                    "ft_norm": {str(L): v for L, v in adl.ft_norm.items()}})
         atomic_write_csv(d / "adl" / "logit_lens.csv", res["adl_lens"])
         atomic_write_csv(d / "adl" / "patchscope.csv", res["patchscope"])
         if len(res["relevance"]): atomic_write_csv(d / "adl" / "relevance.csv", res["relevance"])
-        if res["steering"]: _jsonl(d / "adl" / "steering.jsonl", res["steering"])
+        if res["steering"]: atomic_write_jsonl(d / "adl" / "steering.jsonl", res["steering"])
         if len(res["pca_explained"]):
             atomic_write_csv(d / "pca" / "explained.csv", res["pca_explained"]); atomic_write_csv(d / "pca" / "lens.csv", res["pca_lens"])
             atomic_write_csv(d / "pca" / "examples.csv", res["pca_examples"])
         atomic_write_csv(d / "concepts" / "cosines.csv", res["concept_cosines"]); atomic_write_csv(d / "concepts" / "logodds.csv", res["concept_logodds"])
         if len(res["amplification"]): atomic_write_csv(d / "amplification.csv", res["amplification"])
-        if res["amplification_samples"]: _jsonl(d / "amplification_samples.jsonl", res["amplification_samples"])
+        if res["amplification_samples"]: atomic_write_jsonl(d / "amplification_samples.jsonl", res["amplification_samples"])
         if len(res["weights"]["modules"]):
             atomic_write_csv(d / "weights" / "modules.csv", res["weights"]["modules"]); atomic_write_csv(d / "weights" / "lens.csv", res["weights"]["lens"])
         files = sorted(str(p.relative_to(d)) for p in d.rglob("*") if p.is_file())

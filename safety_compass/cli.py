@@ -4,7 +4,7 @@
 
 # %% ../nbs/19_cli.ipynb #69966118
 from __future__ import annotations
-import argparse, logging, sys, warnings
+import argparse, contextlib, logging, sys, warnings
 from pathlib import Path
 
 import numpy as np
@@ -15,8 +15,9 @@ from .core import SafetyCompassError, DIST_NAME
 log = logging.getLogger("safety_compass")
 
 # %% auto #0
-__all__ = ['log', 'EXTRACT_COLUMNS', 'EXTRACT_HEADERS', 'EXTRACT_LEGEND', 'RATE_COLUMNS', 'format_table', 'prose',
-           'print_extract', 'rate_table', 'OneLineParser', 'build_parser', 'main', 'finetune_main', 'extract_main']
+__all__ = ['log', 'EXTRACT_COLUMNS', 'EXTRACT_HEADERS', 'EXTRACT_LEGEND', 'DRIFT_HEADERS', 'DRIFT_LEGEND', 'RATE_COLUMNS',
+           'format_table', 'prose', 'print_extract', 'flags_printed_here', 'rate_table', 'OneLineParser',
+           'build_parser', 'main', 'finetune_main', 'extract_main']
 
 # %% ../nbs/19_cli.ipynb #57545dfe
 def format_table(rows: list[dict], columns: list[str] | None = None, floatfmt: str = ".3f") -> str:
@@ -69,10 +70,21 @@ def _add_extract_args(p):
     p.add_argument("--no-causal-check", action="store_true", help="skip the causal gate")
     p.add_argument("--fail-on-gate", action="store_true", help="exit status 1 when a concept fails a gate")
 
+@contextlib.contextmanager
+def flags_printed_here():
+    """The monitor's gate warnings (logger `safety_compass.monitor.gates`) off inside the block, for commands that print
+    every flag under their extract table (`print_extract`), so a failed gate is said once, not twice."""
+    gates = logging.getLogger("safety_compass.monitor.gates")
+    old = gates.level
+    gates.setLevel(logging.ERROR)
+    try: yield
+    finally: gates.setLevel(old)
+
 def _extract(a):
     from safety_compass.monitor import run_extract
-    mon = run_extract(a.experiment_config, a.output_dir, concepts=_csv(a.concepts), model_name=a.model, strict=a.strict,
-                      causal_check=not a.no_causal_check)
+    with flags_printed_here():
+        mon = run_extract(a.experiment_config, a.output_dir, concepts=_csv(a.concepts), model_name=a.model, strict=a.strict,
+                          causal_check=not a.no_causal_check)
     print_extract(mon); print(f"baselines written to {a.output_dir}")
     failed = [b.concept for b in mon.baselines.values() if not b.passes_gates]
     if failed and a.fail_on_gate:
@@ -97,12 +109,18 @@ def _progress(rows, state):
     if not _rank0(): return
     print(f"step {rows[0]['step']:>4}  " + "  ".join(f"{r['concept']} cos {r['cosine_to_baseline']:.3f}" for r in rows), flush=True)
 
+DRIFT_HEADERS = {"cosine start → min → final": "cosine start→min→final", "auroc_fixed": "auroc fixed",
+                 "auroc_current": "auroc now"}   # analyze.drift_summary's columns, shorter on the console
+DRIFT_LEGEND = ("auroc fixed: the baseline direction's AUROC now; auroc now: a direction re-fitted now; drifted: the final "
+                "cosine's whole 95% CI below the threshold (or the noise floor); gates: the direction passed its gates")
+
 def _print_run(run_dir, monitor):
     from safety_compass.analyze import drift_summary
     from safety_compass.rundir import read_run_json
     info = read_run_json(run_dir)
     print(f"\nDrift over {info['global_step']} steps (every {monitor.settings.measure_every_n_steps}); log: {Path(run_dir) / 'drift_log.csv'}")
-    print(format_table(drift_summary(Path(run_dir) / "drift_log.csv")))
+    rows = [{DRIFT_HEADERS.get(k, k): v for k, v in r.items()} for r in drift_summary(Path(run_dir) / "drift_log.csv")]
+    print(format_table(rows)); print(prose(DRIFT_LEGEND))
     print(f"\n{info['status']} in {info['wall_seconds']} s ({info['measurements']} measurements, {info['measure_seconds']} s); "
           f"run directory: {run_dir}")
 
@@ -128,8 +146,9 @@ def _demo(a):
     from safety_compass.finetune import run_finetune
     from safety_compass.organisms import refusal_before_after
     exp = load_experiment(a.experiment_config, **({"measure_every_n_steps": a.every} if a.every else {}))
-    trainer, monitor, run_dir = run_finetune(exp, a.output_dir, max_steps=a.max_steps, quiet=True, on_measure=_progress,
-                                             overwrite=a.overwrite)
+    with flags_printed_here():
+        trainer, monitor, run_dir = run_finetune(exp, a.output_dir, max_steps=a.max_steps, quiet=True, on_measure=_progress,
+                                                 overwrite=a.overwrite)
     print_extract(monitor)
     _print_run(run_dir, monitor)
     if not a.no_behavior:

@@ -22,10 +22,11 @@ from .rundir import (Baseline, LAYER_CONVENTION, BASELINE_PARTS, write_baselines
 _all_ = ["Baseline", "LAYER_CONVENTION"]
 
 log = logging.getLogger(__name__)
+gate_log = logging.getLogger(__name__ + ".gates")   # each failed gate, once per concept at setup (the CLI prints them itself)
 
 # %% auto #0
-__all__ = ['log', 'ConceptSpec', 'concept_spec', 'MonitorConfig', 'load_monitor_config', 'preserve_rng', 'SafetyCompassMonitor',
-           'run_extract', 'Baseline', 'LAYER_CONVENTION']
+__all__ = ['log', 'gate_log', 'ConceptSpec', 'concept_spec', 'MonitorConfig', 'load_monitor_config', 'preserve_rng',
+           'SafetyCompassMonitor', 'run_extract', 'Baseline', 'LAYER_CONVENTION']
 
 # %% ../nbs/07_monitor.ipynb #fd0359e2
 @dataclass
@@ -244,7 +245,7 @@ class SafetyCompassMonitor:
                     auroc_ci_low=row.get("auroc_ci_low"), auroc_ci_high=row.get("auroc_ci_high"), choice=choice,
                     floor_early=early["floor_early"], floor_early_layer=early["floor_early_layer"], floor_bow=bow,
                     below_lexical_floor=below, causal=causal, flags=flags)
-                for f in flags: log.warning("%s (layer %d): %s", c.name, layer, f)
+                for f in flags: gate_log.warning("%s (layer %d): %s", c.name, layer, f)
             self._cached = (step, {L: acts[L] for L in self.layers}, self._weights_fingerprint())
             self.plan = None
             if self.use_plan: self.make_plan()

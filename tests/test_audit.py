@@ -140,7 +140,9 @@ def test_errors_before_any_model(tmp_path, monkeypatch):
     cases = [((bad, "--experiment-config", "demo", "--output-dir", tmp_path / "o"), f"{bad}:1: field 'chosen'"),
              ((good, "--experiment-config", "nope", "--output-dir", tmp_path / "o"), "nope: config file not found"),
              ((good, "--experiment-config", "demo", "--output-dir", tmp_path / "o", "--concepts", "honesty"), "unknown concept(s) honesty"),
-             ((good, "--experiment-config", "demo", "--output-dir", tmp_path / "file" / "o"), "output directory is not writable")]
+             ((good, "--experiment-config", "demo", "--output-dir", tmp_path / "file" / "o"), "output directory is not writable"),
+             ((good, "--experiment-config", "demo", "--output-dir", tmp_path / "o", "--random-directions", "10"),
+              "n_random: at least 20 random directions are needed for the null, got 10")]
     for argv, msg in cases:
         with pytest.raises(SafetyCompassError) as e: A.audit_command(parse(*argv), print_fn=lambda *a: None)
         assert msg in str(e.value) and "\n" not in str(e.value)
@@ -247,6 +249,29 @@ def test_two_processes_match_one(tmp_path):
     for k in a.files: assert np.abs(a[k] - b[k]).max() < 1e-4, k
     assert (tmp_path / "two.npz.none").read_text() == "1"             # rank 1 takes part in the forwards, gets no result
     assert len(list((tmp_path / "c2").rglob("chunk-*.npz"))) == len(list((tmp_path / "c1").rglob("chunk-*.npz"))) == 5
+
+WORKER_CLI = r'''
+import sys
+from safety_compass.cli import main
+if main(sys.argv[1:]) != 0: raise SystemExit(1)
+'''
+
+def test_filter_under_two_processes(setup, no_reload, tmp_path):
+    """`safety-compass audit --filter` as two processes (gloo): every rank takes part in the filtered file's audit too
+    (rank 1 used to return after the first audit while rank 0 waited for it in the second one's forwards: a hang, which
+    run_ranks' timeout turns into a failure), and the filtered audit gives one process's numbers."""
+    src = tmp_path / "contaminated.jsonl"
+    src.write_text("".join(json.dumps(r) + "\n" for r in A.contaminated()[:24]))
+    args = [src, "--experiment-config", setup["exp"], "--baselines", setup["baselines"], "--filter", "--filter-concepts",
+            "sycophancy", "--bootstrap", "100", "--random-directions", "20", "--seed", "0"]
+    run_ranks(tmp_path, WORKER_CLI, 2, "audit", *args, "--output-dir", tmp_path / "two", timeout=900)
+    assert A.audit_command(parse(*args, "--output-dir", tmp_path / "one"), lambda *_: None) == 0
+    for sub in ("", "filtered"):
+        one, two = A.load_audit(tmp_path / "one" / sub), A.load_audit(tmp_path / "two" / sub)
+        assert one["data"]["pairs_audited"] == two["data"]["pairs_audited"]
+        for r1, r2 in zip(one["table"], two["table"], strict=True):
+            assert r1["concept"] == r2["concept"] and abs(r1["d_z"] - r2["d_z"]) < 1e-4, (sub, r1, r2)
+    assert A.load_audit(tmp_path / "two" / "filtered")["data"]["pairs_audited"] < 24
 
 # ---------------------------------------------------------------------------------------------------------------
 # real data: Anthropic HH harmless-base test split (../shared; never copied into the project)

@@ -163,8 +163,11 @@ def response_directions(monitor, concepts: Sequence[str] | None = None, settings
 
     `settings[c]` (`config.AuditSettings`, default: the concept file's `audit:`) chooses generated or templated answers
     and the context they are read in: `prompt` (the contrastive prompt, system prompt included, as persona vectors
-    are read) or `user` (the user turn alone, so the direction reflects the answer rather than the instruction)."""
+    are read) or `user` (the user turn alone, so the direction reflects the answer rather than the instruction).
+    Under several processes every rank takes part in the forwards, rank 0 (which holds the states) computes the
+    directions and every rank gets them."""
     from safety_compass.directions import SplitActs, cosine
+    from safety_compass.dist import broadcast
     from safety_compass.stats import auroc_ci
     settings = settings or concept_audit_settings(monitor)
     prompt_dirs = prompt_directions(monitor)
@@ -184,6 +187,7 @@ def response_directions(monitor, concepts: Sequence[str] | None = None, settings
                 p_ids, r_ids = response_tokens(monitor.tokenizer, ctx(conv), ans[(conv, sign)], mode, p.source)
                 parts[f"{side}_{p.split}"].append(len(seqs)); seqs.append(p_ids + r_ids); spans.append((len(p_ids), len(p_ids) + len(r_ids)))
         keys = store.ensure(seqs, spans)
+        if store.rank != 0: continue                      # the states are rank 0's
         L = prompt_dirs[name].layer
         H = store.get(keys, representation, L)
         acts = SplitActs(*(H[parts[k]] for k in ("pos_train", "neg_train", "pos_val", "neg_val")))
@@ -191,7 +195,7 @@ def response_directions(monitor, concepts: Sequence[str] | None = None, settings
         ci = auroc_ci(acts.pos_val @ unit, acts.neg_val @ unit, n_boot, monitor.settings.seed)
         out[name] = AuditDirection(name, L, unit, "response", acts.auroc_of(unit), ci, norm,
                                    cosine(unit, prompt_dirs[name].unit), f"{s.answers}, context {s.context}")
-    return out
+    return broadcast(out)
 
 def select_directions(monitor, kinds: dict[str, str] | str | None = None, cache_dir=None, progress: bool = False,
                       store: StateStore | None = None, settings: dict | None = None) -> dict[str, AuditDirection]:

@@ -279,6 +279,7 @@ def read_inputs(settings: AuditRunSettings) -> tuple:
     "The experiment's monitor config and the pairs, `(config, PreferenceData)`: config and pair-file errors, then data errors."
     from safety_compass.monitor import load_monitor_config
     s = settings
+    if s.n_random < 20: raise SafetyCompassError(f"n_random: at least 20 random directions are needed for the null, got {s.n_random}")
     cfg = load_monitor_config(s.experiment_config, strict=s.strict, concepts=s.concepts)
     return cfg, load_preferences(s.data, split=s.split, skip_bad=s.skip_bad, single_turn=s.single_turn, limit=s.limit)
 
@@ -377,15 +378,24 @@ def audit_and_intervene(settings: AuditRunSettings, interventions: Interventions
     """`run_audit`, then the data-side interventions: filter the flagged pairs (`write_filtered` to
     `output_dir/filtered/pairs.jsonl`) and audit the filtered file again (`filtered_settings`), and inoculate
     (`write_trl` of `inoculate` to `output_dir/inoculated.jsonl`). What `safety-compass audit` runs. None on ranks
-    other than 0."""
+    other than 0; under several processes every rank takes part in the filtered file's audit too (rank 0 sends
+    the others its settings)."""
+    from safety_compass.dist import broadcast
     res = run_audit(settings, model, tokenizer)
-    if res is None: return None
     act, out = interventions or Interventions(), Path(settings.output_dir)
+    if res is None:                                       # ranks other than 0: the filtered audit's forwards are shared
+        again = broadcast(None) if act.filter else None
+        if again is not None: run_audit(again, model, tokenizer)
+        return None
     outcome, mon = AuditOutcome(res, out), res.info["monitor"]
     if act.filter:
-        outcome.dropped = flagged_pairs(res, act.filter_concepts, act.filter_sign)
-        outcome.filtered_path = write_filtered(res.data, outcome.dropped, out / "filtered" / "pairs.jsonl")
-        outcome.filtered = run_audit(filtered_settings(settings, outcome.filtered_path, mon), mon.model, mon.tokenizer)
+        again = None
+        try:
+            outcome.dropped = flagged_pairs(res, act.filter_concepts, act.filter_sign)
+            outcome.filtered_path = write_filtered(res.data, outcome.dropped, out / "filtered" / "pairs.jsonl")
+            again = filtered_settings(settings, outcome.filtered_path, mon)
+        finally: again = broadcast(again)                 # None (an error here) lets the other ranks stop
+        outcome.filtered = run_audit(again, mon.model, mon.tokenizer)
     if act.inoculate:
         targets = None if act.inoculate_rows == "all" else flagged_pairs(res, act.filter_concepts, act.filter_sign)
         outcome.inoculated_path = write_trl(inoculate(res.data, act.inoculate, targets), out / "inoculated.jsonl")

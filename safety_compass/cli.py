@@ -20,8 +20,8 @@ __all__ = ['log', 'EXTRACT_COLUMNS', 'EXTRACT_HEADERS', 'EXTRACT_LEGEND', 'DRIFT
            'build_parser', 'main', 'finetune_main', 'extract_main']
 
 # %% ../nbs/19_cli.ipynb #57545dfe
-def format_table(rows: list[dict], columns: list[str] | None = None, floatfmt: str = ".3f") -> str:
-    "A fixed-width text table of `rows` (dicts) in `columns` order."
+def format_table(rows: list[dict], columns: list[str] | None = None, floatfmt: str = ".3f", headers: dict | None = None) -> str:
+    "A fixed-width text table of `rows` (dicts) in `columns` order; `headers` maps a column to the name shown (default: itself)."
     if not rows: return "(no rows)"
     columns = columns or list(rows[0])
     def cell(v):
@@ -29,9 +29,10 @@ def format_table(rows: list[dict], columns: list[str] | None = None, floatfmt: s
         if isinstance(v, float): return "-" if np.isnan(v) else format(v, floatfmt)
         return "-" if v is None else str(v)
     cells = [[cell(r.get(c)) for c in columns] for r in rows]
-    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
+    names = [(headers or {}).get(c, c) for c in columns]
+    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(names)]
     line = lambda vals: "  ".join(v.rjust(w) if i else v.ljust(w) for i, (v, w) in enumerate(zip(vals, widths)))
-    return "\n".join([line(columns), line(["-" * w for w in widths])] + [line(r) for r in cells])
+    return "\n".join([line(names), line(["-" * w for w in widths])] + [line(r) for r in cells])
 
 EXTRACT_COLUMNS = ["concept", "layer", "auroc", "auroc_95ci", "min_auroc", "floor_early", "floor_bow", "noise_floor",
                    "causal_shift", "causal_neg_shift", "causal_random_p95", "passes_gates"]
@@ -52,8 +53,7 @@ def print_extract(mon, file=None):
     "The extract table, one line per flag, and what layer L means."
     from safety_compass.monitor import LAYER_CONVENTION
     out = file or sys.stdout
-    rows = [{short: r.get(k) for k, short in EXTRACT_HEADERS.items()} for r in mon.summary_table()]
-    print(format_table(rows, list(EXTRACT_HEADERS.values())), file=out)
+    print(format_table(mon.summary_table(), EXTRACT_COLUMNS, headers=EXTRACT_HEADERS), file=out)
     for b in mon.baselines.values():
         for f in b.flags: print(prose(f"FLAG {b.concept} (layer {b.layer}): {f}"), file=out)
     print(prose(f"({EXTRACT_LEGEND}; {LAYER_CONVENTION}; this model has n = {mon.num_layers})"), file=out)
@@ -119,8 +119,7 @@ def _print_run(run_dir, monitor):
     from safety_compass.rundir import read_run_json
     info = read_run_json(run_dir)
     print(f"\nDrift over {info['global_step']} steps (every {monitor.settings.measure_every_n_steps}); log: {Path(run_dir) / 'drift_log.csv'}")
-    rows = [{DRIFT_HEADERS.get(k, k): v for k, v in r.items()} for r in drift_summary(Path(run_dir) / "drift_log.csv")]
-    print(format_table(rows)); print(prose(DRIFT_LEGEND))
+    print(format_table(drift_summary(Path(run_dir) / "drift_log.csv"), headers=DRIFT_HEADERS)); print(prose(DRIFT_LEGEND))
     print(f"\n{info['status']} in {info['wall_seconds']} s ({info['measurements']} measurements, {info['measure_seconds']} s); "
           f"run directory: {run_dir}")
 

@@ -330,15 +330,19 @@ def run_audit(settings: AuditRunSettings, model=None, tokenizer=None) -> AuditRe
     shared round-robin, rank 0 writes. Several CPU processes (gloo): `torchrun --nproc_per_node 2 -m
     safety_compass.cli audit ...` (accelerate needs `--multi_gpu --num_processes 2` for that; with `--cpu` alone it
     starts one process). Returns the result on rank 0, None on the others."""
+    return _audit_stages(settings, model, tokenizer)[0]
+
+def _audit_stages(settings: AuditRunSettings, model=None, tokenizer=None) -> tuple:
+    "`run_audit`'s stages: `(result or None on ranks other than 0, the monitor)` (every rank has its monitor and model)."
     cfg, pairs = read_inputs(settings)                    # config, pair-file and data errors first
     device = init_distributed()
     if dist_info()[0] == 0: check_writable(settings.output_dir)   # rank 0 writes; two ranks probing one new folder could race
     mon = audit_monitor(settings, cfg, model, tokenizer, device)
     res = audit_with_monitor(settings, mon, pairs)
-    if res is None: return None                           # ranks other than 0
-    write_run(settings, res, mon, cfg)
-    res.info["monitor"] = mon
-    return res
+    if res is not None:                                   # rank 0
+        write_run(settings, res, mon, cfg)
+        res.info["monitor"] = mon
+    return res, mon
 
 @dataclass
 class Interventions:
@@ -379,23 +383,22 @@ def audit_and_intervene(settings: AuditRunSettings, interventions: Interventions
     `output_dir/filtered/pairs.jsonl`) and audit the filtered file again (`filtered_settings`), and inoculate
     (`write_trl` of `inoculate` to `output_dir/inoculated.jsonl`). What `safety-compass audit` runs. None on ranks
     other than 0; under several processes every rank takes part in the filtered file's audit too (rank 0 sends
-    the others its settings)."""
+    the others its settings; each rank reuses the model it loaded)."""
     from safety_compass.dist import broadcast
-    res = run_audit(settings, model, tokenizer)
+    res, mon = _audit_stages(settings, model, tokenizer)
     act, out = interventions or Interventions(), Path(settings.output_dir)
-    if res is None:                                       # ranks other than 0: the filtered audit's forwards are shared
-        again = broadcast(None) if act.filter else None
-        if again is not None: run_audit(again, model, tokenizer)
-        return None
-    outcome, mon = AuditOutcome(res, out), res.info["monitor"]
+    outcome = None if res is None else AuditOutcome(res, out)   # rank 0 holds the result and writes
     if act.filter:
         again = None
         try:
-            outcome.dropped = flagged_pairs(res, act.filter_concepts, act.filter_sign)
-            outcome.filtered_path = write_filtered(res.data, outcome.dropped, out / "filtered" / "pairs.jsonl")
-            again = filtered_settings(settings, outcome.filtered_path, mon)
-        finally: again = broadcast(again)                 # None (an error here) lets the other ranks stop
-        outcome.filtered = run_audit(again, mon.model, mon.tokenizer)
+            if outcome is not None:
+                outcome.dropped = flagged_pairs(res, act.filter_concepts, act.filter_sign)
+                outcome.filtered_path = write_filtered(res.data, outcome.dropped, out / "filtered" / "pairs.jsonl")
+                again = filtered_settings(settings, outcome.filtered_path, mon)
+        finally: again = broadcast(again)                 # every rank audits it with its loaded model; None: rank 0 failed
+        filtered = run_audit(again, mon.model, mon.tokenizer) if again is not None else None
+        if outcome is not None: outcome.filtered = filtered
+    if outcome is None: return None                       # ranks other than 0
     if act.inoculate:
         targets = None if act.inoculate_rows == "all" else flagged_pairs(res, act.filter_concepts, act.filter_sign)
         outcome.inoculated_path = write_trl(inoculate(res.data, act.inoculate, targets), out / "inoculated.jsonl")

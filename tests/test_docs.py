@@ -211,3 +211,18 @@ def test_images_decode_in_chromium(built, stem, tmp_path):
     res = json.loads(html.unescape(m.group(1)))
     assert res["imgs"] and all(ok and w > 0 and h > 0 for ok, w, h in res["imgs"]), res
     assert res["nav"] >= 5, res   # top: prev, contents, next; bottom likewise
+
+def test_no_machine_paths_in_stored_outputs():
+    "Stored notebook outputs name no temporary directory, home or checkout (`tools/execute_nbs.py` writes them `<tmp>`, `~`, `<repo>`)."
+    import execute_nbs
+    assert execute_nbs.scrub_paths("at /tmp/tmpab12/x.csv and /root/.cache/y") == "at <tmp>/tmpab12/x.csv and ~/.cache/y"
+    assert execute_nbs.MACHINE_PATH.search(execute_nbs.scrub_paths(str(ROOT / "nbs" / "a.ipynb"))) is None
+    assert execute_nbs.MACHINE_PATH.search("written to /tmp/tmpab12/extract") and not execute_nbs.MACHINE_PATH.search("<tmp>/x")
+    found = []
+    for p in sorted(NBS.glob("*.ipynb")):
+        for c in nbformat.read(p, as_version=4).cells:
+            for o in c.get("outputs", []):
+                texts = [o.get("text", "")] + [v for k, v in o.get("data", {}).items() if k.startswith("text/")]
+                found += [f"{p.name} cell {c.get('id')}: {m.group(0)}" for t in texts
+                          for m in [execute_nbs.MACHINE_PATH.search("".join(t) if isinstance(t, list) else t)] if m]
+    assert found == [], found

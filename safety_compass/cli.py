@@ -10,30 +10,16 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
-from .core import SafetyCompassError, DIST_NAME
+from .core import SafetyCompassError, DIST_NAME, format_table
 
 log = logging.getLogger("safety_compass")
 
 # %% auto #0
 __all__ = ['log', 'EXTRACT_COLUMNS', 'EXTRACT_HEADERS', 'EXTRACT_LEGEND', 'DRIFT_HEADERS', 'DRIFT_LEGEND', 'RATE_COLUMNS',
-           'format_table', 'prose', 'print_extract', 'flags_printed_here', 'rate_table', 'OneLineParser',
-           'build_parser', 'main', 'finetune_main', 'extract_main']
+           'prose', 'print_extract', 'flags_printed_here', 'rate_table', 'OneLineParser', 'build_parser', 'main',
+           'finetune_main', 'extract_main']
 
 # %% ../nbs/19_cli.ipynb #57545dfe
-def format_table(rows: list[dict], columns: list[str] | None = None, floatfmt: str = ".3f", headers: dict | None = None) -> str:
-    "A fixed-width text table of `rows` (dicts) in `columns` order; `headers` maps a column to the name shown (default: itself)."
-    if not rows: return "(no rows)"
-    columns = columns or list(rows[0])
-    def cell(v):
-        if isinstance(v, (bool, np.bool_)): return "yes" if v else "no"
-        if isinstance(v, float): return "-" if np.isnan(v) else format(v, floatfmt)
-        return "-" if v is None else str(v)
-    cells = [[cell(r.get(c)) for c in columns] for r in rows]
-    names = [(headers or {}).get(c, c) for c in columns]
-    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(names)]
-    line = lambda vals: "  ".join(v.rjust(w) if i else v.ljust(w) for i, (v, w) in enumerate(zip(vals, widths)))
-    return "\n".join([line(names), line(["-" * w for w in widths])] + [line(r) for r in cells])
-
 EXTRACT_COLUMNS = ["concept", "layer", "auroc", "auroc_95ci", "min_auroc", "floor_early", "floor_bow", "noise_floor",
                    "causal_shift", "causal_neg_shift", "causal_random_p95", "passes_gates"]
 

@@ -13,7 +13,8 @@ from typing import IO, Any, Iterator, Sequence
 __all__ = ['DIST_NAME', 'SafetyCompassError', 'one_line', 'current_umask', 'atomic_open', 'atomic_write_text',
            'atomic_write_json', 'atomic_write_csv', 'atomic_write_jsonl', 'atomic_write_npy', 'plain_permissions',
            'staged_dir', 'check_writable', 'check_not_shadowed', 'require', 'quiet_library_noise', 'progress_enabled',
-           'free_cpus', 'cpu_share', 'bundled_root', 'sha256_file', 'plain', 'table_rows', 'read_parquet_rows']
+           'format_table', 'free_cpus', 'cpu_share', 'bundled_root', 'sha256_file', 'plain', 'table_rows',
+           'read_parquet_rows']
 
 # %% ../nbs/00_core.ipynb #e2aabaee
 class SafetyCompassError(Exception):
@@ -223,6 +224,24 @@ def progress_enabled(progress: bool | None = None) -> bool:
     if env in ("0", "1"): return env == "1"
     try: return sys.stderr.isatty()
     except (AttributeError, ValueError): return False
+
+# %% ../nbs/00_core.ipynb #7ab1e002
+def format_table(rows: list[dict], columns: Sequence[str] | None = None, floatfmt: str = ".3f", headers: dict | None = None,
+                 left: Sequence[str] | None = None) -> str:
+    """A fixed-width text table of `rows` (dicts) in `columns` order. `headers` maps a column to the name shown (default:
+    itself); `left` names the left-justified columns (default: the first); the others are right-justified."""
+    if not rows: return "(no rows)"
+    columns = list(columns or rows[0])
+    lefts = set(columns[:1] if left is None else left)
+    def cell(v):
+        if isinstance(v, bool) or type(v).__name__ == "bool_": return "yes" if v else "no"
+        if isinstance(v, float): return "-" if v != v else format(v, floatfmt)
+        return "-" if v is None else str(v)
+    cells = [[cell(r.get(c)) for c in columns] for r in rows]
+    names = [(headers or {}).get(c, c) for c in columns]
+    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(names)]
+    line = lambda vals: "  ".join(v.ljust(w) if c in lefts else v.rjust(w) for c, v, w in zip(columns, vals, widths)).rstrip()
+    return "\n".join([line(names), line(["-" * w for w in widths])] + [line(r) for r in cells])
 
 # %% ../nbs/00_core.ipynb #6a8d0b2b
 def _running_others() -> int:

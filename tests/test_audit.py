@@ -12,7 +12,7 @@ import pytest
 import yaml
 from conftest import ROOT, run_ranks
 
-from safety_compass.core import SafetyCompassError
+from safety_compass.core import SafetyCompassError, format_table
 from safety_compass import audit as A
 
 HH = Path(os.environ.get("SC_SHARED", ROOT.parent / "shared")) \
@@ -197,7 +197,7 @@ def test_cli_audit_filter_inoculate(setup, no_reload, tmp_path):
     text = "\n".join(printed)
     s = A.load_audit(out)
     assert s["table"][0]["concept"] == "sycophancy" and s["data"]["pairs_audited"] == 70
-    assert A.format_text_table(A.concept_table(s), A.TABLE_COLUMNS) in text   # the printed table is the summary's
+    assert format_table(A.concept_table(s), A.TABLE_COLUMNS, left=("concept", "notes")) in text   # the printed table is the summary's
     planted = [bool(r.get("planted")) for r in A.contaminated()]
     pairs = pd.read_csv(out / "pairs.csv")
     top7 = pairs.sort_values("z_sycophancy", ascending=False, kind="stable").pair[:7]

@@ -26,10 +26,3 @@ def shaping_margins(deltas: dict[str, np.ndarray], lambdas: dict[str, float], st
         term = float(lam) * (d / sd if sd > 0 else np.zeros_like(d))
         out = term if out is None else out + term
     return out
-
-def __getattr__(name):
-    "The shaped DPO trainer lives in `finetune` (every training loop); its names stay importable from here."
-    if name in ("ShapedDPOTrainer", "shaped_dpo_class", "add_shaping_column"):
-        from safety_compass import finetune
-        return getattr(finetune, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -12,7 +12,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from ..core import (SafetyCompassError, atomic_open, atomic_write_json, atomic_write_text, check_writable,
-                                 sha256_file, staged_dir)
+                                 format_table, sha256_file, staged_dir)
 from ..dist import dist_info, init_distributed
 from .data import (FILTER_SIGNS, PreferenceData, flagged_pairs, inoculate, load_preferences,
                                        write_filtered, write_trl)
@@ -22,7 +22,7 @@ from .readouts import (ci_text, concept_tables, discovery, length_line, length_s
                                            predict, prompt_text, topic_clusters, topic_table)
 
 # %% auto #0
-__all__ = ['TABLE_COLUMNS', 'TABLE_HEADERS', 'AuditResult', 'layer_discovery', 'audit_pairs', 'concept_table', 'format_text_table', 'summary_dict', 'preflight_text', 'write_audit', 'load_audit', 'AuditRunSettings', 'read_inputs', 'audit_monitor', 'audit_with_monitor', 'write_run', 'run_audit', 'Interventions', 'AuditOutcome', 'filtered_settings', 'audit_and_intervene', 'outcome_lines', 'audit_html', 'find_audits', 'report_section', 'add_audit_args', 'settings_from_args', 'audit_command']
+__all__ = ['TABLE_COLUMNS', 'TABLE_HEADERS', 'AuditResult', 'layer_discovery', 'audit_pairs', 'concept_table', 'summary_dict', 'preflight_text', 'write_audit', 'load_audit', 'AuditRunSettings', 'read_inputs', 'audit_monitor', 'audit_with_monitor', 'write_run', 'run_audit', 'Interventions', 'AuditOutcome', 'filtered_settings', 'audit_and_intervene', 'outcome_lines', 'audit_html', 'find_audits', 'report_section', 'add_audit_args', 'settings_from_args', 'audit_command']
 
 # %% ../../nbs/14_audit.ipynb #646ad853
 @dataclass
@@ -128,15 +128,6 @@ def concept_table(result_or_summary) -> list[dict]:
              "split_half": f(r["split_half"], ".2f"), "t_equal_length": f(r["length_intercept_t"], "+.1f"),
              "null_p95": f(r.get("null_p95"), ".2f"), "beats_null": "yes" if r.get("specific") else "no",
              "separates": "yes" if r["separates"] else "no", "notes": r["notes"] or ""} for r in rows]
-
-def format_text_table(rows: list[dict], columns: Sequence[str] | None = None) -> str:
-    "A fixed-width text table (the CLI prints the concept table with it)."
-    if not rows: return "(no rows)"
-    columns = list(columns or rows[0])
-    cells = [[str(r.get(c, "")) for c in columns] for r in rows]
-    widths = [max(len(c), *(len(x[i]) for x in cells)) for i, c in enumerate(columns)]
-    line = lambda vals: "  ".join(v.ljust(w) if i in (1, len(columns) - 1) else v.rjust(w) for i, (v, w) in enumerate(zip(vals, widths))).rstrip()
-    return "\n".join([line(columns), line(["-" * w for w in widths])] + [line(x) for x in cells])
 
 def summary_dict(result: AuditResult, extra: dict | None = None) -> dict:
     "`audit_summary.json`: what the report section, the preflight summary and a later comparison read."
@@ -408,11 +399,11 @@ def audit_and_intervene(settings: AuditRunSettings, interventions: Interventions
 def outcome_lines(outcome: AuditOutcome) -> list[str]:
     "What `safety-compass audit` prints: the concept table, the length line, the flags, and each intervention's result."
     res, out = outcome.result, outcome.output_dir
-    lines = [format_text_table(concept_table(res), TABLE_COLUMNS), length_line(res.length),
+    lines = [format_table(concept_table(res), TABLE_COLUMNS, left=("concept", "notes")), length_line(res.length),
              f"{len(res.flagged)} pairs flagged; audit written to {out} (preflight.md, pairs.csv)"]
     if outcome.filtered is not None:
         lines += [f"\nfiltered: {len(outcome.dropped)} pairs dropped, {len(outcome.filtered.data)} kept -> {outcome.filtered_path}",
-                  format_text_table(concept_table(outcome.filtered), TABLE_COLUMNS)]
+                  format_table(concept_table(outcome.filtered), TABLE_COLUMNS, left=("concept", "notes"))]
     if outcome.inoculated_path is not None:
         lines.append(f"inoculated {outcome.inoculated} of {len(res.data)} prompts -> {outcome.inoculated_path}")
     return lines

@@ -15,7 +15,7 @@ from .core import SafetyCompassError, require
 from .templates import render_sft, sft_example
 from .sft_data import (FORMATTERS, register_formatter, row_fields, alpaca_format, code_alpaca_format,
                                      dolly_format, get_formatter, DatasetRows, load_rows, sft_features, SFTCollator)
-from .rundir import run_manifest, write_run_json, read_run_json, last_checkpoint, hardware
+from .rundir import RUN_JSON, run_manifest, write_run_json, read_run_json, last_checkpoint, hardware
 # the prompt/reply split lives in `templates`, the data in `sft_data`, the run-directory format in `rundir`: their
 # public names stay importable from here
 _all_ = ["render_sft", "sft_example", "FORMATTERS", "register_formatter", "row_fields", "alpaca_format",
@@ -213,7 +213,7 @@ def run_finetune(experiment_config, output_dir=None, resume: bool = False, model
     cfg = load_monitor_config(experiment_config, strict)            # every config and pair file, checked
     exp = cfg.experiment
     run_dir = Path(output_dir or exp.config.output_dir or Path("runs") / str(exp.config.name or (exp.path.stem if exp.path else "run")))
-    if (run_dir / "run.json").exists() and not resume:
+    if (run_dir / RUN_JSON).exists() and not resume:
         if not overwrite: raise SafetyCompassError(f"{run_dir}: a run already exists here; pass --resume to continue it, "
                                                    "--overwrite to replace it, or choose another --output-dir")
         shutil.rmtree(run_dir)

@@ -20,7 +20,7 @@ from .templates import tokenize_prompts, prompt_token_ids
 from .layers import residual_writers, unwrap_model, num_layers, lora_modules, writer_projection
 from .directions import SplitActs, eligible_layers, opener_token_ids, random_units
 from .sft_data import answer_examples
-from .rundir import Baseline, load_baseline
+from .rundir import Baseline, load_baseline, read_run_json
 
 # %% auto #0
 __all__ = ['STEER_MODES', 'OPS', 'AT', 'ADD_SCALES', 'RESTORE_SCALES', 'residual_width', 'add', 'ablate', 'restore',
@@ -574,7 +574,7 @@ def check_steer_run(s: SteerSettings) -> tuple[Baseline, tuple | None]:
     """Stage 1 of `run_steer`: the run directory (`run.json`, `adapter/`), the concept's baseline, the pairs of
     `direction="selected"` (`concept_pairs`) and a writable output folder. Returns `(baseline, (train, val) or None)`;
     one-line `SafetyCompassError`s, before any model loads."""
-    if not (s.run_dir / "run.json").is_file(): raise SafetyCompassError(f"{s.run_dir}: no run.json (not a finetune run directory)")
+    read_run_json(s.run_dir)   # one line when run.json is missing, unreadable or not an object
     adapter = s.run_dir / "adapter"
     if not (adapter / "adapter_config.json").is_file():
         raise SafetyCompassError(f"{adapter}: no LoRA adapter (adapter_config.json); steering back needs a LoRA run")

@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-import torch
 
 from .core import SafetyCompassError, atomic_open, atomic_write_json, staged_dir
 from .directions import SplitActs
@@ -252,8 +251,7 @@ def to_steering_vector(baseline: Baseline, scale: float | None = None):
     package; see `export_vectors` for the layer convention."""
     try: from steering_vectors import SteeringVector
     except ImportError: raise SafetyCompassError("to_steering_vector: pip install steering-vectors") from None
-    return SteeringVector(layer_activations={k: torch.as_tensor(v) for k, v in export_vectors(baseline, scale).items()},
-                          layer_type="decoder_block")
+    return SteeringVector(layer_activations=export_vectors(baseline, scale), layer_type="decoder_block")
 
 def export_vectors(baseline: Baseline, scale: float | None = None) -> dict[int, torch.Tensor]:
     """`{block index: float32 (hidden,) vector}` in the convention of steering-vectors (`decoder_block` layer) and repeng
@@ -261,7 +259,9 @@ def export_vectors(baseline: Baseline, scale: float | None = None) -> dict[int, 
     Our baseline reads `hidden_states[L]`, the INPUT of block `L` = the output of block `L − 1`, so the key is
     `baseline.layer − 1`. Adding the vector there with their hooks equals `steer.add(model, v, baseline.layer)`.
     `scale` defaults to the raw DiM norm (`Baseline.direction_norm`). Raises for `baseline.layer == 0` (the
-    embeddings are no block's output)."""
+    embeddings are no block's output). torch is imported here, not with the module, so reading a run directory
+    stays torch-free."""
+    import torch
     if baseline.layer < 1: raise SafetyCompassError("export_vectors: layer 0 (the embeddings) is no decoder block's output")
     s = baseline.direction_norm if scale is None else scale
     return {int(baseline.layer) - 1: torch.as_tensor(np.asarray(baseline.direction, np.float32) * float(s))}
@@ -277,5 +277,6 @@ def import_vectors(vectors: dict, n_layers: int | None = None) -> dict[int, np.n
         i = int(k)
         if i < 0 or (n_layers is not None and i >= n_layers):
             raise SafetyCompassError(f"import_vectors: block {k} out of range 0..{(n_layers or 0) - 1} (negative indices are not supported)")
-        out[i + 1] = np.asarray(v.detach().cpu().float() if isinstance(v, torch.Tensor) else v, np.float32)
+        if hasattr(v, "detach"): v = v.detach().cpu().float()   # a torch tensor (torch is imported only where one is made)
+        out[i + 1] = np.asarray(v, np.float32)
     return out

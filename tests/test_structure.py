@@ -217,3 +217,10 @@ def test_size_debt_is_still_owed():
     paid = [m for m in MODULE_DEBT if mods.get(m, 0) <= MAX_MODULE_LINES] + \
            [f for f in FUNCTION_DEBT if funcs.get(f, 0) <= MAX_FUNCTION_LINES]
     assert not paid, f"under the limit now (or gone): take them off the debt lists: {paid}"
+
+def test_reading_a_run_directory_is_torch_free():
+    "rundir (run.json and baselines) imports torch only where it makes a tensor, so a report or a reader needs no torch."
+    import subprocess, sys
+    r = subprocess.run([sys.executable, "-c", "import sys, safety_compass.rundir, safety_compass.core; print('torch' in sys.modules)"],
+                       capture_output=True, text=True, cwd=ROOT)
+    assert r.stdout.strip() == "False", r.stdout + r.stderr

@@ -21,7 +21,7 @@ __all__ = list(dict.fromkeys(n for m in _MODULES for n in importlib.import_modul
 
 def __getattr__(name):
     """The shaped DPO trainer's names (`ShapedDPOTrainer`, built on first use: it subclasses TRL's `DPOTrainer`, an
-    optional extra) live in `finetune`; they load from there on first use, so importing the audit stays torch-free."""
+    optional extra) live in `finetune`; they load from there on first use, so importing the audit does not import TRL."""
     if name in ("ShapedDPOTrainer", "shaped_dpo_class", "add_shaping_column"):
         from safety_compass import finetune
         return getattr(finetune, name)

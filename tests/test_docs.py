@@ -226,3 +226,16 @@ def test_no_machine_paths_in_stored_outputs():
                 found += [f"{p.name} cell {c.get('id')}: {m.group(0)}" for t in texts
                           for m in [execute_nbs.MACHINE_PATH.search("".join(t) if isinstance(t, list) else t)] if m]
     assert found == [], found
+
+def test_stored_outputs_stay_small():
+    "A chapter stores its figures and short tables only: at most 250 KB of outputs per notebook (figures decoded)."
+    import base64
+    sizes = {}
+    for p in sorted(NBS.glob("*.ipynb")):
+        n = 0
+        for c in nbformat.read(p, as_version=4).cells:
+            for o in c.get("outputs", []):
+                n += len(o.get("text", ""))
+                for k, v in o.get("data", {}).items(): n += len(base64.b64decode(v)) if k == "image/png" else len(v)
+        sizes[p.name] = n
+    assert {k: v for k, v in sizes.items() if v > 250_000} == {}, sizes

@@ -69,13 +69,17 @@ TRAIN_LORA_VERSION = 2   # part of every cached adapter's key: raise it when a c
 
 def train_lora(model, tokenizer, rows, steps: int = 40, max_seq_length: int = 96, batch_size: int = 4, lr: float = 2e-3,
                r: int = 16, alpha: int = 32, target_modules=LORA_ALL, layers_to_transform=None, formatter: str = "alpaca",
-               seed: int = 0, bucket: int | None = None, progress: bool = False, desc: str = "train"):
+               seed: int = 0, bucket: int | None = None, progress: bool = False, desc: str = "train",
+               lr_schedule: str = "constant"):
     """A minimal seeded LoRA fine-tune (a plain AdamW loop over `sft_features`; no monitor, no checkpoints; use
     `run_finetune` for monitored runs): `steps` steps of `batch_size` rows drawn with `random.Random(seed)`, the LoRA
     initialised under `torch.manual_seed(seed)`. With `bucket=k`, rows are drawn without replacement, epoch by epoch,
     and each run of `k` batches is sorted by length before it is cut into batches (a bucket iterator: far less padding,
     so faster on a CPU); without it each step samples `batch_size` rows. Returns the PEFT model in eval mode; `model`
-    is wrapped in place, as `peft.get_peft_model` does. The caller's global torch RNG state is restored."""
+    is wrapped in place, as `peft.get_peft_model` does. The caller's global torch RNG state is restored.
+    `lr_schedule`: `"constant"` (`lr` throughout) or `"linear"` (from `lr` down to 0 at the last step, transformers'
+    `get_linear_schedule_with_warmup` without warm-up), which keeps the last batches from deciding the result."""
+    if lr_schedule not in ("constant", "linear"): raise SafetyCompassError(f"lr_schedule: '{lr_schedule}' is not constant or linear")
     from tqdm.auto import tqdm
     from peft import LoraConfig, get_peft_model
     feats = sft_features(rows, tokenizer, formatter, max_seq_length)
@@ -85,6 +89,8 @@ def train_lora(model, tokenizer, rows, steps: int = 40, max_seq_length: int = 96
         pm = get_peft_model(model, LoraConfig(r=r, lora_alpha=alpha, lora_dropout=0.0, target_modules=list(target_modules),
                                               layers_to_transform=layers_to_transform, bias="none", task_type="CAUSAL_LM"))
         opt = torch.optim.AdamW([p for p in pm.parameters() if p.requires_grad], lr=lr)
+        from transformers import get_constant_schedule, get_linear_schedule_with_warmup
+        sched = get_constant_schedule(opt) if lr_schedule == "constant" else get_linear_schedule_with_warmup(opt, 0, steps)
         collate = SFTCollator(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
         rng, device = random.Random(seed), next(pm.parameters()).device
         draws = _bucketed(feats, batch_size, bucket, rng) if bucket else (rng.sample(feats, min(batch_size, len(feats))) for _ in iter(int, 1))
@@ -93,7 +99,7 @@ def train_lora(model, tokenizer, rows, steps: int = 40, max_seq_length: int = 96
             for _ in tqdm(range(steps), desc=desc, disable=not progress, leave=False):
                 batch = {k: v.to(device) for k, v in collate(next(draws)).items()}
                 pm(**batch).loss.backward()
-                opt.step(); opt.zero_grad(set_to_none=True)
+                opt.step(); sched.step(); opt.zero_grad(set_to_none=True)
         finally: pm.eval()
     finally: torch.random.set_rng_state(rng_state)
     return pm

@@ -253,8 +253,8 @@ def to_steering_vector(baseline: Baseline, scale: float | None = None):
     except ImportError: raise SafetyCompassError("to_steering_vector: pip install steering-vectors") from None
     return SteeringVector(layer_activations=export_vectors(baseline, scale), layer_type="decoder_block")
 
-def export_vectors(baseline: Baseline, scale: float | None = None) -> dict[int, torch.Tensor]:
-    """`{block index: float32 (hidden,) vector}` in the convention of steering-vectors (`decoder_block` layer) and repeng
+def export_vectors(baseline: Baseline, scale: float | None = None) -> dict:
+    """`{block index: float32 (hidden,) torch tensor}` in the convention of steering-vectors (`decoder_block` layer) and repeng
     (`ControlVector.directions`): their layer `i` is the OUTPUT of decoder block `i`, i.e. our `hidden_states[i + 1]`.
     Our baseline reads `hidden_states[L]`, the INPUT of block `L` = the output of block `L − 1`, so the key is
     `baseline.layer − 1`. Adding the vector there with their hooks equals `steer.add(model, v, baseline.layer)`.

@@ -16,7 +16,7 @@ from .core import atomic_open
 __all__ = ['CONCEPT_COLORS', 'HEAT_METRICS', 'concept_color', 'save_figure', 'figure_png', 'plot_sweep', 'plot_drift',
            'plot_heatmap', 'plot_scatter', 'plot_activation_diff', 'plot_pca_variance', 'plot_amplification',
            'plot_diff_view', 'plot_lens_by_layer', 'plot_token_split', 'plot_shards', 'plot_dose_response',
-           'plot_recovery', 'plot_direction_grid', 'plot_rates', 'plot_split_half']
+           'plot_recovery', 'plot_direction_grid', 'plot_rates', 'plot_split_half', 'plot_audit']
 
 # %% ../nbs/16_plots.ipynb #0de5edfc
 CONCEPT_COLORS = {"refusal": "tab:blue", "sycophancy": "tab:orange", "deception": "tab:green"}
@@ -111,7 +111,7 @@ def plot_sweep(items: Sequence[Mapping], n_layers: int, title: str | None = None
                 axc.set_xlabel("Δ log-odds of positive vs negative openers (nats)", fontsize=8)
                 axc.set_title("causal gate: " + ("passes" if c.get("causal_passes") else "fails"), fontsize=9,
                               color="k" if c.get("causal_passes") else "tab:red")
-            else: axc.axis("off")
+            else: axc.remove()   # no causal gate for this concept: no empty panel
     axes[0, 0].set_ylabel("val AUROC"); axes[1, 0].set_ylabel("raw DiM norm")
     fig.suptitle(title or "Layer sweep (grey: layers the rule may not choose)", fontsize=10)
     fig.tight_layout()
@@ -475,5 +475,39 @@ def plot_split_half(agreement: Mapping[str, Sequence[float]],                 # 
         ax2.set_xlabel("2Φ(|d_z|·√n) − 1"); ax2.set_ylabel("split-half sign agreement")
         ax2.set_title("each sample against the normal approximation", fontsize=10); ax2.grid(alpha=0.3)
     if title: fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+# %% ../nbs/16_plots.ipynb #c2293e63
+def plot_audit(tables, title: str | None = None):
+    """Concept d_z chart of one or more audits; returns the Figure. `tables`: one audit's concept rows
+    (`audit.AuditResult.table` or a loaded `audit_summary.json`'s `table`) or `{panel title: rows}`, one panel each.
+    A row is a dict with `concept`, `d_z` (mean/sd of the per-pair δ, unitless), `d_z_ci` (low, high: its 95% CI,
+    drawn as error bars) and optionally `layer`, `null_p95` (95th percentile of |d_z| over random directions: the
+    grey band ±null_p95) and `specific` (|d_z| > null_p95: the bar in the concept's colour, else pale). Concepts are
+    ordered by name in every panel."""
+    plt = _mpl()
+    from matplotlib.colors import to_rgba
+    from matplotlib.patches import Patch
+    panels = {k: list(v) for k, v in tables.items()} if isinstance(tables, Mapping) else {"": list(tables)}
+    width = max(len(rows) for rows in panels.values()) if panels else 1
+    fig, axes = plt.subplots(1, len(panels), figsize=(max(4.2, 1.1 * width + 2) * len(panels), 3.4), squeeze=False, sharey=True)
+    for ax, (name, rows) in zip(axes[0], panels.items()):
+        rows = sorted(rows, key=lambda r: str(r["concept"]))
+        x = np.arange(len(rows))
+        dz = np.array([r["d_z"] for r in rows], float)
+        lo, hi = (np.array([float("nan") if r.get("d_z_ci") is None else r["d_z_ci"][i] for r in rows], float) for i in (0, 1))
+        for j, r in enumerate(rows):
+            v = r.get("null_p95")
+            if v is not None and np.isfinite(v): ax.fill_between([j - 0.42, j + 0.42], -v, v, color="0.55", alpha=0.2, lw=0)
+        ax.bar(x, dz, 0.6, color=[to_rgba(concept_color(r["concept"]), 1.0 if r.get("specific", True) else 0.3) for r in rows],
+               yerr=np.vstack([np.maximum(dz - lo, 0), np.maximum(hi - dz, 0)]), capsize=4, error_kw={"lw": 1.2})
+        ax.axhline(0, color="0.3", lw=0.8)
+        ax.set_xticks(x, [f"{r['concept']}\nlayer {r['layer']}" if r.get("layer") is not None else str(r["concept"]) for r in rows], fontsize=8)
+        ax.set_title(name, fontsize=10); ax.grid(alpha=0.3, axis="y")
+    axes[0, 0].set_ylabel("d_z of δ (chosen − rejected)")
+    axes[0, -1].legend(handles=[Patch(color="0.55", alpha=0.35, label="±95th pct |d_z|, random directions"),
+                                Patch(color="0.3", alpha=0.3, label="pale: does not beat the null")], fontsize=7, loc="best")
+    fig.suptitle(title or "Preference-data audit: d_z per concept with its 95% CI", fontsize=10)
     fig.tight_layout()
     return fig

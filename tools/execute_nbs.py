@@ -30,7 +30,7 @@ def scrub_nb(nb) -> int:
                 t = "".join(o["text"]) if isinstance(o["text"], list) else o["text"]
                 if (s := scrub_paths(t)) != t: o["text"] = s; n += 1
             for k, v in o.get("data", {}).items():
-                if k.startswith("text/") and k != "text/html" or k == "text/html":
+                if k.startswith("text/"):
                     t = "".join(v) if isinstance(v, list) else v
                     if (s := scrub_paths(t)) != t: o["data"][k] = s; n += 1
     return n

@@ -64,16 +64,18 @@ bench: setup
 	test -d $(VENV)/reference-0.1.3/safety_compass || $(PY) -m pip install -q --no-deps safety-compass==0.1.3 --target $(VENV)/reference-0.1.3
 	$(PY) benchmarks/run.py
 
-# The whole study pipeline on CPU with the embedded model: two short LoRA runs (Alpaca- and Dolly-format sets),
-# behavior before/after, analysis and report.html. Each invocation writes a new directory.
+# The fragility study at CPU scale on the refusal organism: three benign LoRA fine-tunes (our Alpaca- and Dolly-format
+# sets, and a code set read from the Python standard library at run time), behavior before/after, the analysis (the
+# published table's format, the fragility ranking, drift vs behavior) and report.html. Each invocation writes a new
+# directory; about 30 minutes on a 2-core CPU (the organism cached).
 STUDY_DIR ?= runs/study-cpu-$(shell date +%Y%m%d-%H%M%S)
+STUDY_SETS ?= alpaca dolly code
 study-cpu: setup
-	$(VENV)/bin/safety-compass finetune --experiment-config study_cpu_alpaca --output-dir $(STUDY_DIR)/alpaca
-	$(VENV)/bin/safety-compass finetune --experiment-config study_cpu_dolly --output-dir $(STUDY_DIR)/dolly
-	$(VENV)/bin/safety-compass behavior --run-dir $(STUDY_DIR)/alpaca
-	$(VENV)/bin/safety-compass behavior --run-dir $(STUDY_DIR)/dolly
-	$(VENV)/bin/safety-compass analyze $(STUDY_DIR)/alpaca $(STUDY_DIR)/dolly --output-dir $(STUDY_DIR)/analysis
-	$(VENV)/bin/safety-compass report $(STUDY_DIR)/alpaca $(STUDY_DIR)/dolly --output $(STUDY_DIR)/report.html
+	for s in $(STUDY_SETS); do \
+	  $(VENV)/bin/safety-compass finetune --experiment-config study_cpu_$$s --output-dir $(STUDY_DIR)/$$s || exit 1; \
+	  $(VENV)/bin/safety-compass behavior --run-dir $(STUDY_DIR)/$$s || exit 1; done
+	$(VENV)/bin/safety-compass analyze $(addprefix $(STUDY_DIR)/,$(STUDY_SETS)) --output-dir $(STUDY_DIR)/analysis
+	$(VENV)/bin/safety-compass report $(addprefix $(STUDY_DIR)/,$(STUDY_SETS)) --output $(STUDY_DIR)/report.html
 
 clean:
 	rm -rf _docs _proc runs build dist *.egg-info $(DIST_VENV)

@@ -213,7 +213,7 @@ def write_behavior(rows: list[dict], summary: list[dict], output_dir: str | Path
         atomic_write_json(d / "behavior_summary.json", summary)
 
 # %% ../nbs/11_behavior.ipynb #e91d0ef0
-def run_behavior(model_name: str = "default",              # the base model, as for `models.load_model`
+def run_behavior(model_name: str | None = None,            # the base model, as for `models.load_model` (default: the run's, else the embedded one)
                  run_dir: str | Path | None = None,         # a finetune run directory: its adapter/ or model/ is the fine-tuned model
                  adapter: str | Path | None = None,         # a PEFT adapter directory (instead of, or overriding, the run's)
                  concepts: Sequence[str] = ("refusal", "sycophancy", "deception"),  # bundled prompt sets to run
@@ -228,6 +228,7 @@ def run_behavior(model_name: str = "default",              # the base model, as 
                 ) -> list[dict]:
     "Evaluate base (and fine-tuned) behavior; returns the summary rows."
     from safety_compass.models import load_model, run_weights, weights_kind
+    from safety_compass.rundir import load_run_base_model
     kind = weights = None   # the fine-tuned weights: a LoRA adapter ("lora") or a whole model ("full")
     if run_dir is not None:
         run_dir = Path(run_dir)
@@ -245,7 +246,8 @@ def run_behavior(model_name: str = "default",              # the base model, as 
         kind, weights = weights_kind(adapter), Path(adapter)
         if kind is None: raise SafetyCompassError(f"{adapter}: neither a PEFT adapter (adapter_config.json) nor a model (config.json)")
     check_writable(out)
-    if model is None: model, tokenizer = load_model(model_name)
+    if model is None:   # a run's base model is the one it was trained from (`rundir.load_run_base_model`)
+        model, tokenizer = load_run_base_model(run_dir, model_name) if run_dir is not None else load_model(model_name or "default")
     rows = evaluate(model, tokenizer, items, "base", scorer, max_new_tokens, batch_size, generate_text)
     if kind == "lora":
         from peft import PeftModel

@@ -241,7 +241,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("extract", help="extract baseline directions and the layer sweep"); _add_extract_args(p); p.set_defaults(fn=_extract)
     p = sub.add_parser("finetune", help="one config-driven monitored fine-tune"); _add_finetune_args(p); p.set_defaults(fn=_finetune)
     p = sub.add_parser("behavior", help="behavioral evaluation: base (and fine-tuned) generations and log-odds scores")
-    p.add_argument("--model", default="default", help="base model (HF id, local dir or 'default')")
+    p.add_argument("--model", help="base model (HF id, local dir, organism:NAME or 'default'; default: with --run-dir the model "
+                                   "the run was trained from, else the embedded model)")
     p.add_argument("--run-dir", help="a finetune run directory: evaluates base and its adapter side by side")
     p.add_argument("--adapter", help="a PEFT adapter directory to compare against the base model")
     p.add_argument("--concepts", default="refusal,sycophancy,deception")
@@ -274,7 +275,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--op", choices=["restore", "ablate", "add", "adapter"], default="restore",
                    help="restore the base projection, ablate the direction, add it, or scale the LoRA adapter (default: restore)")
     p.add_argument("--kl-cap", type=float, default=0.1, help="largest mean next-token KL on harmless prompts (nats; default 0.1)")
-    p.add_argument("--model", default="default", help="the run's base model (HF id, local dir or 'default': the embedded model; default: default)")
+    p.add_argument("--model", help="the run's base model (HF id, local dir, organism:NAME or 'default'; default: the model the run "
+                                   "was trained from, as its run.json and config/ name it)")
     p.add_argument("--output-dir", help="default: <run-dir>/steer")
     p.add_argument("--random-directions", type=int, default=20, help="random-direction controls of the same norm (default: 20)")
     p.add_argument("--max-new-tokens", type=int, default=16, help="greedy tokens generated per prompt for the rule scorer (default: 16)")

@@ -235,6 +235,7 @@ def run_finetune(experiment_config, output_dir=None, resume: bool = False, model
     rows = load_rows(ds.name, ds.subset_size, ds.seed if ds.seed is not None else seed, base_file=exp.path, split=ds.split)
     fmt = ds.format or next((k for k in FORMATTERS if k in str(ds.name).lower().replace("-", "_")), "alpaca")
     torch.manual_seed(seed)
+    base_model = None if model is not None else model_name or getattr(exp.model, "model_name", None)   # as named: reloadable
     if model is None:
         if method == "qlora" and not torch.cuda.is_available():
             raise SafetyCompassError(f"{exp.where(('method',))}: qlora needs a CUDA GPU (NF4 via bitsandbytes); use method: lora on CPU")
@@ -251,7 +252,7 @@ def run_finetune(experiment_config, output_dir=None, resume: bool = False, model
                       callbacks=[cb, *callbacks])
     cb.attach(trainer)  # drift metrics reach the Trainer's `report_to` integrations (TensorBoard, W&B)
     if quiet: trainer.remove_callback(PrinterCallback)
-    info = {**run_manifest(exp, model, seed), "run_dir": str(run_dir), "method": method,
+    info = {**run_manifest(exp, model, seed), "base_model": base_model, "run_dir": str(run_dir), "method": method,
             "dataset": {**ds.model_dump(mode="json"), "format": fmt, "rows": len(rows), "examples": len(feats),
                         "sha256": _rows_hash(rows)},
             "hardware": hardware(), "status": "running"}

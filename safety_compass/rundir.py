@@ -18,9 +18,9 @@ log = logging.getLogger(__name__)
 
 # %% auto #0
 __all__ = ['log', 'RUN_JSON', 'LAYER_CONVENTION', 'BASELINE_FORMAT', 'BASELINE_PARTS', 'REQUIRED_BASELINE_FIELDS', 'versions',
-           'git_commit', 'hardware', 'run_manifest', 'write_run_json', 'read_run_json', 'last_checkpoint', 'Baseline',
-           'write_baselines', 'read_baselines', 'load_baseline', 'to_steering_vector', 'export_vectors',
-           'import_vectors']
+           'git_commit', 'hardware', 'run_manifest', 'write_run_json', 'read_run_json', 'last_checkpoint',
+           'run_experiment', 'run_base_model', 'load_run_base_model', 'Baseline', 'write_baselines', 'read_baselines',
+           'load_baseline', 'to_steering_vector', 'export_vectors', 'import_vectors']
 
 # %% ../nbs/06b_rundir.ipynb #7c3e5a15
 RUN_JSON = "run.json"
@@ -96,6 +96,38 @@ def last_checkpoint(run_dir) -> str | None:
           if p.name.split("-")[-1].isdigit() and (p / "trainer_state.json").exists()]  # a save cut off by a kill lacks it
     ck.sort(key=lambda p: int(p.name.split("-")[-1]))
     return str(ck[-1]) if ck else None
+
+# %% ../nbs/06b_rundir.ipynb #5b0a1e02
+def run_experiment(run_dir, info: dict | None = None):
+    """The run's experiment (`config.Experiment`): its snapshot `config/experiment.yaml`, else the file run.json names;
+    None when neither loads (logged)."""
+    from safety_compass.config import load_experiment
+    run_dir = Path(run_dir)
+    info = read_run_json(run_dir, missing_ok=True) if info is None else info
+    for cand in (run_dir / "config" / "experiment.yaml", info.get("experiment")):
+        if cand and Path(cand).is_file():
+            try: return load_experiment(cand)
+            except SafetyCompassError as e: log.warning("%s: cannot load the run's experiment %s (%s)", run_dir, cand, e)
+    return None
+
+def run_base_model(run_dir, model_name: str | None = None) -> tuple[str, str]:
+    """`(name, source)`: the base model of a run directory, as `models.load_model` takes it, and where the name came
+    from (`--model`, `run.json base_model`, `config/experiment.yaml`, `run.json model_name` or `default`)."""
+    info = read_run_json(run_dir)
+    if model_name: return model_name, "--model"
+    if info.get("base_model"): return str(info["base_model"]), "run.json base_model"
+    exp = run_experiment(run_dir, info)
+    if exp is not None and getattr(exp.model, "model_name", None): return exp.model.model_name, "config/experiment.yaml"
+    if info.get("model_name"): return str(info["model_name"]), "run.json model_name"
+    return "default", "default"
+
+def load_run_base_model(run_dir, model_name: str | None = None, **kwargs) -> tuple:
+    """`(model, tokenizer)`: `run_base_model`'s model, loaded with the run's model settings (the snapshot's model config:
+    dtype, quantization) when the snapshot loads (`models.load_experiment_model`), else `models.load_model`."""
+    from safety_compass.models import load_experiment_model, load_model
+    name, _ = run_base_model(run_dir, model_name)
+    exp = run_experiment(run_dir)
+    return load_experiment_model(exp, name, **kwargs) if exp is not None else load_model(name, **kwargs)
 
 # %% ../nbs/06b_rundir.ipynb #7c3e5a17
 LAYER_CONVENTION = ("layer L = hidden_states[L] of transformers' output_hidden_states: L = 0 the embeddings (plus "

@@ -4,7 +4,7 @@
 
 # %% ../nbs/06c_sft_data.ipynb #6a2d0e13
 from __future__ import annotations
-import json, math, random, logging
+import hashlib, json, math, random, logging
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -17,8 +17,9 @@ from .templates import sft_example
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'FORMATTERS', 'register_formatter', 'row_fields', 'alpaca_format', 'code_alpaca_format', 'dolly_format',
-           'get_formatter', 'DatasetRows', 'load_rows', 'sft_features', 'SFTCollator', 'answer_examples']
+__all__ = ['log', 'FORMATTERS', 'STDLIB_CODE_MODULES', 'BUILTIN_SETS', 'register_formatter', 'row_fields', 'alpaca_format',
+           'code_alpaca_format', 'dolly_format', 'get_formatter', 'stdlib_code_rows', 'DatasetRows', 'load_rows',
+           'sft_features', 'SFTCollator', 'answer_examples']
 
 # %% ../nbs/06c_sft_data.ipynb #ed4ca2e2
 FORMATTERS: dict[str, Callable] = {}
@@ -70,6 +71,57 @@ def get_formatter(name):
     if name not in FORMATTERS: raise SafetyCompassError(f"dataset.format: unknown formatter {name!r}; known: {', '.join(sorted(FORMATTERS))}")
     return FORMATTERS[name]
 
+# %% ../nbs/06c_sft_data.ipynb #5c0de5e7
+STDLIB_CODE_MODULES = ("textwrap", "string", "colorsys", "calendar", "fractions", "statistics", "heapq", "bisect", "difflib",
+                       "shlex", "fnmatch", "glob", "posixpath", "genericpath", "random", "json.decoder", "json.encoder", "csv",
+                       "html", "quopri", "base64", "configparser", "argparse", "gettext", "locale", "functools", "copy",
+                       "pprint", "reprlib", "tokenize", "ast", "dataclasses", "enum", "inspect", "email.utils", "urllib.parse",
+                       "ipaddress", "pathlib", "shutil", "tempfile", "zipfile", "tarfile", "gzip", "numbers", "contextlib",
+                       "collections", "queue", "sched", "mimetypes", "platform", "sysconfig", "timeit", "cmd", "codeop", "dis",
+                       "pickletools", "filecmp", "linecache", "netrc", "plistlib", "secrets", "hmac", "imaplib", "smtplib",
+                       "ftplib", "poplib", "webbrowser", "wave", "uuid", "warnings", "weakref", "zipapp", "optparse", "getopt")
+
+def _strip_docstring(src: str) -> str:
+    "A function's source without its docstring (its first line is the instruction; the reply is code, not prose)."
+    import ast
+    fn = ast.parse(src).body[0]
+    first = fn.body[0] if fn.body else None
+    if not (isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) and isinstance(first.value.value, str)):
+        return src
+    lines = src.splitlines()
+    return "\n".join(lines[:first.lineno - 1] + lines[first.end_lineno:])
+
+def stdlib_code_rows(split: str = "train", heldout_fraction: float = 0.2, min_lines: int = 4, max_lines: int = 30,
+                     modules: Sequence[str] = STDLIB_CODE_MODULES) -> list[dict]:
+    """A code fine-tuning set from real code on every machine: the public functions (with a docstring, `min_lines` to
+    `max_lines` lines without the docstring) of pure-Python standard-library modules, read with `inspect`, as Alpaca
+    rows (`instruction`: "Write the Python function `name` from the standard-library module `mod`: <first docstring
+    line>", `input`: "", `output`: the function's source without its docstring, so that the replies are code, not prose). Built at run time, never stored. A function is in the `heldout`
+    split when the SHA-256 of its qualified name falls in the first `heldout_fraction` (stable across runs); rows are in
+    module order. The set depends on the Python version (its library's sources)."""
+    import importlib, inspect, textwrap as _tw
+    if split not in ("train", "heldout"): raise SafetyCompassError(f"split: 'train' or 'heldout', got {split!r}")
+    rows, seen = [], set()
+    for name in modules:
+        try: mod = importlib.import_module(name)
+        except Exception: continue
+        for fname, fn in sorted(inspect.getmembers(mod, inspect.isfunction)):
+            if fname.startswith("_") or getattr(fn, "__module__", None) != mod.__name__: continue
+            try: src = _strip_docstring(_tw.dedent(inspect.getsource(fn)))
+            except (OSError, TypeError, SyntaxError): continue
+            doc = (inspect.getdoc(fn) or "").strip().splitlines()
+            n = src.count("\n") + 1
+            if not doc or not min_lines <= n <= max_lines or src in seen: continue
+            seen.add(src)
+            q = f"{mod.__name__}.{fname}"
+            held = int(hashlib.sha256(q.encode()).hexdigest()[:8], 16) / 16 ** 8 < heldout_fraction
+            if held == (split == "heldout"):
+                rows.append({"instruction": f"Write the Python function `{fname}` from the standard-library module "
+                                            f"`{mod.__name__}`: {doc[0]}", "input": "", "output": src.rstrip()})
+    return rows
+
+BUILTIN_SETS = {"stdlib:code": "train", "stdlib:code:heldout": "heldout"}   # dataset names → stdlib_code_rows split
+
 # %% ../nbs/06c_sft_data.ipynb #fd61d035
 class DatasetRows(list):
     "A list of dataset rows with `where[i]`, the location of row `i` in its source, for one-line errors."
@@ -79,9 +131,15 @@ class DatasetRows(list):
         if len(self.where) != len(self): raise ValueError("one location per row")
 
 def load_rows(name: str, subset_size: int | None = None, seed: int = 42, base_file=None, split: str = "train") -> DatasetRows:
-    "Rows of a local json/jsonl/parquet file or a HF dataset, optionally a seeded random subset."
-    p = resolve_relative(name, base_file) if base_file else Path(name)
-    if p.suffix in (".json", ".jsonl", ".parquet") or p.exists():
+    """Rows of a local json/jsonl/parquet file, a HF dataset, or a built-in set (`BUILTIN_SETS`: `stdlib:code`,
+    `stdlib:code:heldout`), optionally a seeded random subset."""
+    if name in BUILTIN_SETS:
+        rows = stdlib_code_rows(BUILTIN_SETS[name])
+        where = [f"{name}: row {k}" for k in range(1, len(rows) + 1)]
+        p = None
+    else: p = resolve_relative(name, base_file) if base_file else Path(name)
+    if p is None: pass
+    elif p.suffix in (".json", ".jsonl", ".parquet") or p.exists():
         if not p.is_file(): raise SafetyCompassError(f"dataset.name: {p} not found")
         if p.suffix == ".parquet":   # a table's rows as JSON gives them (lists, not numpy arrays; a null cell left out)
             try: rows = read_parquet_rows(p)

@@ -519,7 +519,7 @@ class SteerSettings:
     concept: str = "refusal"                     # the concept steered back (refusal only, for now)
     op: str = "restore"                          # one of `OPS`
     output_dir: Path | None = None               # default: <run_dir>/steer
-    model_name: str = "default"                  # the base model loaded when `run_steer` is given none
+    model_name: str | None = None                # the base model loaded when `run_steer` is given none (None: the run's)
     kl_cap: float = 0.1                          # nats: the largest mean next-token KL on harmless prompts
     layers: Sequence[int] | None = None          # the op's layers (`candidates_for`)
     scales: Sequence[float] | str | None = None  # the op's scales, or a comma-separated string of them
@@ -584,10 +584,11 @@ def check_steer_run(s: SteerSettings) -> tuple[Baseline, tuple | None]:
     return baseline, pairs
 
 def load_steer_model(s: SteerSettings, model=None, tokenizer=None):
-    "Stage 2: the base model (`model`/`tokenizer`, or `s.model_name` loaded) with the run's LoRA adapter attached, in eval mode."
+    """Stage 2: the base model (`model`/`tokenizer`, else `s.model_name`, else the model the run was trained from:
+    `rundir.load_run_base_model`) with the run's LoRA adapter attached, in eval mode."""
     if model is None:
-        from safety_compass.models import load_model
-        model, tokenizer = load_model(s.model_name)
+        from safety_compass.rundir import load_run_base_model
+        model, tokenizer = load_run_base_model(s.run_dir, s.model_name)
     from peft import PeftModel
     ft = PeftModel.from_pretrained(model, str(s.run_dir / "adapter"))
     ft.eval()
@@ -755,7 +756,7 @@ def run_steer(settings: SteerSettings | str | Path, *, model=None, tokenizer=Non
     """Steer a LoRA run's drifted behavior back and measure it; writes `settings.out` (`write_steer`) and returns the
     summary. `settings`: a `SteerSettings`, or a run directory with its fields as keywords (`overrides` also replace
     fields of a given one); `model`/`tokenizer`: the base model (the adapter is attached for the run and taken out
-    again), else `settings.model_name` is loaded. One-line `SafetyCompassError`s for bad input, before any model loads."""
+    again), else `settings.model_name`, else the model the run was trained from, is loaded. One-line `SafetyCompassError`s for bad input, before any model loads."""
     s = settings if isinstance(settings, SteerSettings) else SteerSettings(settings, **overrides)
     if overrides and isinstance(settings, SteerSettings): s = dataclasses.replace(s, **overrides)
     baseline, pairs = check_steer_run(s)

@@ -6,61 +6,12 @@
 from __future__ import annotations
 
 # %% auto #0
-__all__ = ['STDLIB_CODE_MODULES', 'BENIGN_FILES', 'ORGANISM', 'stdlib_code_rows', 'benign_examples', 'code_organism']
+__all__ = ['BENIGN_FILES', 'ORGANISM', 'benign_examples', 'code_organism', 'STDLIB_CODE_MODULES', 'stdlib_code_rows']
 
 # %% ../../nbs/13_diff.ipynb #9ef5031b
-import hashlib
-from typing import Sequence
-
-from ..core import SafetyCompassError
-
-STDLIB_CODE_MODULES = ("textwrap", "string", "colorsys", "calendar", "fractions", "statistics", "heapq", "bisect", "difflib",
-                       "shlex", "fnmatch", "glob", "posixpath", "genericpath", "random", "json.decoder", "json.encoder", "csv",
-                       "html", "quopri", "base64", "configparser", "argparse", "gettext", "locale", "functools", "copy",
-                       "pprint", "reprlib", "tokenize", "ast", "dataclasses", "enum", "inspect", "email.utils", "urllib.parse",
-                       "ipaddress", "pathlib", "shutil", "tempfile", "zipfile", "tarfile", "gzip", "numbers", "contextlib",
-                       "collections", "queue", "sched", "mimetypes", "platform", "sysconfig", "timeit", "cmd", "codeop", "dis",
-                       "pickletools", "filecmp", "linecache", "netrc", "plistlib", "secrets", "hmac", "imaplib", "smtplib",
-                       "ftplib", "poplib", "webbrowser", "wave", "uuid", "warnings", "weakref", "zipapp", "optparse", "getopt")
-
-def _strip_docstring(src: str) -> str:
-    "A function's source without its docstring (its first line is the instruction; the reply is code, not prose)."
-    import ast
-    fn = ast.parse(src).body[0]
-    first = fn.body[0] if fn.body else None
-    if not (isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) and isinstance(first.value.value, str)):
-        return src
-    lines = src.splitlines()
-    return "\n".join(lines[:first.lineno - 1] + lines[first.end_lineno:])
-
-def stdlib_code_rows(split: str = "train", heldout_fraction: float = 0.2, min_lines: int = 4, max_lines: int = 30,
-                     modules: Sequence[str] = STDLIB_CODE_MODULES) -> list[dict]:
-    """A code fine-tuning set from real code on every machine: the public functions (with a docstring, `min_lines` to
-    `max_lines` lines without the docstring) of pure-Python standard-library modules, read with `inspect`, as Alpaca
-    rows (`instruction`: "Write the Python function `name` from the standard-library module `mod`: <first docstring
-    line>", `input`: "", `output`: the function's source without its docstring, so that the replies are code, not prose). Built at run time, never stored. A function is in the `heldout`
-    split when the SHA-256 of its qualified name falls in the first `heldout_fraction` (stable across runs); rows are in
-    module order. The set depends on the Python version (its library's sources)."""
-    import importlib, inspect, textwrap as _tw
-    if split not in ("train", "heldout"): raise SafetyCompassError(f"split: 'train' or 'heldout', got {split!r}")
-    rows, seen = [], set()
-    for name in modules:
-        try: mod = importlib.import_module(name)
-        except Exception: continue
-        for fname, fn in sorted(inspect.getmembers(mod, inspect.isfunction)):
-            if fname.startswith("_") or getattr(fn, "__module__", None) != mod.__name__: continue
-            try: src = _strip_docstring(_tw.dedent(inspect.getsource(fn)))
-            except (OSError, TypeError, SyntaxError): continue
-            doc = (inspect.getdoc(fn) or "").strip().splitlines()
-            n = src.count("\n") + 1
-            if not doc or not min_lines <= n <= max_lines or src in seen: continue
-            seen.add(src)
-            q = f"{mod.__name__}.{fname}"
-            held = int(hashlib.sha256(q.encode()).hexdigest()[:8], 16) / 16 ** 8 < heldout_fraction
-            if held == (split == "heldout"):
-                rows.append({"instruction": f"Write the Python function `{fname}` from the standard-library module "
-                                            f"`{mod.__name__}`: {doc[0]}", "input": "", "output": src.rstrip()})
-    return rows
+# The code set has one home, `sft_data` (it is also the `stdlib:code` dataset of `make study-cpu`); this chapter re-exports it.
+from ..sft_data import STDLIB_CODE_MODULES, stdlib_code_rows
+_all_ = ["STDLIB_CODE_MODULES", "stdlib_code_rows"]
 
 # %% ../../nbs/13_diff.ipynb #d4363a2e
 BENIGN_FILES = (("data/instructions/benign_alpaca.json", "alpaca", "benign:alpaca"),

@@ -192,18 +192,9 @@ def adapter_sha256(directory) -> str | None:
             for b in iter(lambda: f.read(1 << 20), b""): h.update(b)
     return h.hexdigest()
 
-def _run_experiment(run_dir: Path, info: dict):
-    "The run's experiment: its snapshot `config/experiment.yaml`, else the file run.json names; None when neither loads."
-    from safety_compass.config import load_experiment
-    for cand in (run_dir / "config" / "experiment.yaml", info.get("experiment")):
-        if cand and Path(cand).is_file():
-            try: return load_experiment(cand)
-            except SafetyCompassError as e: log.warning("diff: cannot load the run's experiment %s (%s)", cand, e)
-    return None
-
 def load_pair(run_dir, model=None, tokenizer=None, device=None):
     """`(ModelPair, experiment or None, run.json dict)` for a fine-tuning run directory (`finetune.run_finetune`'s
-    format): the base model (given, else the run's model config, else run.json's `model_name`) with a LoRA `adapter/`
+    format): the base model (given, else the one the run was trained from: `rundir.load_run_base_model`) with a LoRA `adapter/`
     loaded by PEFT (`ModelPair.from_peft`), or with a whole fine-tuned model (`ModelPair.from_models`): `model/`, or
     `adapter/` when it holds a model rather than an adapter (`models.run_weights`, decided before any model loads)."""
     from safety_compass.models import run_weights
@@ -213,10 +204,9 @@ def load_pair(run_dir, model=None, tokenizer=None, device=None):
     if not (run_dir / "adapter").is_dir() and not (run_dir / "model").is_dir():
         raise SafetyCompassError(f"{run_dir}: no adapter/ or model/ (status {info.get('status', 'unknown')}: did the run finish?)")
     kind, weights = run_weights(run_dir)
-    exp = _run_experiment(run_dir, info)
-    if model is None:
-        from safety_compass.models import load_experiment_model, load_model
-        model, tokenizer = load_experiment_model(exp) if exp is not None else load_model(info.get("model_name") or "default")
+    from safety_compass.rundir import load_run_base_model, run_experiment
+    exp = run_experiment(run_dir, info)
+    if model is None: model, tokenizer = load_run_base_model(run_dir)   # the model the run was trained from
     if device is not None: model.to(device)
     if kind == "lora":
         from peft import PeftModel

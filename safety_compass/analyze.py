@@ -14,8 +14,9 @@ from .core import SafetyCompassError, atomic_open, atomic_write_json, staged_dir
 from .rundir import read_run_json
 
 # %% auto #0
-__all__ = ['MIN_CORRELATION_POINTS', 'run_info', 'baseline_gates', 'load_run', 'split_weights', 'drift_table', 'drift_summary',
-           'reference_table', 'fragility_ranking', 'ranking_consistency', 'drift_vs_behavior', 'analyze']
+__all__ = ['GATE_MARK', 'MIN_CORRELATION_POINTS', 'run_info', 'baseline_gates', 'load_run', 'split_weights', 'drift_table',
+           'drift_summary', 'reference_table', 'fragility_ranking', 'ranking_consistency', 'drift_vs_behavior',
+           'analyze']
 
 # %% ../nbs/15_analyze.ipynb #9d927395
 def run_info(run_dir) -> dict:
@@ -86,9 +87,11 @@ def _read_csv(path, **kw) -> pd.DataFrame:
         raise SafetyCompassError(f"{path}: unreadable CSV ({msg[0] if msg else type(e).__name__})") from None
 
 def drift_table(runs: list[dict]) -> pd.DataFrame:
-    "Per dataset × concept: start, min, final cosine, final CI, onset step, final AUROCs, below-noise-floor flag."
+    """Per dataset × concept: start, min, final cosine, final CI, onset step, final AUROCs, below-noise-floor flag, and
+    `passes_gates` (the direction's gates at extraction, `baseline_gates`; None without baselines)."""
     rows = []
     for r in runs:
+        gates = baseline_gates(r["dir"]) if r.get("dir") is not None else {}
         for c, g in r["log"].groupby("concept", sort=False):
             g = g.sort_values("step"); first, last = g.iloc[0], g.iloc[-1]
             drifted = g[g["drifted"].astype(str).str.lower() == "true"] if "drifted" in g else g.iloc[0:0]
@@ -98,7 +101,8 @@ def drift_table(runs: list[dict]) -> pd.DataFrame:
                          "onset_step": int(drifted.step.iloc[0]) if len(drifted) else None, "last_step": int(last.step),
                          "auroc_fixed_final": last.get("auroc_fixed", np.nan), "auroc_current_final": last.get("auroc_current", np.nan),
                          "noise_floor": last.get("noise_floor", np.nan),
-                         "within_noise": bool(last.get("cosine_ci_high", 1.0) >= last.get("noise_floor", -1.0)) and last.cosine_to_baseline >= 0.95})
+                         "within_noise": bool(last.get("cosine_ci_high", 1.0) >= last.get("noise_floor", -1.0)) and last.cosine_to_baseline >= 0.95,
+                         "passes_gates": gates.get(c, {}).get("passes_gates")})
     return pd.DataFrame(rows)
 
 def drift_summary(log_csv) -> list[dict]:
@@ -117,12 +121,17 @@ def drift_summary(log_csv) -> list[dict]:
                     "gates": {True: "pass", False: "FAIL"}.get(gates.get(r["concept"], {}).get("passes_gates"), "-")})
     return out
 
+GATE_MARK = "†"   # beside a reading whose direction failed its gates at extraction
+
 def reference_table(table: pd.DataFrame) -> pd.DataFrame:
-    "The published format: one row per dataset, `start → min → final [final CI]` per concept."
+    """The published format: one row per dataset, `start → min → final [final CI]` per concept; `GATE_MARK` (†) after
+    a concept whose direction failed its gates at extraction (its drift says little about the concept)."""
     out = {}
     for _, r in table.iterrows():
         ci = "" if pd.isna(r.final_ci_low) else f" [{r.final_ci_low:.3f}, {r.final_ci_high:.3f}]"
-        out.setdefault(r.dataset, {})[r.concept] = f"{r.start:.3f} → {r['min']:.3f} → {r.final:.3f}{ci}"
+        g = r.get("passes_gates")
+        mark = f" {GATE_MARK}" if isinstance(g, (bool, np.bool_)) and not g else ""
+        out.setdefault(r.dataset, {})[r.concept] = f"{r.start:.3f} → {r['min']:.3f} → {r.final:.3f}{ci}{mark}"
     return pd.DataFrame(out).T.rename_axis("Dataset")
 
 def fragility_ranking(table: pd.DataFrame) -> pd.DataFrame:

@@ -172,9 +172,12 @@ def _behavior(a):
     return 0
 
 def _analyze(a):
-    from safety_compass.analyze import analyze
+    from safety_compass.analyze import GATE_MARK, analyze
     res = analyze(a.run_dirs, a.output_dir)
-    print(res["reference_table"].to_string()); print()
+    print(res["reference_table"].to_string())
+    if res["reference_table"].map(lambda v: str(v).endswith(GATE_MARK)).to_numpy().any():
+        print(prose(f"{GATE_MARK} the direction failed its gates at extraction: its drift says little about the concept"))
+    print()
     print(format_table(res["ranking"].to_dict("records")))
     print(f"drift vs behavior: {res['correlation']['summary']}")
     return 0

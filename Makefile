@@ -67,7 +67,7 @@ bench: setup
 # The fragility study at CPU scale on the refusal organism: three benign LoRA fine-tunes (our Alpaca- and Dolly-format
 # sets, and a code set read from the Python standard library at run time), behavior before/after, the analysis (the
 # published table's format, the fragility ranking, drift vs behavior) and report.html. Each invocation writes a new
-# directory; about 30 minutes on a 2-core CPU (the organism cached).
+# directory; about 25 minutes on an idle 2-core CPU (the organism cached).
 STUDY_DIR ?= runs/study-cpu-$(shell date +%Y%m%d-%H%M%S)
 STUDY_SETS ?= alpaca dolly code
 study-cpu: setup

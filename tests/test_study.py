@@ -11,12 +11,13 @@ SETS = ("alpaca", "dolly", "code")
 
 
 def test_study_experiments_fine_tune_the_organism_on_three_benign_sets():
-    "The three bundled study experiments train the refusal organism, on the full concept sets, with one recipe."
+    "The three bundled study experiments train the refusal organism, on the demo's concept sets, with one recipe."
     exps = {s: load_experiment(f"study_cpu_{s}") for s in SETS}
+    demo = [str(c.pairs_file) for c in load_experiment("demo").concepts]
     for s, e in exps.items():
         assert e.model.model_name == "organism:refusal", s
         assert [c.name for c in e.concepts] == ["refusal", "sycophancy", "deception"], s
-        assert all("/demo/" not in str(c.pairs_file) for c in e.concepts), s   # the 60-pair sets, not the demo's 24
+        assert [str(c.pairs_file) for c in e.concepts] == demo, s
     recipe = {s: (e.config.training["max_steps"], e.config.training["learning_rate"], e.config.monitor.measure_every_n_steps)
               for s, e in exps.items()}
     assert len(set(recipe.values())) == 1, recipe

@@ -10,13 +10,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .core import SafetyCompassError, atomic_open, atomic_write_json, staged_dir
-from .rundir import read_run_json
+from .core import SafetyCompassError, atomic_open, atomic_write_csv, atomic_write_json, staged_dir
+from .rundir import read_run_json, write_run_json
 
 # %% auto #0
 __all__ = ['GATE_MARK', 'MIN_CORRELATION_POINTS', 'run_info', 'baseline_gates', 'load_run', 'split_weights', 'drift_table',
            'drift_summary', 'reference_table', 'fragility_ranking', 'ranking_consistency', 'drift_vs_behavior',
-           'analyze']
+           'analyze', 'synthetic_run']
 
 # %% ../nbs/15_analyze.ipynb #9d927395
 def run_info(run_dir) -> dict:
@@ -218,3 +218,40 @@ def analyze(run_dirs, output_dir=None) -> dict:
             if len(points): save_figure(plot_scatter(points, stats), d / "drift_vs_behavior.png")
             for r in runs: save_figure(plot_heatmap(r["log"], r["name"]), d / f"heatmap_{r['name']}.png")
     return res
+
+# %% ../nbs/15_analyze.ipynb #5c7e0a02
+def synthetic_run(run_dir,                                  # the run directory to write (created if missing)
+                  finals: dict[str, float],                 # concept -> its cosine to baseline at the last step
+                  steps=(0, 10, 20),                        # the measured steps: cosine 1 at the first, falling linearly
+                  seed: int | None = None,                  # None: the exact line; else seeded noise after the first step
+                  noise: float = 0.01,                      # the noise's standard deviation
+                  ci: float = 0.02,                         # half-width of the cosine's CI (capped at 1)
+                  noise_floor: float | dict[str, float] = 0.8,  # one floor, or one per concept
+                  auroc_drop: float = 0.0,                  # auroc_fixed = 0.9 - auroc_drop * (1 - cosine)
+                  behavior: dict[str, tuple[float, float]] | None = None,  # concept -> mean log-odds (base, fine-tuned)
+                  info: dict | None = None) -> Path:        # more run.json fields (provenance, dataset)
+    "Write a run directory with a planted drift (for examples and tests); returns its path."
+    from safety_compass.metrics import is_drifted   # the callback's rule; imported here, so reading runs needs no scipy
+    d, steps = Path(run_dir), [int(s) for s in steps]
+    d.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed) if seed is not None else None
+    rows = []
+    for concept, final in finals.items():
+        floor = noise_floor[concept] if isinstance(noise_floor, dict) else noise_floor
+        for s in steps:
+            t = (s - steps[0]) / max(1, steps[-1] - steps[0])
+            cos = (1 - t) + t * float(final)
+            if rng is not None and s != steps[0]: cos = min(1.0, cos + float(rng.normal(0, noise)))
+            auc = 0.9 - auroc_drop * (1 - cos)
+            row = dict(step=s, weights="step", concept=concept, layer=12, cosine_to_baseline=cos, cosine_ci_low=cos - ci,
+                       cosine_ci_high=min(1.0, cos + ci), auroc_fixed=auc, auroc_fixed_ci_low=max(0.0, auc - 0.05),
+                       auroc_fixed_ci_high=min(1.0, auc + 0.05), auroc_current=0.9, auroc_current_ci_low=0.85,
+                       auroc_current_ci_high=0.95, direction_norm=5.0, noise_floor=floor)
+            rows.append({**row, "drifted": "true" if is_drifted(row, floor) else "false"})
+    atomic_write_csv(d / "drift_log.csv", rows)
+    write_run_json(d, {"status": "completed", "synthetic": True, **(info or {})})
+    if behavior:
+        atomic_write_csv(d / "behavior" / "behavior_summary.csv",
+                         [{"model": m, "concept": c, "kind": "synthetic", "logodds_mean": v, "as_expected_rate": 0.5}
+                          for c, (b0, b1) in behavior.items() for m, v in (("base", b0), ("finetuned", b1))])
+    return d

@@ -167,6 +167,12 @@ class AuditSettings(Section):
     templates: BehaviorTokens = Field(BehaviorTokens(), description="response side, templated answers: answer texts for the "
         "positive and the negative prompts (pair j uses text j mod count)")
 
+    @model_validator(mode="after")
+    def _templates(self):
+        if self.direction == "response" and self.answers == "templated" and not (self.templates.positive and self.templates.negative):
+            raise PydanticCustomError("templates", "templates: answers: templated needs positive and negative answer texts")
+        return self
+
 class ConceptConfig(LayerChoice):
     "A concept file (`configs/concepts/*.yaml`)."
     name: str | None = None

@@ -12,7 +12,7 @@ import pytest
 import yaml
 from conftest import ROOT, run_ranks
 
-from safety_compass.core import SafetyCompassError, format_table
+from safety_compass.core import SafetyCompassError, format_table, sha256_file
 from safety_compass import audit as A
 
 HH = Path(os.environ.get("SC_SHARED", ROOT.parent / "shared")) \
@@ -165,15 +165,12 @@ def test_cli_every_bad_row(tmp_path):
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory, embedded):
-    "The embedded model, an experiment whose concept files select templated response-side directions, and its baselines."
+    """The embedded model, an experiment of the bundled concept files (their `audit:` sections select templated
+    response-side directions), and its baselines."""
     from safety_compass.monitor import SafetyCompassMonitor
     d = tmp_path_factory.mktemp("audit")
-    exp = {"name": "audit_test", "seed": 0, "model_config_file": str(ROOT / "configs/models/smollm2-135m.yaml"), "concepts": []}
-    for c in CONCEPTS:
-        cfg = yaml.safe_load((ROOT / f"configs/concepts/{c}.yaml").read_text())
-        cfg["contrastive_pairs_file"] = str(ROOT / cfg["contrastive_pairs_file"]); cfg["audit"] = A.audit_block(c, "user")
-        (d / f"{c}.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
-        exp["concepts"].append({"name": c, "config_file": str(d / f"{c}.yaml")})
+    exp = {"name": "audit_test", "seed": 0, "model_config_file": str(ROOT / "configs/models/smollm2-135m.yaml"),
+           "concepts": [{"name": c, "config_file": str(ROOT / f"configs/concepts/{c}.yaml")} for c in CONCEPTS]}
     (d / "exp.yaml").write_text(yaml.safe_dump(exp, sort_keys=False))
     model, tok = embedded
     mon = SafetyCompassMonitor.from_config(model, tok, d / "exp.yaml")
@@ -218,6 +215,56 @@ def test_cli_audit_filter_inoculate(setup, no_reload, tmp_path):
     (tmp_path / "run").mkdir(); os.symlink(out, tmp_path / "run" / "audit")
     html = A.report_section({"runs": [{"name": "r", "dir": tmp_path / "run"}]})
     for v in A.concept_table(s)[0].values(): assert str(v).replace("'", "&#x27;") in html
+
+# ---------------------------------------------------------------------------------------------------------------
+# the defaults: `safety-compass audit DATA --experiment-config demo` (the refusal organism, each concept file's
+# audit.direction), on data the defaults were not chosen on (the chapter checks the planted sets: sycophancy first on
+# sycophancy pairs, refusal first and negative on harmful compliance)
+
+CHECK = Path("data/preferences/harmful_compliance.jsonl")   # shipped; relative: found in the bundle from any directory
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    "The refusal organism (the demo experiment's model) and the demo experiment's baselines on it."
+    from safety_compass.organisms import load_organism
+    from safety_compass.monitor import SafetyCompassMonitor
+    d = tmp_path_factory.mktemp("demo_audit")
+    model, tok = load_organism("refusal")
+    mon = SafetyCompassMonitor.from_config(model, tok, "demo")
+    mon.setup(progress=False, causal_check=False)
+    mon.save_baselines(d / "baselines")
+    return {"model": model, "tok": tok, "baselines": d / "baselines"}
+
+def audit_demo(demo, monkeypatch, data, out, *extra):
+    "`safety-compass audit DATA --experiment-config demo` with no --directions; returns (summary, printed lines)."
+    import safety_compass.models as M
+    monkeypatch.setattr(M, "load_experiment_model", lambda *a, **k: (demo["model"], demo["tok"]))
+    printed = []
+    assert A.audit_command(parse(data, "--experiment-config", "demo", "--output-dir", out, "--baselines", demo["baselines"],
+                                 "--bootstrap", "200", *extra), printed.append, progress=False) == 0
+    return A.load_audit(out), printed
+
+def test_defaults_read_harmful_compliance(demo, monkeypatch, tmp_path):
+    """On the shipped harmful-compliance file (written after the defaults were chosen; answers matched in length),
+    the default audit ranks refusal first with a negative sign, beyond the random-direction null, and says so first."""
+    monkeypatch.chdir(tmp_path)                                         # the copy-paste command works from any directory
+    s, printed = audit_demo(demo, monkeypatch, CHECK, tmp_path / "hc")
+    assert {c: v["kind"] for c, v in s["directions"].items()} == {c: "response" for c in CONCEPTS}
+    top = s["table"][0]
+    assert top["concept"] == "refusal" and top["d_z"] < 0 and top["specific"] and top["separates"], top
+    assert s["data"]["pairs_audited"] == 39 and not s["length"]["confounded"]
+    line = A.headline(s)
+    assert line.startswith("Top concept: refusal. Chosen answers are less refusal-like than rejected ones"), line
+    assert printed[0] == line and f"**{line}**" in (tmp_path / "hc" / "preflight.md").read_text()
+    assert s["data_sha256"] == sha256_file(ROOT / CHECK)                  # the bundled file's provenance is recorded
+
+@pytest.mark.skipif(not HH.is_file(), reason=f"{HH} not present (the shared real-data folder is not part of a fresh clone)")
+def test_defaults_hh_refusal_sign(demo, monkeypatch, tmp_path):
+    """On the first 60 real single-turn HH harmless-base pairs (chosen: the more harmless answer) the default directions
+    give refusal a positive sign (measured +0.33; the audit chapter's table)."""
+    s, _ = audit_demo(demo, monkeypatch, HH, tmp_path / "hh", "--single-turn", "--skip-bad-rows", "--limit", "60")
+    refusal = next(r for r in s["table"] if r["concept"] == "refusal")
+    assert s["data"]["pairs_audited"] == 60 and refusal["d_z"] > 0, refusal
 
 # ---------------------------------------------------------------------------------------------------------------
 # two processes (gloo): the forward batches are shared, rank 0 writes, the numbers match one process

@@ -17,7 +17,7 @@ from ..pairs import Conversation, as_messages
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'PREFERENCE_FORMATS', 'AB_FIELDS', 'BAD_ROWS_SHOWN', 'AGREE_ANSWERS', 'CORRECT_ANSWERS', 'COMPLY_ANSWERS', 'REFUSE_ANSWERS', 'NEUTRAL_SENTENCES', 'LENGTH_PLAN', 'LENGTH_FILLER', 'FILTER_SIGNS', 'PreferencePair', 'PreferenceData', 'row_format', 'hh_turns', 'parse_row', 'read_records', 'bad_rows_error', 'load_preferences', 'pairs_from_records', 'planted_sycophancy', 'planted_harmful_compliance', 'length_only', 'null_pairs', 'random_labels', 'contaminated', 'flagged_pairs', 'write_filtered', 'inoculate_prompt', 'inoculate', 'trl_records', 'write_trl']
+__all__ = ['log', 'PREFERENCE_FORMATS', 'AB_FIELDS', 'BAD_ROWS_SHOWN', 'AGREE_ANSWERS', 'CORRECT_ANSWERS', 'COMPLY_ANSWERS', 'REFUSE_ANSWERS', 'NEUTRAL_SENTENCES', 'LENGTH_PLAN', 'LENGTH_FILLER', 'FILTER_SIGNS', 'PreferencePair', 'PreferenceData', 'row_format', 'hh_turns', 'parse_row', 'preference_path', 'read_records', 'bad_rows_error', 'load_preferences', 'pairs_from_records', 'planted_sycophancy', 'planted_harmful_compliance', 'length_only', 'with_length_confound', 'null_pairs', 'random_labels', 'contaminated', 'flagged_pairs', 'write_filtered', 'inoculate_prompt', 'inoculate', 'trl_records', 'write_trl']
 
 # %% ../../nbs/14_audit.ipynb #d434a12b
 @dataclass(frozen=True)
@@ -197,13 +197,25 @@ def _json_array(text: str, path) -> tuple[list, list[str]]:
         if i < len(text) and text[i] == "]": return rows, where
         raise SafetyCompassError(f"{path}:{line_of(min(i, len(text) - 1))}: malformed JSON (expected ',' or ']')")
 
+def preference_path(source) -> Path:
+    """A preference file as given, or, when a relative path names no file here but one in the package's bundle
+    (`core.bundled_root`), that one: `data/preferences/harmful_compliance.jsonl` works from any directory, as a
+    bundled config name does."""
+    from safety_compass.core import bundled_root
+    p = Path(str(source)).expanduser()
+    if p.exists() or p.is_absolute(): return p
+    try: b = bundled_root() / p
+    except SafetyCompassError: return p
+    return b if b.is_file() else p
+
 def read_records(source, split: str = "train", keep_going: bool = False) -> tuple[list, list[str]]:
     """Raw records of a local `.json` (array or JSON lines), `.jsonl`, `.json.gz`, `.jsonl.gz` or `.parquet` file, or of
     a HF hub dataset id (`datasets`, the `[data]` extra), with each record's location (`file:line`, `file: row k`).
+    A relative path that names no file here is looked up in the bundle (`preference_path`).
     Rows of a table (parquet, hub) come as JSON would give them (`core.table_rows`: lists, not numpy arrays; a null
     cell left out). A JSON line that does not parse raises, or with `keep_going` stands in the list as its
     `SafetyCompassError` (so every bad line of a file can be reported at once)."""
-    p = Path(str(source)).expanduser()
+    p = preference_path(source)
     if p.exists() or p.name.lower().endswith(_LOCAL_SUFFIXES):
         if not p.is_file(): raise SafetyCompassError(f"{p}: preference data file not found")
         name = p.name.lower()
@@ -357,6 +369,12 @@ def length_only(n: int = 60) -> list[dict]:
         k, j = LENGTH_PLAN[i % len(LENGTH_PLAN)]
         rows.append(_trl_row("", r["instruction"], r["output"] + f" {LENGTH_FILLER}" * k, r["output"] + f" {LENGTH_FILLER}" * j, id=f"len/{i}"))
     return rows
+
+def with_length_confound(data: PreferenceData, times: int = 2, filler: str = LENGTH_FILLER) -> PreferenceData:
+    """The same pairs with the content-free sentence `filler` appended `times` times to every chosen answer: chosen
+    longer in every pair, and nothing else changed (a length confound added on purpose, to see what it does)."""
+    if times < 1: raise SafetyCompassError(f"with_length_confound: times must be at least 1, got {times}")
+    return replace(data, pairs=[replace(p, chosen=p.chosen + f" {filler}" * times) for p in data.pairs])
 
 def null_pairs(rows: Sequence[dict]) -> list[dict]:
     "Each row with its rejected answer replaced by its chosen one (chosen ≡ rejected): the audit must find nothing."

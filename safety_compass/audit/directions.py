@@ -4,7 +4,7 @@
 
 # %% ../../nbs/audit/14_audit-directions.ipynb #6b0e2a03
 from __future__ import annotations
-import hashlib, json
+import hashlib, json, logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -16,8 +16,10 @@ from ..pairs import Conversation
 from ..templates import response_tokens
 from .states import StateStore, model_fingerprint
 
+log = logging.getLogger(__name__)
+
 # %% auto #0
-__all__ = ['DIRECTION_KINDS', 'ANSWER_TEMPLATES', 'AuditDirection', 'templated_settings', 'audit_block', 'prompt_directions', 'concept_audit_settings', 'contrastive_answers', 'response_directions', 'select_directions']
+__all__ = ['log', 'DIRECTION_KINDS', 'ANSWER_TEMPLATES', 'AuditDirection', 'templated_settings', 'audit_block', 'prompt_directions', 'concept_audit_settings', 'contrastive_answers', 'response_directions', 'select_directions']
 
 # %% ../../nbs/14_audit.ipynb #e5f2cbfa
 DIRECTION_KINDS = ("prompt", "response")
@@ -200,12 +202,17 @@ def response_directions(monitor, concepts: Sequence[str] | None = None, settings
 def select_directions(monitor, kinds: dict[str, str] | str | None = None, cache_dir=None, progress: bool = False,
                       store: StateStore | None = None, settings: dict | None = None) -> dict[str, AuditDirection]:
     """The direction the audit uses for each concept: `kinds` (one kind for all, or per concept) overrides
-    `settings[c].direction` (default settings: each concept file's `audit:` section; `prompt` when it has none)."""
+    `settings[c].direction` (default settings: each concept file's `audit:` section; `prompt`, with a warning, when it
+    has none: the bundled concept files choose `response`, measured in this chapter)."""
     settings = {**concept_audit_settings(monitor), **(settings or {})}
     names = [c.name for c in monitor.concepts]
     want = {c: (kinds if isinstance(kinds, str) else (kinds or {}).get(c) or settings[c].direction) for c in names}
     for c, k in want.items():
         if k not in DIRECTION_KINDS: raise SafetyCompassError(f"direction kind for {c}: must be one of {', '.join(DIRECTION_KINDS)}, got {k!r}")
+    unset = [c for c in names if want[c] == "prompt" and not isinstance(kinds, str) and not (kinds or {}).get(c)
+             and "direction" not in settings[c].model_fields_set]
+    if unset: log.warning("audit: %s: no audit.direction in the concept file, so the prompt-side direction is used; on planted "
+                          "pairs it misreads answers (the audit chapter's table): set audit.direction: response", ", ".join(unset))
     out = prompt_directions(monitor)
     resp = [c for c in names if want[c] == "response"]
     if resp: out.update(response_directions(monitor, resp, settings, cache_dir, progress=progress, store=store))

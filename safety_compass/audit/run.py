@@ -15,14 +15,14 @@ from ..core import (SafetyCompassError, atomic_open, atomic_write_json, atomic_w
                                  format_table, sha256_file, staged_dir)
 from ..dist import dist_info, init_distributed
 from .data import (FILTER_SIGNS, PreferenceData, flagged_pairs, inoculate, load_preferences,
-                                       write_filtered, write_trl)
+                                       preference_path, write_filtered, write_trl)
 from .states import REPRESENTATIONS, EncodedPairs, StateStore, encode_pairs
 from .directions import DIRECTION_KINDS, AuditDirection, select_directions
 from .readouts import (ci_text, concept_tables, discovery, length_line, length_stats, pair_flags,
                                            predict, prompt_text, topic_clusters, topic_table)
 
 # %% auto #0
-__all__ = ['TABLE_COLUMNS', 'TABLE_HEADERS', 'AuditResult', 'layer_discovery', 'audit_pairs', 'concept_table', 'summary_dict', 'preflight_text', 'write_audit', 'load_audit', 'AuditRunSettings', 'read_inputs', 'audit_monitor', 'audit_with_monitor', 'write_run', 'run_audit', 'Interventions', 'AuditOutcome', 'filtered_settings', 'audit_and_intervene', 'outcome_lines', 'audit_html', 'find_audits', 'report_section', 'add_audit_args', 'settings_from_args', 'audit_command']
+__all__ = ['TABLE_COLUMNS', 'TABLE_HEADERS', 'AuditResult', 'layer_discovery', 'audit_pairs', 'concept_table', 'summary_dict', 'headline', 'preflight_text', 'write_audit', 'load_audit', 'AuditRunSettings', 'read_inputs', 'audit_monitor', 'audit_with_monitor', 'write_run', 'run_audit', 'Interventions', 'AuditOutcome', 'filtered_settings', 'audit_and_intervene', 'outcome_lines', 'audit_html', 'find_audits', 'report_section', 'add_audit_args', 'settings_from_args', 'audit_command']
 
 # %% ../../nbs/14_audit.ipynb #646ad853
 @dataclass
@@ -147,13 +147,36 @@ def summary_dict(result: AuditResult, extra: dict | None = None) -> dict:
                                "preference_direction_cosine": v["preference_direction"]["cosine"]} for L, v in result.discovery.items()},
         "prediction": result.prediction})
 
+def headline(summary: dict) -> str:
+    """The audit in one sentence (the first line of `preflight.md` and of what `safety-compass audit` prints): the
+    highest-ranked concept whose |d_z| beats the random-direction null at its layer, with its sign in words; or, plainly,
+    that no concept beats the null, naming the largest and the null it falls within. `summary`: `summary_dict` (or a
+    loaded `audit_summary.json`)."""
+    t, n_random, L = summary["table"], summary["settings"]["n_random"], summary["length"]
+    if not t: return "No concept was audited."
+    fmt = lambda r: f"d_z {r['d_z']:+.2f}, 95% CI {ci_text(r['d_z_ci'])}; random directions at layer {r['layer']}: 95th percentile {r['null_p95']:.2f}"
+    beats = [r for r in t if r.get("specific")]
+    length = (f" Chosen answers are systematically {'longer' if L['d_z'] > 0 else 'shorter'} (in {100 * max(L['chosen_longer'], L['chosen_shorter']):.0f}% "
+              f"of pairs), which lifts random directions too.") if L["confounded"] else ""
+    if not beats:
+        return (f"No concept beats the random-direction null: the largest, {t[0]['concept']} ({t[0]['kind']} direction; {fmt(t[0])}), "
+                f"is within what {n_random} random directions reach, so this audit cannot say which concept these pairs teach.{length}")
+    r = beats[0]
+    out = (f"Top concept: {r['concept']}. Chosen answers are {'more' if r['d_z'] > 0 else 'less'} {r['concept']}-like than "
+           f"rejected ones ({r['kind']} direction; {fmt(r)})")
+    out += (f", so DPO on these pairs is predicted to move the model {'toward' if r['d_z'] > 0 else 'away from'} {r['concept']}."
+            if r["separates"] else f"; it beats the null but fails a check ({r['notes']}), so no shift is predicted.")
+    if r is not t[0]:
+        out += f" {t[0]['concept']} has a larger |d_z| ({t[0]['d_z']:+.2f}) but not beyond random directions at its layer ({t[0]['null_p95']:.2f})."
+    return out + length
+
 def preflight_text(summary: dict, pairs_file: str = "pairs.csv") -> str:
     "A summary a data owner can read: what the data teaches, how sure we are, and what to do about it (Markdown)."
     d, t, L = summary["data"], summary["table"], summary["length"]
     lines = [f"# Preference-data preflight: {Path(str(d['source'])).name}", "",
              f"{d['pairs_audited']} pairs audited (formats: {', '.join(d['formats'])}; {len(d['skipped'])} bad rows skipped, "
              f"{d['dropped_multi_turn']} multi-turn pairs left out, {len(d['dropped_long_prompt'])} pairs with over-long prompts left out, "
-             f"{d['truncated_answers']} answers truncated).", "", "## What the chosen answers carry", ""]
+             f"{d['truncated_answers']} answers truncated).", "", f"**{headline(summary)}**", "", "## What the chosen answers carry", ""]
     sep = [r for r in t if r["separates"]]
     if not sep: lines.append("No concept separates chosen from rejected answers beyond what random directions do: this audit "
                              "predicts no concept-level shift from training on these pairs.")
@@ -305,7 +328,7 @@ def write_run(settings: AuditRunSettings, result: AuditResult, mon, cfg) -> Path
     s, out = settings, Path(settings.output_dir)
     extra = {"model": getattr(getattr(mon.model, "config", None), "_name_or_path", ""), "version": __version__,
              "experiment": str(cfg.experiment.path or cfg.experiment.config.name or "")}
-    if Path(str(s.data)).is_file(): extra["data_sha256"] = sha256_file(s.data)
+    if not isinstance(s.data, PreferenceData) and preference_path(s.data).is_file(): extra["data_sha256"] = sha256_file(preference_path(s.data))
     write_audit(result, out, extra)
     if s.baselines_dir is None: mon.save_baselines(out / "baselines")
     return out
@@ -399,7 +422,7 @@ def audit_and_intervene(settings: AuditRunSettings, interventions: Interventions
 def outcome_lines(outcome: AuditOutcome) -> list[str]:
     "What `safety-compass audit` prints: the concept table, the length line, the flags, and each intervention's result."
     res, out = outcome.result, outcome.output_dir
-    lines = [format_table(concept_table(res), TABLE_COLUMNS, left=("concept", "notes")), length_line(res.length),
+    lines = [headline(summary_dict(res)), format_table(concept_table(res), TABLE_COLUMNS, left=("concept", "notes")), length_line(res.length),
              f"{len(res.flagged)} pairs flagged; audit written to {out} (preflight.md, pairs.csv)"]
     if outcome.filtered is not None:
         lines += [f"\nfiltered: {len(outcome.dropped)} pairs dropped, {len(outcome.filtered.data)} kept -> {outcome.filtered_path}",
@@ -433,7 +456,7 @@ def audit_html(summary: dict, name: str = "") -> str:
            f"{d['dropped_multi_turn']} multi-turn left out). δ = h_chosen·û − h_rejected·û over the answer tokens "
            f"({esc(summary['settings']['representation'])}); d_z = mean δ / sd δ, 95% bootstrap CIs; 'beats random': |d_z| above "
            f"the 95th percentile of {summary['settings']['n_random']} random directions at the same layer; 't at equal length': "
-           f"the intercept's t when δ is regressed on the answer-length difference.</p>",
+           f"the intercept's t when δ is regressed on the answer-length difference.</p>", f"<p><b>{esc(headline(summary))}</b></p>",
            _html_table(concept_table(summary), TABLE_HEADERS), f"<p>{esc(length_line(summary['length']))}</p>",
            f"<p>{summary['flagged_pairs']} pairs flagged (robust z ≥ {summary['settings']['flag_threshold']}); reasons in pairs.csv.</p>"]
     cells = summary["topics"]["cells_differ"]

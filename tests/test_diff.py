@@ -202,14 +202,42 @@ def test_token_classes(tok):
 # ---- a run directory -------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory, tok):
-    "A real `run_finetune` run directory (demo config, 2 steps) on a tiny model: baselines, config snapshot, adapter."
+def tiny_base_dir(tmp_path_factory, tok):
+    "A tiny random Llama saved as a model directory (with the embedded tokenizer): a base model `load_model` reads by path."
+    d = tmp_path_factory.mktemp("base") / "tiny-llama"
+    tiny(tok).save_pretrained(d); tok.save_pretrained(d)
+    return d
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory, tiny_base_dir):
+    """A real `run_finetune` run directory (demo config, 2 steps) on a tiny model: baselines, config snapshot, adapter.
+    The demo's model file names the refusal organism; the run trains the tiny model instead (`finetune --model DIR`)."""
     from safety_compass.config import load_experiment
     from safety_compass.finetune import run_finetune
     d = tmp_path_factory.mktemp("run") / "demo"
     exp = load_experiment("demo", bootstrap_samples=20, causal_check=False)
-    run_finetune(exp, d, model=tiny(tok), tokenizer=tok, max_steps=2, quiet=True)
+    run_finetune(exp, d, model_name=str(tiny_base_dir), max_steps=2, quiet=True)
     return d
+
+def test_base_model_from_the_run(tiny_run, tiny_base_dir, tok, tmp_path):
+    """A run directory's base model is the one its run.json records (here a `--model` override of the experiment's
+    `organism:refusal`), never a default; a run that records none is one line before any model loads."""
+    from safety_compass.rundir import read_run_json
+    from safety_compass.config import load_experiment
+    info = read_run_json(tiny_run)
+    exp = load_experiment(tiny_run / "config" / "experiment.yaml")
+    assert exp.model.model_name == "organism:refusal" and info["model_name"] == str(tiny_base_dir)
+    assert D.run_base_model(tiny_run, info, exp) == (str(tiny_base_dir), False)
+    pair, _, _ = D.load_pair(tiny_run)                      # loads the tiny base, not the organism the snapshot names
+    ids = tok("How do I bake bread?")["input_ids"]
+    with torch.inference_mode(), pair.use("base"): torch.testing.assert_close(pair.model(input_ids=torch.tensor([ids])).logits[0], logits(tiny(tok), ids))
+    # the embedded model is recorded as its cache directory; an experiment naming the same model loads with its file
+    cache = "/root/.cache/safety_compass/smollm2-135m-instruct/b179c9523d0e6a0f-transformers5"
+    assert D.run_base_model(tmp_path, {"model_name": cache}) == ("default", False)
+    assert D.run_base_model(tmp_path, {"model_name": "organism:refusal"}, exp) == ("organism:refusal", True)
+    assert D.run_base_model(tmp_path, {}, exp) == ("organism:refusal", True)
+    with pytest.raises(SafetyCompassError, match="no model_name and no config/experiment.yaml") as e: D.run_base_model(tmp_path, {})
+    assert "\n" not in str(e.value)
 
 def test_run_diff_writes_the_format(tiny_run, tok):
     res = D.run_diff(tiny_run, model=tiny(tok), tokenizer=tok, n_heldout=6, positions=3, alphas=(0, 1, 2), n_amplify=2,

@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 # %% auto #0
-__all__ = ['log', 'BASE', 'FT', 'Amplified', 'ranges_text', 'scale_lora_adapter', 'check_adapter', 'ModelPair', 'adapter_sha256', 'load_pair']
+__all__ = ['log', 'BASE', 'FT', 'Amplified', 'ranges_text', 'scale_lora_adapter', 'check_adapter', 'ModelPair', 'adapter_sha256', 'run_base_model', 'load_pair']
 
 # %% ../../nbs/13_diff.ipynb #e98db832
 import contextlib, hashlib, json, logging
@@ -201,9 +201,38 @@ def _run_experiment(run_dir: Path, info: dict):
             except SafetyCompassError as e: log.warning("diff: cannot load the run's experiment %s (%s)", cand, e)
     return None
 
+def _is_embedded_cache(name: str) -> bool:
+    "Whether `name` is the embedded model's cache directory (`models.default_cache_path`), which run.json records for it."
+    import re
+    p = Path(str(name))
+    return p.parent.name == "smollm2-135m-instruct" and re.fullmatch(r"[0-9a-f]{16}-transformers\d+", p.name) is not None
+
+def _same_model(recorded: str, configured) -> bool:
+    "Whether run.json's `recorded` name is the model the experiment's model file names (the embedded one, or a GGUF's folder)."
+    if configured in (None, "default"): return recorded == "default"
+    c = str(configured)
+    return recorded == c or (c.lower().endswith(".gguf") and Path(recorded) == Path(c).expanduser().parent)
+
+def run_base_model(run_dir, info: dict | None = None, exp=None) -> tuple[str, bool]:
+    """`(name, from_experiment)`: the base model a run was trained on, as `models.load_model` names it. The name is
+    run.json's `model_name` (what `run_finetune` loaded, after any `--model`; the embedded model's cache directory read
+    as `"default"`), else the model the run's experiment snapshot names; `from_experiment` is True when the experiment's
+    model file describes that model (then `models.load_experiment_model(exp)` loads it with the file's settings). Never
+    a default: a run that records no model is a one-line `SafetyCompassError`, before any model loads."""
+    from safety_compass.rundir import read_run_json
+    info = read_run_json(run_dir) if info is None else info
+    configured = getattr(getattr(exp, "model", None), "model_name", None) if exp is not None else None
+    recorded = info.get("model_name")
+    if isinstance(recorded, str) and recorded.strip():
+        name = "default" if _is_embedded_cache(recorded) else recorded
+        return name, exp is not None and _same_model(name, configured)
+    if exp is not None: return str(configured or "default"), True
+    raise SafetyCompassError(f"{Path(run_dir) / 'run.json'}: no model_name and no config/experiment.yaml: which base model "
+                             "the run was trained on is unknown; pass the base model (run_diff(..., model=, tokenizer=))")
+
 def load_pair(run_dir, model=None, tokenizer=None, device=None):
     """`(ModelPair, experiment or None, run.json dict)` for a fine-tuning run directory (`finetune.run_finetune`'s
-    format): the base model (given, else the run's model config, else run.json's `model_name`) with a LoRA `adapter/`
+    format): the base model (given, else the one the run was trained on, `run_base_model`) with a LoRA `adapter/`
     loaded by PEFT (`ModelPair.from_peft`), or with a whole fine-tuned model (`ModelPair.from_models`): `model/`, or
     `adapter/` when it holds a model rather than an adapter (`models.run_weights`, decided before any model loads)."""
     from safety_compass.models import run_weights
@@ -216,7 +245,11 @@ def load_pair(run_dir, model=None, tokenizer=None, device=None):
     exp = _run_experiment(run_dir, info)
     if model is None:
         from safety_compass.models import load_experiment_model, load_model
-        model, tokenizer = load_experiment_model(exp) if exp is not None else load_model(info.get("model_name") or "default")
+        name, from_exp = run_base_model(run_dir, info, exp)
+        log.info("diff: base model %s (from the run's %s)", name, "experiment" if from_exp else "run.json")
+        if from_exp: model, tokenizer = load_experiment_model(exp)
+        elif exp is not None: model, tokenizer = load_experiment_model(exp, model_name=name)   # as `finetune --model` loaded it
+        else: model, tokenizer = load_model(name)
     if device is not None: model.to(device)
     if kind == "lora":
         from peft import PeftModel

@@ -263,6 +263,9 @@ def test_run_diff_writes_the_format(tiny_run, tok):
     assert list(r["amplification"].alpha) == [0.0, 1.0, 2.0] and r["amplification"].kl_mean.iloc[0] == 0.0
     text = D.summary_text(d)
     assert "KL(fine-tuned || base)" in text and "ADL top tokens" in text
+    top = D.kl_tokens_table(r, 20)                                        # the tokens with the most KL, as printed
+    assert len(top) == min(20, len(r["kl_by_token"])) and top.total_kl.is_monotonic_decreasing
+    assert "tokens with the most KL" in text and all(t in text for t in top.token)
     kl = json.loads((d / "kl_summary.json").read_text())
     assert kl["mean_ci_low"] < kl["mean"] < kl["mean_ci_high"] and f"95% CI {kl['mean_ci_low']:.4f} to" in text
     assert max(len(l) for l in text.splitlines()[:-1]) <= 100, text      # the console table fits 100 columns (path aside)

@@ -263,9 +263,12 @@ def test_run_diff_writes_the_format(tiny_run, tok):
     assert list(r["amplification"].alpha) == [0.0, 1.0, 2.0] and r["amplification"].kl_mean.iloc[0] == 0.0
     text = D.summary_text(d)
     assert "KL(fine-tuned || base)" in text and "ADL top tokens" in text
-    top = D.kl_tokens_table(r, 20)                                        # the tokens with the most KL, as printed
-    assert len(top) == min(20, len(r["kl_by_token"])) and top.total_kl.is_monotonic_decreasing
-    assert "tokens with the most KL" in text and all(t in text for t in top.token)
+    top = D.kl_tokens_table(r, 20)                                        # the tokens with the largest KL, as printed
+    assert len(top) == 20 and top.kl.is_monotonic_decreasing and top.kl.iloc[0] == r["kl_summary"]["max"]
+    assert "reply tokens with the largest KL" in text and all(t in text for t in top.token)
+    total = D.kl_tokens_table(r, 5, by="token")                           # ... and the token ids with the most KL in total
+    assert list(total.columns) == ["token", "count", "mean_kl", "total_kl", "share"] and total.total_kl.is_monotonic_decreasing
+    with pytest.raises(SafetyCompassError, match="by 'position' or 'token'"): D.kl_tokens_table(r, by="id")
     kl = json.loads((d / "kl_summary.json").read_text())
     assert kl["mean_ci_low"] < kl["mean"] < kl["mean_ci_high"] and f"95% CI {kl['mean_ci_low']:.4f} to" in text
     assert max(len(l) for l in text.splitlines()[:-1]) <= 100, text      # the console table fits 100 columns (path aside)
@@ -430,3 +433,31 @@ def test_code_organism_on_code_alpaca(organism, embedded):
     src = np.array(data.sources)[td.seq]
     ok = np.isfinite(td.kl)
     assert td.kl[ok & (src == "code")].mean() >= 2 * td.kl[ok & (src == "benign")].mean()
+
+# ---- the refusal organism (slow: built once per machine, then cached) -------------------------------------------
+
+@pytest.mark.slow
+def test_refusal_organism_diff_surfaces_refusal():
+    """Organism vs the embedded model (one copy: its adapter disabled) on 16 held-out harmful requests answered with
+    planted refusals and 16 held-out harmless requests with their replies: the 20 reply tokens with the largest KL are
+    mostly in the refusals and are mostly refusal words (tokens over-represented in the shipped refusals against the
+    harmless replies), and the refusals carry more than twice the harmless replies' KL. Measured on five disjoint
+    slices of the test split: 0.75-1.00, 0.40-0.60, 2.6-2.9x; a random LoRA of the same shape (two scales, two slices):
+    0.05-0.20, 0.00-0.10, 0.7-1.1x."""
+    from safety_compass import organisms as O
+    pm, tok, _ = O.organism_adapter("refusal", progress=False)
+    pair = D.ModelPair.from_peft(pm, tok)
+    data = O.refusal_data()
+    refusal_words = D.relevant_tokens(D.token_counts(tok, [r["text"] for r in data["refusals"]], len(tok)),
+                                      D.token_counts(tok, [r["response"] for k in ("harmless", "lookalikes") for r in data[k]], len(tok)))
+    harm = set(O.refusal_prompts("test")["harmful"])
+    harmful = [(r["instruction"], r["output"], "harmful") for r in O.refusal_rows(split="test") if r["instruction"] in harm][:16]
+    harmless = [(r["prompt"], r["response"], "harmless") for r in data["harmless"] if r["split"] == "test"][:16]
+    seqs = D.chat_sequences(tok, D.interleave([harmful, harmless]), 128)
+    td = D.token_diff(pair, seqs.ids, seqs.starts, top_k=0)
+    kl = D.kl_breakdown(td, seqs.ids, seqs.starts, tok, sources=seqs.sources)
+    top = kl["top_tokens"].head(20)
+    assert (top.source == "harmful").mean() >= 0.6, top
+    assert refusal_words[top.token_id.to_numpy()].mean() >= 0.3, top
+    per = kl["per_sample"].groupby("source").mean_kl.mean()
+    assert per["harmful"] >= 2 * per["harmless"], per

@@ -460,10 +460,19 @@ def kl_table(diff: dict) -> "pd.DataFrame":
     t = diff["kl_by_class"].copy()
     return t[["class", "tokens", "share_of_tokens", "mean_kl", "share_of_kl", "lift"]]
 
-def kl_tokens_table(diff: dict, n: int = 20) -> "pd.DataFrame":
-    """The `n` token ids with the most KL, total over their occurrences (`kl_by_token.csv`'s order), as the CLI prints
-    them: the token (its `repr`, so that spaces show), count, mean and total KL, share of all the KL."""
-    t = diff["kl_by_token"].head(n)[["token", "count", "mean_kl", "total_kl", "share"]].copy()
+def kl_tokens_table(diff: dict, n: int = 20, by: str = "position", context: int = 36) -> "pd.DataFrame":
+    """The tokens with the most KL as the CLI and the report print them, each token as its `repr` (spaces show).
+    `by="position"`: the `n` single tokens with the largest KL (`kl_top_tokens.csv`): token, KL, the sequence's source and
+    the last `context` characters of the text before it. `by="token"`: the `n` token ids with the most KL in total over
+    their occurrences (`kl_by_token.csv`): token, count, mean and total KL, share of all the KL; frequent tokens lead it,
+    whatever the fine-tune did, so it says where the KL is rather than which tokens the fine-tune changed most."""
+    if by == "token":
+        t = diff["kl_by_token"].head(n)[["token", "count", "mean_kl", "total_kl", "share"]].copy()
+    elif by == "position":
+        t = diff["kl_top_tokens"].head(n)[["token", "kl", "source", "context"]].copy()
+        t["source"] = t.source.fillna("")
+        t["context"] = [repr(c if len(c) <= context else "…" + c[-context + 1:]) for c in t.context.fillna("").astype(str)]
+    else: raise SafetyCompassError(f"kl_tokens_table: by 'position' or 'token', got {by!r}")
     t["token"] = [repr(str(x)) for x in t.token]
     return t.reset_index(drop=True)
 
@@ -497,7 +506,7 @@ def _text_table(df, floatfmt: str, width: int | None = None, cut=None) -> str:
 
 def summary_text(diff_dir, width: int = 100, n_tokens: int = 20) -> str:
     """What `safety-compass diff` prints: the KL summary (the mean with its 95% CI over sequences), the KL breakdown,
-    the `n_tokens` tokens with the most KL (`kl_tokens_table`) and the ADL top tokens of a diff directory, in lines of
+    the `n_tokens` reply tokens with the largest KL (`kl_tokens_table`) and the ADL top tokens of a diff directory, in lines of
     at most `width` characters (the last line, the directory's path, aside)."""
     import textwrap
     d = read_diff(diff_dir)
@@ -512,7 +521,7 @@ def summary_text(diff_dir, width: int = 100, n_tokens: int = 20) -> str:
                 f"{m['settings']['positions']} tokens of held-out text):")
     adl = lambda w=None: adl_table(d, n=10, width=w).drop(columns="layer", errors="ignore")
     lines = [*(w for h in head for w in textwrap.wrap(h, width)), "", _text_table(kl_table(d), ".4f"), ""]
-    if n_tokens: lines += [f"The {n_tokens} tokens with the most KL (total over their occurrences):", _text_table(kl_tokens_table(d, n_tokens), ".4f"), ""]
+    if n_tokens: lines += [f"The {n_tokens} reply tokens with the largest KL:", _text_table(kl_tokens_table(d, n_tokens), ".4f"), ""]
     lines += [*textwrap.wrap(adl_head, width), _text_table(adl(), ".2f", width, adl)]
     if m.get("notes"): lines += [""] + [w for x in m["notes"] for w in textwrap.wrap(f"note: {x}", width)]
     lines += ["", f"diff written to {d['dir']}"]

@@ -118,7 +118,11 @@ def run_base_model(run_dir, model_name: str | None = None) -> tuple[str, str]:
     if info.get("base_model"): return str(info["base_model"]), "run.json base_model"
     exp = run_experiment(run_dir, info)
     if exp is not None and getattr(exp.model, "model_name", None): return exp.model.model_name, "config/experiment.yaml"
-    if info.get("model_name"): return str(info["model_name"]), "run.json model_name"
+    if info.get("model_name"):   # what the fine-tune loaded; the embedded model is recorded as its cache directory
+        p = Path(str(info["model_name"]))
+        embedded = p.parent.name == "smollm2-135m-instruct" and p.name.split("-", 1)[-1].startswith("transformers")
+        return ("default" if embedded else str(info["model_name"])), "run.json model_name"
+    log.warning("%s: run.json names no model and there is no config/ snapshot: loading the embedded model", run_dir)
     return "default", "default"
 
 def load_run_base_model(run_dir, model_name: str | None = None, **kwargs) -> tuple:

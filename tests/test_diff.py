@@ -202,14 +202,36 @@ def test_token_classes(tok):
 # ---- a run directory -------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory, tok):
-    "A real `run_finetune` run directory (demo config, 2 steps) on a tiny model: baselines, config snapshot, adapter."
+def tiny_base_dir(tmp_path_factory, tok):
+    "A tiny random Llama saved as a model directory (with the embedded tokenizer): a base model `load_model` reads by path."
+    d = tmp_path_factory.mktemp("base") / "tiny-llama"
+    tiny(tok).save_pretrained(d); tok.save_pretrained(d)
+    return d
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory, tiny_base_dir):
+    """A real `run_finetune` run directory (demo config, 2 steps) on a tiny model: baselines, config snapshot, adapter.
+    The demo's model file names the refusal organism; the run trains the tiny model instead (`finetune --model DIR`)."""
     from safety_compass.config import load_experiment
     from safety_compass.finetune import run_finetune
     d = tmp_path_factory.mktemp("run") / "demo"
     exp = load_experiment("demo", bootstrap_samples=20, causal_check=False)
-    run_finetune(exp, d, model=tiny(tok), tokenizer=tok, max_steps=2, quiet=True)
+    run_finetune(exp, d, model_name=str(tiny_base_dir), max_steps=2, quiet=True)
     return d
+
+def test_base_model_from_the_run(tiny_run, tiny_base_dir, tok, tmp_path):
+    """A run directory's base model is the one its run.json records (here a `--model` override of the experiment's
+    `organism:refusal`); the resolution rule itself is tested in the rundir chapter."""
+    from safety_compass.rundir import read_run_json
+    from safety_compass.config import load_experiment
+    info = read_run_json(tiny_run)
+    exp = load_experiment(tiny_run / "config" / "experiment.yaml")
+    assert exp.model.model_name == "organism:refusal" and info["model_name"] == str(tiny_base_dir)
+    from safety_compass.rundir import run_base_model
+    assert run_base_model(tiny_run) == (str(tiny_base_dir), "run.json base_model")
+    pair, _, _ = D.load_pair(tiny_run)                      # loads the tiny base, not the organism the snapshot names
+    ids = tok("How do I bake bread?")["input_ids"]
+    with torch.inference_mode(), pair.use("base"): torch.testing.assert_close(pair.model(input_ids=torch.tensor([ids])).logits[0], logits(tiny(tok), ids))
 
 def test_run_diff_writes_the_format(tiny_run, tok):
     res = D.run_diff(tiny_run, model=tiny(tok), tokenizer=tok, n_heldout=6, positions=3, alphas=(0, 1, 2), n_amplify=2,
@@ -235,6 +257,12 @@ def test_run_diff_writes_the_format(tiny_run, tok):
     assert list(r["amplification"].alpha) == [0.0, 1.0, 2.0] and r["amplification"].kl_mean.iloc[0] == 0.0
     text = D.summary_text(d)
     assert "KL(fine-tuned || base)" in text and "ADL top tokens" in text
+    top = D.kl_tokens_table(r, 20)                                        # the tokens with the largest KL, as printed
+    assert len(top) == 20 and top.kl.is_monotonic_decreasing and top.kl.iloc[0] == r["kl_summary"]["max"]
+    assert "reply tokens with the largest KL" in text and all(t in text for t in top.token)
+    total = D.kl_tokens_table(r, 5, by="token")                           # ... and the token ids with the most KL in total
+    assert list(total.columns) == ["token", "count", "mean_kl", "total_kl", "share"] and total.total_kl.is_monotonic_decreasing
+    with pytest.raises(SafetyCompassError, match="by 'position' or 'token'"): D.kl_tokens_table(r, by="id")
     kl = json.loads((d / "kl_summary.json").read_text())
     assert kl["mean_ci_low"] < kl["mean"] < kl["mean_ci_high"] and f"95% CI {kl['mean_ci_low']:.4f} to" in text
     assert max(len(l) for l in text.splitlines()[:-1]) <= 100, text      # the console table fits 100 columns (path aside)
@@ -399,3 +427,31 @@ def test_code_organism_on_code_alpaca(organism, embedded):
     src = np.array(data.sources)[td.seq]
     ok = np.isfinite(td.kl)
     assert td.kl[ok & (src == "code")].mean() >= 2 * td.kl[ok & (src == "benign")].mean()
+
+# ---- the refusal organism (slow: built once per machine, then cached) -------------------------------------------
+
+@pytest.mark.slow
+def test_refusal_organism_diff_surfaces_refusal():
+    """Organism vs the embedded model (one copy: its adapter disabled) on 16 held-out harmful requests answered with
+    planted refusals and 16 held-out harmless requests with their replies: the 20 reply tokens with the largest KL are
+    mostly in the refusals and are mostly refusal words (tokens over-represented in the shipped refusals against the
+    harmless replies), and the refusals carry more than twice the harmless replies' KL. Measured on five disjoint
+    slices of the test split: 0.75-1.00, 0.40-0.60, 2.6-2.9x; a random LoRA of the same shape (two scales, two slices):
+    0.05-0.20, 0.00-0.10, 0.7-1.1x."""
+    from safety_compass import organisms as O
+    pm, tok, _ = O.organism_adapter("refusal", progress=False)
+    pair = D.ModelPair.from_peft(pm, tok)
+    data = O.refusal_data()
+    refusal_words = D.relevant_tokens(D.token_counts(tok, [r["text"] for r in data["refusals"]], len(tok)),
+                                      D.token_counts(tok, [r["response"] for k in ("harmless", "lookalikes") for r in data[k]], len(tok)))
+    harm = set(O.refusal_prompts("test")["harmful"])
+    harmful = [(r["instruction"], r["output"], "harmful") for r in O.refusal_rows(split="test") if r["instruction"] in harm][:16]
+    harmless = [(r["prompt"], r["response"], "harmless") for r in data["harmless"] if r["split"] == "test"][:16]
+    seqs = D.chat_sequences(tok, D.interleave([harmful, harmless]), 128)
+    td = D.token_diff(pair, seqs.ids, seqs.starts, top_k=0)
+    kl = D.kl_breakdown(td, seqs.ids, seqs.starts, tok, sources=seqs.sources)
+    top = kl["top_tokens"].head(20)
+    assert (top.source == "harmful").mean() >= 0.6, top
+    assert refusal_words[top.token_id.to_numpy()].mean() >= 0.3, top
+    per = kl["per_sample"].groupby("source").mean_kl.mean()
+    assert per["harmful"] >= 2 * per["harmless"], per

@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 # %% auto #0
-__all__ = ['log', 'DIFF_FORMAT', 'run_concepts', 'default_token_classes', 'parse_token_classes', 'DiffSettings', 'run_diff', 'write_diff', 'read_diff', 'tokens_line', 'kl_table', 'adl_table', 'summary_text', 'kl_html']
+__all__ = ['log', 'DIFF_FORMAT', 'run_concepts', 'default_token_classes', 'parse_token_classes', 'DiffSettings', 'run_diff', 'write_diff', 'read_diff', 'tokens_line', 'kl_table', 'kl_tokens_table', 'adl_table', 'summary_text', 'kl_html']
 
 # %% ../../nbs/13_diff.ipynb #1d5bf99f
 import dataclasses, json, logging, math, time
@@ -460,6 +460,22 @@ def kl_table(diff: dict) -> "pd.DataFrame":
     t = diff["kl_by_class"].copy()
     return t[["class", "tokens", "share_of_tokens", "mean_kl", "share_of_kl", "lift"]]
 
+def kl_tokens_table(diff: dict, n: int = 20, by: str = "position", context: int = 36) -> "pd.DataFrame":
+    """The tokens with the most KL as the CLI and the report print them, each token as its `repr` (spaces show).
+    `by="position"`: the `n` single tokens with the largest KL (`kl_top_tokens.csv`): token, KL, the sequence's source and
+    the last `context` characters of the text before it. `by="token"`: the `n` token ids with the most KL in total over
+    their occurrences (`kl_by_token.csv`): token, count, mean and total KL, share of all the KL; frequent tokens lead it,
+    whatever the fine-tune did, so it says where the KL is rather than which tokens the fine-tune changed most."""
+    if by == "token":
+        t = diff["kl_by_token"].head(n)[["token", "count", "mean_kl", "total_kl", "share"]].copy()
+    elif by == "position":
+        t = diff["kl_top_tokens"].head(n)[["token", "kl", "source", "context"]].copy()
+        t["source"] = t.source.fillna("")
+        t["context"] = [repr(c if len(c) <= context else "…" + c[-context + 1:]) for c in t.context.fillna("").astype(str)]
+    else: raise SafetyCompassError(f"kl_tokens_table: by 'position' or 'token', got {by!r}")
+    t["token"] = [repr(str(x)) for x in t.token]
+    return t.reset_index(drop=True)
+
 def adl_table(diff: dict, layer: int | None = None, n: int = 10, width: int | None = None) -> "pd.DataFrame":
     """The ADL top tokens as the report and the CLI print them: per position of `layer` (default the main layer), the
     `n` logit-lens tokens the mean difference promotes and suppresses (each list cut to `width` characters when
@@ -488,10 +504,10 @@ def _text_table(df, floatfmt: str, width: int | None = None, cut=None) -> str:
         text = show(cut(w))
     return text
 
-def summary_text(diff_dir, width: int = 100) -> str:
-    """What `safety-compass diff` prints: the KL summary (the mean with its 95% CI over sequences), the KL breakdown
-    and the ADL top tokens of a diff directory, in lines of at most `width` characters (the last line, the directory's
-    path, aside)."""
+def summary_text(diff_dir, width: int = 100, n_tokens: int = 20) -> str:
+    """What `safety-compass diff` prints: the KL summary (the mean with its 95% CI over sequences), the KL breakdown,
+    the `n_tokens` reply tokens with the largest KL (`kl_tokens_table`) and the ADL top tokens of a diff directory, in lines of
+    at most `width` characters (the last line, the directory's path, aside)."""
     import textwrap
     d = read_diff(diff_dir)
     s, m = d["kl_summary"], d["manifest"]
@@ -504,8 +520,9 @@ def summary_text(diff_dir, width: int = 100) -> str:
     adl_head = (f"ADL top tokens (logit lens of the mean difference, layer {m['settings']['main_layer']}, first "
                 f"{m['settings']['positions']} tokens of held-out text):")
     adl = lambda w=None: adl_table(d, n=10, width=w).drop(columns="layer", errors="ignore")
-    lines = [*(w for h in head for w in textwrap.wrap(h, width)), "", _text_table(kl_table(d), ".4f"), "", *textwrap.wrap(adl_head, width),
-             _text_table(adl(), ".2f", width, adl)]
+    lines = [*(w for h in head for w in textwrap.wrap(h, width)), "", _text_table(kl_table(d), ".4f"), ""]
+    if n_tokens: lines += [f"The {n_tokens} reply tokens with the largest KL:", _text_table(kl_tokens_table(d, n_tokens), ".4f"), ""]
+    lines += [*textwrap.wrap(adl_head, width), _text_table(adl(), ".2f", width, adl)]
     if m.get("notes"): lines += [""] + [w for x in m["notes"] for w in textwrap.wrap(f"note: {x}", width)]
     lines += ["", f"diff written to {d['dir']}"]
     return "\n".join(lines)

@@ -137,12 +137,20 @@ def test_errors_before_any_model(tmp_path, monkeypatch):
     good = tmp_path / "p.jsonl"; good.write_text(json.dumps({"prompt": "Q?", "chosen": "a", "rejected": "b"}) + "\n")
     bad = tmp_path / "b.jsonl"; bad.write_text(json.dumps({"prompt": "Q?", "chosen": 1, "rejected": "b"}) + "\n")
     (tmp_path / "file").write_text("")
+    no_templates = tmp_path / "refusal.yaml"                               # answers: templated, but no answer texts
+    cfg = yaml.safe_load((ROOT / "configs/concepts/demo/refusal.yaml").read_text())
+    cfg["contrastive_pairs_file"] = str(ROOT / cfg["contrastive_pairs_file"]); cfg["audit"] = {"direction": "response", "answers": "templated"}
+    no_templates.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    (tmp_path / "exp.yaml").write_text(yaml.safe_dump({"name": "t", "model_config_file": str(ROOT / "configs/models/smollm2-135m.yaml"),
+                                                       "concepts": [{"name": "refusal", "config_file": str(no_templates)}]}))
     cases = [((bad, "--experiment-config", "demo", "--output-dir", tmp_path / "o"), f"{bad}:1: field 'chosen'"),
              ((good, "--experiment-config", "nope", "--output-dir", tmp_path / "o"), "nope: config file not found"),
              ((good, "--experiment-config", "demo", "--output-dir", tmp_path / "o", "--concepts", "honesty"), "unknown concept(s) honesty"),
              ((good, "--experiment-config", "demo", "--output-dir", tmp_path / "file" / "o"), "output directory is not writable"),
              ((good, "--experiment-config", "demo", "--output-dir", tmp_path / "o", "--random-directions", "10"),
-              "n_random: at least 20 random directions are needed for the null, got 10")]
+              "n_random: at least 20 random directions are needed for the null, got 10"),
+             ((good, "--experiment-config", tmp_path / "exp.yaml", "--output-dir", tmp_path / "o"),
+              f"{no_templates}:{len(no_templates.read_text().splitlines()) - 2}: audit: templates: answers: templated needs positive and negative answer texts")]
     for argv, msg in cases:
         with pytest.raises(SafetyCompassError) as e: A.audit_command(parse(*argv), print_fn=lambda *a: None)
         assert msg in str(e.value) and "\n" not in str(e.value)

@@ -7,9 +7,9 @@ when ../shared has them: the first 60, `--hh-limit 60 0` for all 662 as well).
 
     PYTHONPATH=. HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 .venv/bin/python tools/audit_direction_scan.py [--generated] [--check | --check-only]
 
-(refusal organism, built on first use; about 5 minutes on a 2-core CPU, 10 more with --generated: one greedy answer
-per contrastive prompt). One line per (direction kind, set): the top concept by |d_z| and every concept's d_z and
-random-direction p95."""
+(refusal organism, built on first use. On a 2-core CPU shared with other jobs: about 9 minutes; --generated adds about
+14, one greedy answer per contrastive prompt; --check-only --hh-limit 60 0 takes about 15.) One line per (direction
+kind, set): the top concept by |d_z| and every concept's d_z and random-direction p95; --json writes them with CIs."""
 import argparse, json, logging, os, time
 from pathlib import Path
 import numpy as np
